@@ -1,0 +1,31 @@
+# Two commands set everything up: `make demo` (the main job, offline, CPU) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build of torch that this project's machines carry; GPU users: install your own torch first
+# (any build satisfying the package's range) and set TORCH_SPEC= to skip this pin.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if [ -n "$(TORCH_SPEC)" ] && ! $(PY) -c "import torch" 2>/dev/null; then $(PY) -m pip install -q "$(TORCH_SPEC)"; fi
+	$(PY) -m pip install -q -e ".[dev,quant]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m trl_t3d.demo
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900
+
+lint: install
+	$(VENV)/bin/ruff check trl_t3d tests examples benchmarks
+	$(VENV)/bin/ruff format --check trl_t3d tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,21 @@
+"""Adapters: everything model-specific, one class per family, found from the config."""
+
+from __future__ import annotations
+
+from .base import DiffusionAdapter, position_ids_from_mask
+from .block_diffusion import BlockDiffusionAdapter
+from .families import DreamAdapter, GenericMaskedLMAdapter, LLaDAAdapter
+from .registry import ADAPTERS, get_adapter, register_adapter, resolve_adapter_class
+
+__all__ = [
+    "ADAPTERS",
+    "BlockDiffusionAdapter",
+    "DiffusionAdapter",
+    "DreamAdapter",
+    "GenericMaskedLMAdapter",
+    "LLaDAAdapter",
+    "get_adapter",
+    "position_ids_from_mask",
+    "register_adapter",
+    "resolve_adapter_class",
+]

@@ -1,0 +1,356 @@
+"""Tiny, offline stand-ins for every diffusion-LM family in DESIGN.md's table.
+
+The Hub is not reachable on our machines, so tests, examples and benchmarks build these in code and
+load them back through the same `from_pretrained` paths a user takes (remote code included):
+
+- `make_tokenizer`: character-level `WordLevel` tokenizer with pad/eos/mask and a chat template.
+- `save_generic_mlm`: `LlamaForCausalLM` with `is_causal=False` and `config.mask_token_id` (generic adapter).
+- `save_llada_like`: remote-code bidirectional transformer with LLaDA's module names (`attn_out`, `ff_proj`, ...).
+- `save_dream_like`: remote-code bidirectional Llama whose logits are shifted by one position, as Dream's.
+- `save_sdar_like`: remote-code Llama that takes an explicit 4D additive mask and position ids (block diffusion).
+- `make_diffusion_gemma`: a tiny native `DiffusionGemmaForBlockDiffusion`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+import textwrap
+
+import torch
+
+PAD, EOS, MASK, BOS = "<|pad|>", "<|eos|>", "<|mask|>", "<|bos|>"
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+SPECIAL_TOKENS = [PAD, EOS, MASK, BOS, *ROLE_TOKENS]
+CHARACTERS = list(string.digits + string.ascii_letters + string.punctuation + " \n")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_tokenizer(save_directory: str | None = None):
+    """Character-level fast tokenizer: every printable ASCII character is one token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        eos_token=EOS,
+        mask_token=MASK,
+        bos_token=BOS,
+        additional_special_tokens=ROLE_TOKENS,
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+    )
+    if save_directory is not None:
+        tokenizer.save_pretrained(save_directory)
+    return tokenizer
+
+
+def _llama_kwargs(tokenizer, hidden_size: int, num_layers: int, num_heads: int, **extra) -> dict:
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+        tie_word_embeddings=False,
+        **extra,
+    )
+
+
+def make_generic_mlm(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0):
+    """A LLaDA-like bidirectional Llama (`is_causal=False`) with the mask id in its config."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or make_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(**_llama_kwargs(tokenizer, hidden_size, num_layers, num_heads, is_causal=False))
+    return LlamaForCausalLM(config).eval()
+
+
+def save_generic_mlm(save_directory: str, **kwargs) -> str:
+    tokenizer = make_tokenizer(save_directory)
+    make_generic_mlm(tokenizer, **kwargs).save_pretrained(save_directory)
+    return save_directory
+
+
+# --------------------------------------------------------------------------------------------------
+# Remote-code families: the modeling files are written next to the weights, as on the Hub.
+# --------------------------------------------------------------------------------------------------
+
+_LLADA_CONFIG = """
+from transformers import PretrainedConfig
+
+
+class LLaDALikeConfig(PretrainedConfig):
+    model_type = "llada"
+
+    def __init__(self, vocab_size=128, d_model=32, n_layers=2, n_heads=4, mlp_hidden_size=64,
+                 max_sequence_length=1024, rope_theta=10000.0, mask_token_id=None, **kwargs):
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.mlp_hidden_size = mlp_hidden_size
+        self.max_sequence_length = max_sequence_length
+        self.rope_theta = rope_theta
+        self.mask_token_id = mask_token_id
+        super().__init__(**kwargs)
+"""
+
+_LLADA_MODELING = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration_llada_like import LLaDALikeConfig
+
+
+def _rope(x, theta):
+    # x: (B, H, T, D); rotate pairs by absolute position (LLaDA does not take position ids)
+    T, D = x.shape[-2], x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
+    ang = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * inv[None]
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+class LLaDALikeBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        d, h = config.d_model, config.mlp_hidden_size
+        self.n_heads, self.theta = config.n_heads, config.rope_theta
+        self.attn_norm = nn.RMSNorm(d, eps=1e-5)
+        self.ff_norm = nn.RMSNorm(d, eps=1e-5)
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.attn_out = nn.Linear(d, d, bias=False)
+        self.ff_proj = nn.Linear(d, h, bias=False)
+        self.up_proj = nn.Linear(d, h, bias=False)
+        self.ff_out = nn.Linear(h, d, bias=False)
+
+    def forward(self, x, key_mask):
+        B, T, D = x.shape
+        y = self.attn_norm(x)
+        q, k, v = (p(y).view(B, T, self.n_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = _rope(q, self.theta), _rope(k, self.theta)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=False)
+        x = x + self.attn_out(a.transpose(1, 2).reshape(B, T, D))
+        y = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(y)) * self.up_proj(y))
+
+
+class LLaDALikeModelLM(PreTrainedModel):
+    config_class = LLaDALikeConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = False  # as LLaDA's own remote code
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.d_model),
+            blocks=nn.ModuleList(LLaDALikeBlock(config) for _ in range(config.n_layers)),
+            ln_f=nn.RMSNorm(config.d_model, eps=1e-5),
+            ff_out=nn.Linear(config.d_model, config.vocab_size, bias=False),
+        ))
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def get_input_embeddings(self):
+        return self.model.wte
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        key_mask = None
+        if attention_mask is not None and attention_mask.dim() == 2:
+            key_mask = attention_mask[:, None, None, :].bool()
+        x = self.model.wte(input_ids)
+        for block in self.model.blocks:
+            x = block(x, key_mask)
+        logits = self.model.ff_out(self.model.ln_f(x))
+        return CausalLMOutputWithPast(logits=logits)
+"""
+
+_DREAM_CONFIG = """
+from transformers import LlamaConfig
+
+
+class DreamLikeConfig(LlamaConfig):
+    model_type = "Dream"
+"""
+
+_DREAM_MODELING = '''
+import torch
+from transformers import LlamaForCausalLM
+
+from .configuration_dream_like import DreamLikeConfig
+
+
+class DreamLikeModel(LlamaForCausalLM):
+    """Bidirectional Llama whose logit at position i predicts token i + 1, like Dream (trained from an AR model)."""
+
+    config_class = DreamLikeConfig
+
+    def __init__(self, config):
+        config.is_causal = False
+        super().__init__(config)
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = torch.cat([out.logits[:, 1:], out.logits[:, -1:]], dim=1)
+        return out
+'''
+
+_SDAR_CONFIG = """
+from transformers import LlamaConfig
+
+
+class SDARLikeConfig(LlamaConfig):
+    model_type = "sdar"
+"""
+
+_SDAR_MODELING = '''
+from transformers import LlamaForCausalLM
+
+from .configuration_sdar_like import SDARLikeConfig
+
+
+class SDARLikeForCausalLM(LlamaForCausalLM):
+    """Block-diffusion LM: the caller gives a 4D additive attention mask and explicit position ids."""
+
+    config_class = SDARLikeConfig
+'''
+
+
+def _write_remote_code(save_directory: str, files: dict[str, str], auto_map: dict[str, str], config) -> None:
+    os.makedirs(save_directory, exist_ok=True)
+    for name, source in files.items():
+        with open(os.path.join(save_directory, name), "w") as f:
+            f.write(textwrap.dedent(source).lstrip())
+    config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    config_dict["auto_map"] = auto_map
+    with open(os.path.join(save_directory, "config.json"), "w") as f:
+        json.dump(config_dict, f, indent=2)
+
+
+def _materialize_remote_model(save_directory: str, auto_class: str, seed: int):
+    """Build the remote-code model from its own files, initialize it and save its weights beside them."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.AutoConfig.from_pretrained(save_directory, trust_remote_code=True)
+    model = getattr(transformers, auto_class).from_config(config, trust_remote_code=True)
+    model.save_pretrained(save_directory)
+    # save_pretrained rewrites config.json; keep the auto_map pointing at the local files.
+    with open(os.path.join(save_directory, "config.json")) as f:
+        saved = json.load(f)
+    with open(os.path.join(save_directory, "config.json"), "w") as f:
+        saved["auto_map"] = config.auto_map
+        json.dump(saved, f, indent=2)
+    return save_directory
+
+
+def save_llada_like(
+    save_directory: str, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0
+):
+    """Remote-code model with model_type "llada", LLaDA's module names and no position ids / grad checkpointing."""
+    tokenizer = make_tokenizer(save_directory)
+    config = dict(
+        model_type="llada",
+        vocab_size=len(tokenizer),
+        d_model=hidden_size,
+        n_layers=num_layers,
+        n_heads=num_heads,
+        mlp_hidden_size=2 * hidden_size,
+        mask_token_id=tokenizer.mask_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        architectures=["LLaDALikeModelLM"],
+    )
+    _write_remote_code(
+        save_directory,
+        {"configuration_llada_like.py": _LLADA_CONFIG, "modeling_llada_like.py": _LLADA_MODELING},
+        {
+            "AutoConfig": "configuration_llada_like.LLaDALikeConfig",
+            "AutoModel": "modeling_llada_like.LLaDALikeModelLM",
+            "AutoModelForCausalLM": "modeling_llada_like.LLaDALikeModelLM",
+        },
+        config,
+    )
+    return _materialize_remote_model(save_directory, "AutoModel", seed)
+
+
+def _save_llama_remote(
+    save_directory, model_type, files, auto_map, auto_class, hidden_size, num_layers, num_heads, seed, is_causal
+):
+    from transformers import LlamaConfig
+
+    tokenizer = make_tokenizer(save_directory)
+    config = LlamaConfig(**_llama_kwargs(tokenizer, hidden_size, num_layers, num_heads, is_causal=is_causal)).to_dict()
+    config["model_type"] = model_type
+    config["architectures"] = [auto_map[auto_class].split(".")[-1]]
+    _write_remote_code(save_directory, files, auto_map, config)
+    return _materialize_remote_model(save_directory, auto_class, seed)
+
+
+def save_dream_like(
+    save_directory: str, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0
+):
+    """Remote-code bidirectional Llama with Dream's shifted logits, loaded with AutoModel."""
+    return _save_llama_remote(
+        save_directory,
+        "Dream",
+        {"configuration_dream_like.py": _DREAM_CONFIG, "modeling_dream_like.py": _DREAM_MODELING},
+        {"AutoConfig": "configuration_dream_like.DreamLikeConfig", "AutoModel": "modeling_dream_like.DreamLikeModel"},
+        "AutoModel",
+        hidden_size,
+        num_layers,
+        num_heads,
+        seed,
+        is_causal=False,
+    )
+
+
+def save_sdar_like(save_directory: str, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0):
+    """Remote-code block-diffusion Llama (model_type "sdar"), loaded with AutoModelForCausalLM."""
+    return _save_llama_remote(
+        save_directory,
+        "sdar",
+        {"configuration_sdar_like.py": _SDAR_CONFIG, "modeling_sdar_like.py": _SDAR_MODELING},
+        {
+            "AutoConfig": "configuration_sdar_like.SDARLikeConfig",
+            "AutoModelForCausalLM": "modeling_sdar_like.SDARLikeForCausalLM",
+        },
+        "AutoModelForCausalLM",
+        hidden_size,
+        num_layers,
+        num_heads,
+        seed,
+        is_causal=True,
+    )
+
+
+def load_remote(save_directory: str, auto_class: str = "AutoModel"):
+    import transformers
+
+    return getattr(transformers, auto_class).from_pretrained(save_directory, trust_remote_code=True).eval()

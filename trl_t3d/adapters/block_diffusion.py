@@ -68,8 +68,7 @@ class BlockDiffusionAdapter(DiffusionAdapter):
         self, model, prompt_ids, prompt_attention_mask, noisy_completion, clean_completion=None, block_length=None
     ):
         block_length = block_length or self.default_block_length
-        batch, prompt_length = prompt_ids.shape
-        length = noisy_completion.shape[1]
+        prompt_length = prompt_ids.shape[1]
         prompt_valid = (
             prompt_attention_mask.bool()
             if prompt_attention_mask is not None

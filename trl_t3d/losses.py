@@ -1,0 +1,123 @@
+"""Pure tensor functions of T3D's objective: masked sequence log-probs, the DDO loss and the trajectory path loss.
+
+Everything here is stateless and vectorized (no Python loop over blocks or levels, no `.item()`), so the trainer can
+derive every term from one reference and one policy forward. Log-softmax is only ever taken over the rows of the
+masked set M, in fp32: the full-vocabulary fp32 log-softmax of the positions outside M is never materialized.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def selected_token_logps(
+    logits: torch.Tensor, loss_mask: torch.Tensor, *labels: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """fp32 log p(label_i) at the masked positions only, returned as (B, L) tensors that are 0 outside the mask.
+
+    The masked rows are gathered first (N x V, N = |M|), so the fp32 log-softmax costs N x V, not B x L x V. Several
+    label tensors (e.g. the real `y` and the fake `ŷ`) share that one log-softmax.
+    """
+    mask = loss_mask.bool()
+    log_probs = logits[mask].float().log_softmax(dim=-1)  # (N, V)
+    outputs = []
+    for lab in labels:
+        picked = log_probs.gather(-1, lab[mask].long().unsqueeze(-1)).squeeze(-1)
+        full = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
+        outputs.append(full.masked_scatter(mask, picked))
+    return tuple(outputs)
+
+
+def mean_over_mask(token_values: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Per-example mean of `token_values` over the masked positions (0 for an example with an empty mask)."""
+    mask = loss_mask.to(token_values.dtype)
+    return (token_values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def masked_sequence_logps(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """`logp(z | x_t)` = mean over i in M of log p(z_i | x_t), per example (shape (B,)).
+
+    T3D uses the mean, not DDO's sum: with a mean, `beta` acts on a per-token log-ratio, independent of |M|.
+    """
+    (token_logps,) = selected_token_logps(logits, loss_mask, labels)
+    return mean_over_mask(token_logps, loss_mask)
+
+
+def ddo_loss(
+    policy_real_logps: torch.Tensor,
+    policy_fake_logps: torch.Tensor,
+    ref_real_logps: torch.Tensor,
+    ref_fake_logps: torch.Tensor,
+    alpha: float = 0.5,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Direct Discriminative Optimization, per example: `(loss, loss_real, loss_fake)`, `loss = loss_real + loss_fake`.
+
+    loss_real = -log σ(β(logp_θ(y) - logp_ref(y)))
+    loss_fake = -α log(1 - σ(β(logp_θ(ŷ) - logp_ref(ŷ)))) = -α log σ(-β(...))   (stable form, no log(0))
+    """
+    loss_real = -F.logsigmoid(beta * (policy_real_logps - ref_real_logps))
+    loss_fake = -alpha * F.logsigmoid(-beta * (policy_fake_logps - ref_fake_logps))
+    return loss_real + loss_fake, loss_real, loss_fake
+
+
+def path_level_weights(
+    loss_mask: torch.Tensor, decode_rank: torch.Tensor, block_length: int, k_steps: int
+) -> torch.Tensor:
+    """Weight of each position in the path loss, (B, L), so that `sum_i w_i * CE_i` is the level-averaged CE.
+
+    Level l holds the masked positions whose decode rank inside their block is < (l + 1) * k (the first (l+1)k tokens
+    of each block in decode order). Each non-empty level contributes the mean CE over its positions; the levels are
+    averaged. A position of rank r belongs to every level l >= r // k, so earlier-decoded tokens weigh more.
+    """
+    if k_steps < 1:
+        raise ValueError(f"`path_k_steps` must be >= 1, got {k_steps}.")
+    num_levels = -(-block_length // k_steps)
+    mask = loss_mask.bool()
+    limits = (torch.arange(num_levels, device=mask.device) + 1) * k_steps  # (N_levels,)
+    in_level = (decode_rank.unsqueeze(-1) < limits) & mask.unsqueeze(-1)  # (B, L, N_levels)
+    level_sizes = in_level.sum(1)  # (B, N_levels)
+    nonempty = (level_sizes > 0).sum(-1).clamp(min=1)  # (B,)
+    per_level = in_level.float() / level_sizes.clamp(min=1).unsqueeze(1)  # (B, L, N_levels)
+    return per_level.sum(-1) / nonempty.unsqueeze(-1)
+
+
+def path_loss_from_token_logps(
+    token_logps: torch.Tensor, loss_mask: torch.Tensor, decode_rank: torch.Tensor, block_length: int, k_steps: int
+) -> torch.Tensor:
+    """Per-example path loss from per-token log p(y_i | x_t) already computed at the masked positions."""
+    weights = path_level_weights(loss_mask, decode_rank, block_length, k_steps)
+    return -(weights * token_logps.float()).sum(-1)
+
+
+def path_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor,
+    decode_rank: torch.Tensor,
+    block_length: int,
+    k_steps: int = 4,
+) -> torch.Tensor:
+    """Trajectory path loss, per example (B,): the policy's CE on `y`, averaged over the step levels of the trajectory.
+
+    `logits` are the policy's logits at x_t (the same ones DDO uses), `decode_rank` the rank of each completion
+    position inside its block by `step_map` (0 = decoded first), `loss_mask` the masked set M.
+    """
+    (token_logps,) = selected_token_logps(logits, loss_mask, labels)
+    return path_loss_from_token_logps(token_logps, loss_mask, decode_rank, block_length, k_steps)
+
+
+def sample_fake_tokens(
+    ref_logits: torch.Tensor, temperature: float = 0.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The reference's one-shot prediction ŷ: argmax, or Gumbel-max at `temperature` (drawn once, float64).
+
+    `ref_logits` are the (N, V) reference logits of the masked rows. The same ŷ is scored by reference and policy.
+    """
+    if temperature <= 0:
+        return ref_logits.argmax(-1)
+    logits = ref_logits.double() / temperature
+    uniform = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
+    return (logits + gumbel).argmax(-1)

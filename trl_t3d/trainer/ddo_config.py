@@ -1,0 +1,192 @@
+"""Configuration of `DDOTrainer` (T3D: trajectory self-distillation with Direct Discriminative Optimization)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl.trainer.base_config import _BaseConfig
+
+
+@dataclass
+class DDOConfig(_BaseConfig):
+    r"""
+    Configuration class for [`DDOTrainer`].
+
+    Only the parameters specific to T3D/DDO are listed here; see [`~transformers.TrainingArguments`] for the rest.
+    Defaults follow the T3D paper's recipe (`configs/ddo_sdar_full_self.yaml`) where it has one; some TRL/transformers
+    defaults are overridden (`learning_rate=1e-5`, `logging_steps=10`, `remove_unused_columns=False`, `bf16` only
+    when a GPU is present).
+
+    Parameters:
+        > Parameters that control the model
+
+        model_init_kwargs (`dict[str, Any]`, *optional*):
+            Keyword arguments for `from_pretrained` of the adapter's auto class (e.g. `AutoModel` for LLaDA), used
+            when `model` is a name or path: `dtype`, `quantization_config` (QLoRA: a `BitsAndBytesConfig` or its
+            dict), `attn_implementation`, `revision`...
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow remote modeling code (LLaDA, Dream, SDAR ship their own). Passed to model, config and tokenizer.
+        adapter (`str`, *optional*):
+            Model family adapter ("llada", "dream", "sdar", "generic", ...). `None` detects it from the config.
+        mask_token_id (`int`, *optional*):
+            Mask token id; `None` takes it from the tokenizer, then the model config.
+        lora_target_modules (`list[str]`, *optional*):
+            LoRA targets used when `peft_config.target_modules` is unset. `None` uses the family adapter's list
+            (LLaDA: `q_proj`, `k_proj`, `v_proj`, `attn_out`, `ff_proj`, `up_proj`, `ff_out`). Targets that match no
+            Linear module of the model raise an error instead of training nothing.
+        disable_dropout (`bool`, *optional*, defaults to `True`):
+            Disable dropout in policy and reference, so both score a state the same way.
+
+        > Parameters that control the data
+
+        max_prompt_length (`int` or `None`, *optional*, defaults to `512`):
+            Prompts longer than this are cut from the left (counted and logged).
+        max_completion_length (`int` or `None`, *optional*, defaults to `1024`):
+            Examples whose completion is longer are dropped whole (counted and logged): a cut completion would
+            misalign its step map.
+        block_length (`int`, *optional*):
+            Training block length. `None` uses the dataset's decoding `block_length` (column or metadata). T3D
+            trains SDAR with 8 while decoding with 4.
+        dataset_num_proc (`int`, *optional*):
+            Processes for dataset validation.
+
+        > Parameters that control the states x_t ("trace" masking)
+
+        mask_ratios (`list[float]`, *optional*, defaults to `[1.0, 0.75, 0.5, 0.25]`):
+            Candidate shares r of a block still masked in x_t (the r·n tokens the decoder committed last).
+        mask_ratio_exponent (`float`, *optional*, defaults to `8.0`):
+            r is drawn per example with probability ∝ r^exponent (0.906 / 0.091 / 0.0035 / 0.00001 by default).
+        random_token_ratio (`float`, *optional*, defaults to `0.1`):
+            Share of the masked set given uniform random tokens instead of the mask token (at least one per example
+            when > 0); the loss still covers them.
+
+        > Parameters that control the loss
+
+        alpha (`float`, *optional*, defaults to `0.5`):
+            Weight of the DDO fake term `-log(1 - σ(β·log p_θ(ŷ)/p_ref(ŷ)))`.
+        beta (`float`, *optional*, defaults to `0.1`):
+            Scale of the per-token (mean) log-likelihood ratio in DDO's implicit discriminator.
+        lambda_path (`float`, *optional*, defaults to `0.2`):
+            Weight of the trajectory path loss (cross-entropy on `y` averaged over step levels). DDO alone collapses.
+        path_k_steps (`int`, *optional*, defaults to `4`):
+            Tokens per path level: level l holds the first (l+1)·k tokens of each block in decode order.
+        reference_temperature (`float`, *optional*, defaults to `0.0`):
+            Temperature of the fake sample ŷ drawn from the reference at the masked positions: 0 = argmax, else
+            Gumbel-max (drawn once and scored by both models).
+
+        > Parameters that control the reference and multi-round self-play
+
+        ref_sync_steps (`int`, *optional*, defaults to `0`):
+            Every this many optimizer steps the reference becomes the current policy (full: weights copied; PEFT: a
+            frozen "reference" adapter receives the trained adapter). 0 = frozen teacher. T3D uses 10.
+        recollect_each_round (`bool`, *optional*, defaults to `False`):
+            With a prompt-only dataset and `ref_sync_steps > 0`, collect fresh trajectories with the new reference at
+            each round.
+
+        > Parameters that control self-collected trajectories (prompt-only datasets)
+
+        generation_config (`dict`, *optional*):
+            A `DiffusionGenerationConfig` as a dict; when set it overrides the `generation_*` fields below.
+        generation_max_new_tokens (`int`, *optional*):
+            Completion budget of the teacher; `None` uses `max_completion_length`.
+        generation_block_length (`int`, *optional*, defaults to `4`):
+            Decoding block length of the teacher (T3D: 4).
+        generation_tokens_per_step (`int`, *optional*, defaults to `1`):
+            Tokens committed per teacher step (1 = slow, high-quality trajectories).
+        generation_temperature (`float`, *optional*, defaults to `0.0`):
+            Teacher sampling temperature (T3D: 0.1).
+        generation_remasking (`str`, *optional*, defaults to `"low_confidence"`):
+            Teacher remasking policy.
+        generation_batch_size (`int`, *optional*, defaults to `8`):
+            Prompts decoded together during collection.
+
+        > Parameters that describe the student (model card, saved generation config)
+
+        student_tokens_per_step (`int`, *optional*, defaults to `4`):
+            Recommended few-step decoding budget written into the model card and the saved
+            `diffusion_generation_config.json`.
+    """
+
+    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs", "generation_config"]
+
+    # Overridden TrainingArguments defaults
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (T3D: 1e-5)."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep every column: the DDO collator needs the trajectory columns."}
+    )
+
+    # Model
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Keyword arguments for `from_pretrained` when `model` is a string."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote modeling code."})
+    adapter: str | None = field(default=None, metadata={"help": "Model family adapter; None detects it."})
+    mask_token_id: int | None = field(default=None, metadata={"help": "Mask token id; None reads the tokenizer."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "LoRA targets when peft_config has none; None uses the family's list."}
+    )
+    disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in policy and reference."})
+
+    # Data
+    max_prompt_length: int | None = field(default=512, metadata={"help": "Prompts are cut from the left."})
+    max_completion_length: int | None = field(default=1024, metadata={"help": "Longer completions are dropped."})
+    block_length: int | None = field(default=None, metadata={"help": "Training block length; None = dataset's."})
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset validation."})
+
+    # States
+    mask_ratios: list[float] = field(
+        default_factory=lambda: [1.0, 0.75, 0.5, 0.25], metadata={"help": "Candidate mask ratios of a block."}
+    )
+    mask_ratio_exponent: float = field(default=8.0, metadata={"help": "p(r) ∝ r^exponent."})
+    random_token_ratio: float = field(default=0.1, metadata={"help": "Share of masked positions given random tokens."})
+
+    # Loss
+    alpha: float = field(default=0.5, metadata={"help": "Weight of the DDO fake term."})
+    beta: float = field(default=0.1, metadata={"help": "Scale of the log-likelihood ratio."})
+    lambda_path: float = field(default=0.2, metadata={"help": "Weight of the path loss."})
+    path_k_steps: int = field(default=4, metadata={"help": "Tokens per path level."})
+    reference_temperature: float = field(default=0.0, metadata={"help": "Temperature of the fake sample; 0 = argmax."})
+
+    # Reference
+    ref_sync_steps: int = field(default=0, metadata={"help": "Reference <- policy every N optimizer steps; 0 = off."})
+    recollect_each_round: bool = field(default=False, metadata={"help": "Collect fresh trajectories each round."})
+
+    # Self-collection
+    generation_config: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "DiffusionGenerationConfig as a dict for trajectory collection."}
+    )
+    generation_max_new_tokens: int | None = field(default=None, metadata={"help": "None = max_completion_length."})
+    generation_block_length: int = field(default=4, metadata={"help": "Teacher decoding block length."})
+    generation_tokens_per_step: int = field(default=1, metadata={"help": "Teacher tokens per step."})
+    generation_temperature: float = field(default=0.0, metadata={"help": "Teacher temperature."})
+    generation_remasking: str = field(default="low_confidence", metadata={"help": "Teacher remasking policy."})
+    generation_batch_size: int = field(default=8, metadata={"help": "Prompts decoded together."})
+
+    # Student
+    student_tokens_per_step: int = field(default=4, metadata={"help": "Recommended few-step decoding budget."})
+
+    def __post_init__(self):
+        # bf16 mixed precision by default only where it pays off (a GPU); on CPU keep fp32.
+        if self.bf16 is None and not self.fp16 and (self.use_cpu or not torch.cuda.is_available()):
+            self.bf16 = False
+        super().__post_init__()
+        if self.alpha < 0 or self.beta <= 0:
+            raise ValueError(f"Need alpha >= 0 and beta > 0, got alpha={self.alpha}, beta={self.beta}.")
+        if self.lambda_path < 0:
+            raise ValueError(f"`lambda_path` must be >= 0, got {self.lambda_path}.")
+        if self.path_k_steps < 1:
+            raise ValueError(f"`path_k_steps` must be >= 1, got {self.path_k_steps}.")
+        if not self.mask_ratios or any(not 0 < r <= 1 for r in self.mask_ratios):
+            raise ValueError(f"`mask_ratios` must be values in (0, 1], got {self.mask_ratios}.")
+        if not 0 <= self.random_token_ratio <= 1:
+            raise ValueError(f"`random_token_ratio` must be in [0, 1], got {self.random_token_ratio}.")
+        if self.reference_temperature < 0:
+            raise ValueError(f"`reference_temperature` must be >= 0, got {self.reference_temperature}.")
+        if self.ref_sync_steps < 0:
+            raise ValueError(f"`ref_sync_steps` must be >= 0, got {self.ref_sync_steps}.")
+        if self.block_length is not None and self.block_length < 1:
+            raise ValueError(f"`block_length` must be >= 1, got {self.block_length}.")
+        if self.recollect_each_round and self.ref_sync_steps == 0:
+            raise ValueError("`recollect_each_round=True` needs rounds: set `ref_sync_steps > 0`.")

@@ -1,0 +1,702 @@
+"""`DDOTrainer`: T3D trajectory self-distillation of a diffusion LM with Direct Discriminative Optimization.
+
+Per micro-batch, exactly one reference forward (no grad) and one policy forward, both at the same state x_t, give
+every term: the reference logits give log p_ref(y), the fake tokens ŷ (argmax or Gumbel, drawn once) and
+log p_ref(ŷ); the policy logits give log p_θ(y), log p_θ(ŷ) and the path loss. The T3D reference code runs four.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import transformers
+from accelerate.utils import is_peft_model
+from datasets import Dataset, IterableDataset
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from trl.trainer.base_trainer import _BaseTrainer
+from trl.trainer.utils import disable_dropout_in_model
+
+from ..adapters import get_adapter, resolve_adapter_class
+from ..losses import (
+    ddo_loss,
+    mean_over_mask,
+    path_loss_from_token_logps,
+    sample_fake_tokens,
+    selected_token_logps,
+)
+from ..trajectories import dataset_metadata, prepare_trajectory_dataset, resolve_special_ids
+from .collator import DDODataCollator
+from .ddo_config import DDOConfig
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_ADAPTER = "reference"
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _load_model(model_id: str, args: DDOConfig):
+    """Load with the family adapter's auto class (AutoModel for LLaDA/Dream, AutoModelForCausalLM otherwise)."""
+    kwargs = dict(args.model_init_kwargs or {})
+    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    config = AutoConfig.from_pretrained(
+        model_id, trust_remote_code=kwargs["trust_remote_code"], revision=kwargs.get("revision")
+    )
+    auto_class = getattr(transformers, resolve_adapter_class(config, args.adapter).auto_class)
+    dtype = kwargs.get("dtype")
+    if isinstance(dtype, str) and dtype not in ("auto",):
+        kwargs["dtype"] = getattr(torch, dtype)
+    quant = kwargs.get("quantization_config")
+    if isinstance(quant, dict):
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(**quant)
+    if args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+        kwargs["device_map"] = None
+    return auto_class.from_pretrained(model_id, **kwargs)
+
+
+def _checkpointing_enabled(args) -> bool:
+    # transformers >= 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name mirrors it)
+    return bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing)
+
+
+def _checkpointing_kwargs(args):
+    return getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
+
+
+def _set_checkpointing(args, enabled: bool, kwargs: dict | None = None) -> None:
+    for prefix in ("activation", "gradient"):
+        if hasattr(args, f"{prefix}_checkpointing"):
+            setattr(args, f"{prefix}_checkpointing", enabled)
+            if kwargs is not None:
+                setattr(args, f"{prefix}_checkpointing_kwargs", kwargs)
+
+
+def _model_id(model) -> str | None:
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+
+def _is_quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def _linear_leaf_names(model) -> set[str]:
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+            names.add(name.rsplit(".", 1)[-1])
+    return names
+
+
+def _lora_layers(model):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def _gathered(params):
+    """Gather ZeRO-3 partitioned parameters for a read/write (a no-op context without ZeRO-3)."""
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    return contextlib.nullcontext()
+
+
+class _SwappableDataset(torch.utils.data.Dataset):
+    """A training dataset whose rows can be replaced between rounds (fresh trajectories) without a new dataloader."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self._length = len(dataset)
+
+    def swap(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return self._length
+
+    def __getitem__(self, index):
+        return self.dataset[index % len(self.dataset)]
+
+
+class RefSyncCallback(TrainerCallback):
+    """Multi-round self-play: every `ref_sync_steps` optimizer steps the reference becomes the current policy."""
+
+    def __init__(self, trainer: DDOTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.ref_sync_steps and state.global_step % args.ref_sync_steps == 0:
+            self.trainer.sync_reference()
+            if args.recollect_each_round and self.trainer._prompt_dataset is not None:
+                self.trainer._recollect()
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+class DDOTrainer(_BaseTrainer):
+    """
+    Trainer for T3D: few-step diffusion LMs by trajectory self-distillation with Direct Discriminative Optimization
+    ([paper](https://huggingface.co/papers/2602.12262)). A subclass of [`~transformers.Trainer`] like TRL's trainers.
+
+    Example:
+
+    ```python
+    >>> from trl_t3d import DDOConfig, DDOTrainer
+
+    >>> trainer = DDOTrainer(
+    ...     model="GSAI-ML/LLaDA-8B-Instruct",
+    ...     args=DDOConfig(output_dir="llada-t3d", trust_remote_code=True),
+    ...     train_dataset=trajectories,  # prompt_ids, completion_ids, step_map, block_length (or prompts only)
+    ... )
+    >>> trainer.train()
+    ```
+
+    Args:
+        model (`str` or `PreTrainedModel` or `PeftModel`): the teacher/student; a name or path is loaded with the
+            family adapter's auto class and `args.model_init_kwargs` (`trust_remote_code` passes through).
+        ref_model (`str` or `PreTrainedModel`, *optional*): frozen reference. `None`: a frozen copy of `model`, or
+            with PEFT the base model with adapters disabled (no second model in memory).
+        args ([`DDOConfig`], *optional*): the configuration.
+        data_collator (*optional*): defaults to [`DDODataCollator`] built from `args` and the adapter.
+        train_dataset (`Dataset`): trajectories (`prompt_ids`, `completion_ids`, `step_map`, `block_length`, or text
+            `prompt`/`completion` with a token-level `step_map`), or prompts only (`prompt` or `messages`): then the
+            trainer collects the trajectories with the teacher first.
+        eval_dataset (`Dataset`, *optional*): trajectories for evaluation of the loss.
+        processing_class (`PreTrainedTokenizerBase`, *optional*): the tokenizer; loaded from `model` when `None`.
+        peft_config (`PeftConfig`, *optional*): LoRA/QLoRA; empty `target_modules` resolve to the family's names.
+        callbacks, optimizers: as in [`~transformers.Trainer`].
+        adapter (`str` or `DiffusionAdapter`, *optional*): overrides `args.adapter`.
+    """
+
+    _tag_names = ["trl", "trl-t3d", "t3d", "ddo", "diffusion-lm"]
+    _name = "T3D-DDO"
+    _paper = {
+        "title": "Few-Step Diffusion Language Models via Trajectory Self-Distillation with Direct Discriminative "
+        "Optimization",
+        "id": "2602.12262",
+        "citation": "@article{t3d2026,\n    title   = {{Few-Step Diffusion Language Models via Trajectory "
+        "Self-Distillation with Direct Discriminative Optimization}},\n    year    = 2026,\n    eprint  = "
+        "{arXiv:2602.12262}\n}",
+    }
+    # compute_loss returns a per-micro-batch mean; Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args: DDOConfig | None = None,
+        data_collator=None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset=None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config=None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers=(None, None),
+        adapter=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else (_model_id(model) or "model")
+            args = DDOConfig(f"{str(name).rstrip('/').split('/')[-1]}-T3D")
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required: trajectories, or prompts to collect them from.")
+        transformers.set_seed(args.seed)
+
+        # 1. Models
+        self._teacher_id = model if isinstance(model, str) else _model_id(model)
+        if isinstance(model, str):
+            model = _load_model(model, args)
+        elif args.model_init_kwargs:
+            logger.warning("`model_init_kwargs` are ignored: the model is already instantiated.")
+        if isinstance(ref_model, str):
+            ref_model = _load_model(ref_model, args)
+        if ref_model is not None and ref_model is model:
+            raise ValueError("`model` and `ref_model` must be different objects; omit `ref_model` for a frozen copy.")
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(
+                self._teacher_id, trust_remote_code=args.trust_remote_code
+            )
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        # Mask id: explicit > tokenizer > model config; pad == mask is an error either way.
+        mask_token_id = args.mask_token_id
+        if mask_token_id is None and getattr(tokenizer, "mask_token_id", None) is None:
+            mask_token_id = getattr(model.config, "mask_token_id", None)
+        mask_token_id, _ = resolve_special_ids(tokenizer, mask_token_id)
+        self.adapter = get_adapter(model, adapter or args.adapter, tokenizer=tokenizer, mask_token_id=mask_token_id)
+
+        # 2. Gradient checkpointing: only where the model's code supports it
+        if _checkpointing_enabled(args):
+            base = model.get_base_model() if is_peft_model(model) else model
+            if not (
+                self.adapter.supports_gradient_checkpointing
+                and getattr(base, "supports_gradient_checkpointing", False)
+            ):
+                logger.warning(
+                    "Gradient checkpointing is not supported by this model's code (%s adapter, %s): training without "
+                    "it. Set `gradient_checkpointing=False` to silence this warning, or lower the batch size / use "
+                    "LoRA if memory is short.",
+                    self.adapter.name,
+                    type(base).__name__,
+                )
+                _set_checkpointing(args, False)
+            elif not _checkpointing_kwargs(args):
+                _set_checkpointing(args, True, {"use_reentrant": False})
+
+        # 3. Datasets: trajectories, or prompts to collect them from (with the teacher, before any adapter)
+        self._prompt_dataset = None
+        if self._is_prompt_only(train_dataset):
+            self._prompt_dataset = train_dataset
+            train_dataset = self._collect(model, processing_class, train_dataset, args)
+        train_dataset = self._prepare(train_dataset, processing_class, args, "train")
+        if eval_dataset is not None:
+            eval_dataset = self._prepare(eval_dataset, processing_class, args, "eval")
+        self._trajectory_metadata = dataset_metadata(train_dataset)
+        if args.recollect_each_round and self._prompt_dataset is not None:
+            train_dataset = _SwappableDataset(train_dataset)
+
+        # 4. PEFT
+        if peft_config is not None:
+            model = self._wrap_peft(model, peft_config, args)
+        self._use_peft = is_peft_model(model)
+
+        # 5. Reference: frozen copy (built before accelerate/deepspeed wraps the policy), or disabled adapters
+        if ref_model is None and not self._use_peft:
+            ref_model = self._frozen_copy(model, args)
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+        if args.disable_dropout:
+            disable_dropout_in_model(model)
+            if ref_model is not None:
+                disable_dropout_in_model(ref_model)
+
+        if data_collator is None:
+            data_collator = DDODataCollator(
+                pad_token_id=self.adapter.pad_token_id,
+                mask_token_id=self.adapter.mask_token_id,
+                block_causal=self.adapter.block_causal,
+                block_length=args.block_length,
+                mask_ratios=args.mask_ratios,
+                mask_ratio_exponent=args.mask_ratio_exponent,
+                random_token_ratio=args.random_token_ratio,
+                vocab_size=model.get_input_embeddings().num_embeddings,
+                noise=self.adapter.noise,
+                seed=args.seed,
+            )
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+
+        self.ref_model = ref_model
+        if self.ref_model is not None:
+            if self.is_deepspeed_enabled:
+                from trl.models.utils import prepare_deepspeed
+
+                self.ref_model = prepare_deepspeed(self.ref_model, self.accelerator)
+            elif self.is_fsdp_enabled:
+                from trl.models.utils import prepare_fsdp
+
+                self.ref_model = prepare_fsdp(self.ref_model, self.accelerator)
+            else:
+                self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
+
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._tokens_since_log = {"train": 0, "eval": 0}
+        self._time_of_last_log = {"train": None, "eval": None}
+        self._fake_generator = None
+        if args.ref_sync_steps > 0:
+            self.add_callback(RefSyncCallback(self))
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(self._tag_names)
+
+    # -------------------------------------------------------------------------------------- data
+    @staticmethod
+    def _is_prompt_only(dataset) -> bool:
+        columns = set(dataset.column_names or [])
+        return "step_map" not in columns and bool(columns & {"prompt", "messages", "prompt_ids"})
+
+    def _prepare(self, dataset, processing_class, args, name):
+        if isinstance(dataset, dict):
+            return {key: self._prepare(d, processing_class, args, key) for key, d in dataset.items()}
+        if not isinstance(dataset, Dataset):
+            raise TypeError(f"The {name} dataset must be a `datasets.Dataset`, got {type(dataset).__name__}.")
+        dataset, stats = prepare_trajectory_dataset(
+            dataset,
+            processing_class,
+            args.max_prompt_length,
+            args.max_completion_length,
+            mask_token_id=self.adapter.mask_token_id,
+            pad_token_id=self.adapter.pad_token_id,
+            block_length=args.block_length,
+            return_stats=True,
+        )
+        logger.info("%s trajectories: %s", name, stats.to_dict())
+        self.__dict__.setdefault("_dataset_stats", {})[name] = stats.to_dict()
+        return dataset
+
+    def _generation_config(self, args):
+        settings = dict(args.generation_config or {})
+        if not settings:
+            settings = dict(
+                max_new_tokens=args.generation_max_new_tokens or args.max_completion_length,
+                block_length=args.generation_block_length,
+                tokens_per_step=args.generation_tokens_per_step,
+                temperature=args.generation_temperature,
+                remasking=args.generation_remasking,
+            )
+        settings.setdefault("mask_token_id", self.adapter.mask_token_id)
+        settings.setdefault("output_step_map", True)
+        settings.setdefault("return_dict_in_generate", True)
+        try:
+            from ..generation import DiffusionGenerationConfig
+
+            return DiffusionGenerationConfig(**settings)
+        except ImportError:
+            return settings
+
+    def _collect(self, model, processing_class, prompts, args):
+        try:
+            from ..collect import collect_trajectories
+        except ImportError as err:
+            raise ImportError(
+                "A prompt-only dataset needs `trl_t3d.collect.collect_trajectories` to build trajectories, which is "
+                "not available in this installation. Pass a trajectory dataset instead."
+            ) from err
+        if not getattr(model, "hf_device_map", None) and not _is_quantized(model):
+            model.to(args.device)  # decode where training will run, not on the CPU the model was loaded to
+        was_training = model.training
+        model.eval()
+        try:
+            return collect_trajectories(
+                model,
+                processing_class,
+                prompts,
+                self._generation_config(args),
+                batch_size=args.generation_batch_size,
+                adapter=self.adapter,
+                teacher_name=self._teacher_id,
+                seed=args.seed,
+            )
+        finally:
+            model.train(was_training)
+
+    def _recollect(self):
+        """New round: fresh trajectories from the current policy (the new reference)."""
+        model = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad():
+            dataset = self._collect(model, self.processing_class, self._prompt_dataset, self.args)
+        self.train_dataset.swap(self._prepare(dataset, self.processing_class, self.args, "train"))
+
+    # -------------------------------------------------------------------------------------- models
+    def _wrap_peft(self, model, peft_config, args):
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if is_peft_model(model):
+            raise ValueError("`model` is already a PeftModel: omit `peft_config`, or pass the base model.")
+        linear_names = _linear_leaf_names(model)
+        targets = peft_config.target_modules
+        if targets is None:
+            if args.lora_target_modules:
+                targets = list(args.lora_target_modules)
+            else:
+                targets = self.adapter.resolve_lora_targets(model)
+            peft_config.target_modules = set(targets)
+        if not isinstance(targets, str):  # a regex or "all-linear" is left to PEFT
+            found = [t for t in targets if t in linear_names]
+            if not found:
+                raise ValueError(
+                    f"None of the LoRA target_modules {sorted(targets)} names a Linear module of this model (its "
+                    f"Linear names: {sorted(linear_names)}). The '{self.adapter.name}' family uses "
+                    f"{list(self.adapter.lora_target_modules)}; leave `target_modules` unset to use them."
+                )
+            missing = sorted(set(targets) - set(found))
+            if missing:
+                logger.warning("LoRA target_modules %s match no module of this model and are ignored.", missing)
+        if _is_quantized(model):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=_checkpointing_enabled(args))
+        return get_peft_model(model, peft_config)
+
+    @staticmethod
+    def _frozen_copy(model, args):
+        """A frozen reference equal to the policy. Under ZeRO-3 the weights are partitioned: gather before copying."""
+        if _is_quantized(model):
+            raise ValueError(
+                "A quantized model can only be trained with PEFT (QLoRA): pass a `peft_config`, whose disabled "
+                "adapters then serve as the reference."
+            )
+        if is_deepspeed_zero3_enabled():
+            import deepspeed
+
+            with deepspeed.zero.Init(config_dict_or_path=args.deepspeed):
+                ref = type(model)(copy.deepcopy(model.config))
+            with _gathered(list(model.parameters()) + list(ref.parameters())):
+                for dst, src in zip(ref.parameters(), model.parameters(), strict=True):
+                    dst.data.copy_(src.data)
+            return ref
+        return copy.deepcopy(model)
+
+    @contextlib.contextmanager
+    def _reference(self, model):
+        """The module that scores as reference: the frozen copy, the "reference" adapter, or disabled adapters."""
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        unwrapped = self.accelerator.unwrap_model(model)
+        if REFERENCE_ADAPTER in getattr(unwrapped, "peft_config", {}):
+            layers = _lora_layers(unwrapped)
+            saved = [layer._active_adapter for layer in layers]
+            try:  # switch the forward only; requires_grad of the trained adapter is left alone
+                for layer in layers:
+                    layer._active_adapter = [REFERENCE_ADAPTER]
+                yield unwrapped
+            finally:
+                for layer, active in zip(layers, saved):
+                    layer._active_adapter = active
+            return
+        with unwrapped.disable_adapter():
+            yield unwrapped
+
+    @torch.no_grad()
+    def sync_reference(self):
+        """Reference <- current policy (multi-round self-play)."""
+        policy = self.accelerator.unwrap_model(self.model)
+        if self.ref_model is not None:
+            ref = self.accelerator.unwrap_model(self.ref_model)
+            ref = getattr(ref, "module", ref)
+            with _gathered(list(policy.parameters()) + list(ref.parameters())):
+                for dst, src in zip(ref.parameters(), policy.parameters(), strict=True):
+                    dst.data.copy_(src.data)
+        else:
+            if REFERENCE_ADAPTER not in policy.peft_config:
+                active = policy.active_adapter
+                policy.add_adapter(REFERENCE_ADAPTER, copy.deepcopy(policy.peft_config[active]))
+                policy.set_adapter(active)  # keeps the trained adapter trainable and active
+            active = policy.active_adapter
+            params = dict(policy.named_parameters())
+            pairs = [
+                (params[name.replace(f".{active}.", f".{REFERENCE_ADAPTER}.")], p)
+                for name, p in params.items()
+                if f".{active}." in name and name.replace(f".{active}.", f".{REFERENCE_ADAPTER}.") in params
+            ]
+            if not pairs:
+                raise RuntimeError("Could not pair the trained adapter's weights with the reference adapter's.")
+            with _gathered([p for pair in pairs for p in pair]):
+                for dst, src in pairs:
+                    dst.requires_grad_(False)
+                    dst.data.copy_(src.data)
+        self._metrics["train"]["ref_syncs"].append(1.0)
+        logger.info("Reference synced to the policy at step %d.", self.state.global_step)
+
+    # -------------------------------------------------------------------------------------- loss
+    def _completion_logits(self, model, inputs):
+        return self.adapter.completion_logits(
+            model,
+            inputs["prompt_ids"],
+            inputs["prompt_attention_mask"],
+            inputs["xt"],
+            clean_completion=inputs["x0"] if self.adapter.block_causal else None,
+            block_length=int(inputs["block_length"][0]),
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.args
+        mode = "train" if self.model.training else "eval"
+        loss_mask = inputs["loss_mask"].bool()
+        labels = inputs["x0"]
+        block_length = int(inputs["block_length"][0])
+
+        # 1. One reference forward: log p_ref(y), the fake tokens ŷ (drawn once), log p_ref(ŷ)
+        with torch.no_grad(), self._reference(model) as reference:
+            ref_rows = self._completion_logits(reference, inputs)[loss_mask].float()  # (N, V): rows of M only
+            if args.reference_temperature > 0 and self._fake_generator is None:
+                self._fake_generator = torch.Generator(device=ref_rows.device).manual_seed(args.seed)
+            fake_rows = sample_fake_tokens(ref_rows, args.reference_temperature, self._fake_generator)
+            ref_log_probs = ref_rows.log_softmax(-1)
+            del ref_rows
+            zeros = torch.zeros(loss_mask.shape, dtype=torch.float32, device=loss_mask.device)
+            ref_real_tok = zeros.masked_scatter(loss_mask, ref_log_probs.gather(-1, labels[loss_mask][:, None])[:, 0])
+            ref_fake_tok = zeros.masked_scatter(loss_mask, ref_log_probs.gather(-1, fake_rows[:, None])[:, 0])
+            del ref_log_probs
+        fake = labels.masked_scatter(loss_mask, fake_rows)
+
+        # 2. One policy forward: log p_θ(y), log p_θ(ŷ) and the path loss from the same logits
+        policy_logits = self._completion_logits(model, inputs)
+        policy_real_tok, policy_fake_tok = selected_token_logps(policy_logits, loss_mask, labels, fake)
+        del policy_logits
+
+        policy_real = mean_over_mask(policy_real_tok, loss_mask)
+        policy_fake = mean_over_mask(policy_fake_tok, loss_mask)
+        ref_real = mean_over_mask(ref_real_tok, loss_mask)
+        ref_fake = mean_over_mask(ref_fake_tok, loss_mask)
+        loss_ddo, loss_real, loss_fake = ddo_loss(policy_real, policy_fake, ref_real, ref_fake, args.alpha, args.beta)
+        loss_path = path_loss_from_token_logps(
+            policy_real_tok, loss_mask, inputs["decode_rank"], block_length, args.path_k_steps
+        )
+        loss = (loss_ddo + args.lambda_path * loss_path).mean()
+
+        self._record_metrics(mode, locals())
+        if return_outputs:
+            return loss, {"policy_real_logps": policy_real, "policy_fake_logps": policy_fake}
+        return loss
+
+    def _record_metrics(self, mode, v):
+        gather = self.accelerator.gather_for_metrics
+        margin_real = (v["policy_real"] - v["ref_real"]).detach()
+        margin_fake = (v["policy_fake"] - v["ref_fake"]).detach()
+        values = {
+            "loss_ddo": v["loss_ddo"],
+            "loss_real": v["loss_real"],
+            "loss_fake": v["loss_fake"],
+            "loss_path": v["loss_path"],
+            "logps/policy_real": v["policy_real"],
+            "logps/policy_fake": v["policy_fake"],
+            "logps/ref_real": v["ref_real"],
+            "logps/ref_fake": v["ref_fake"],
+            "margins/real": margin_real,
+            "margins/fake": margin_fake,
+            "accuracy/real": (margin_real > 0).float(),
+            "accuracy/fake": (margin_fake < 0).float(),
+            "accuracy": ((margin_real > 0).float() + (margin_fake < 0).float()) / 2,
+            "fake_equals_real": (v["fake"] == v["labels"])[v["loss_mask"]].float().mean()[None],
+        }
+        stacked = gather(torch.stack([t.detach().float().mean() for t in values.values()])[None]).mean(0)
+        for key, value in zip(values, stacked.tolist()):
+            self._metrics[mode][key].append(value)
+        inputs_tokens = v["inputs"]["prompt_attention_mask"].sum() + v["inputs"]["xt"].numel()
+        self._tokens_since_log[mode] += int(gather(inputs_tokens.detach()[None]).sum())
+        self._metrics[mode]["masked_tokens"].append(float(gather(v["loss_mask"].sum()[None]).float().mean()))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {key: sum(val) / len(val) for key, val in self._metrics[mode].items() if val}
+        now = time.perf_counter()
+        last = self._time_of_last_log[mode]
+        if last is not None and now > last and self._tokens_since_log[mode]:
+            metrics["tokens_per_second"] = self._tokens_since_log[mode] / (now - last)
+        self._time_of_last_log[mode], self._tokens_since_log[mode] = now, 0
+        if mode == "eval":
+            metrics = {f"eval_{key}": val for key, val in metrics.items()}
+        logs.update(metrics)
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._time_of_last_log["train"] is None:
+            self._time_of_last_log["train"] = time.perf_counter()
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        if self._time_of_last_log["eval"] is None:
+            self._time_of_last_log["eval"] = time.perf_counter()
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # -------------------------------------------------------------------------------------- saving
+    def _student_generation_settings(self) -> dict:
+        block = int(self._trajectory_metadata.get("block_length") or self.args.block_length or 4)
+        tokens_per_step = max(1, min(self.args.student_tokens_per_step, block))
+        return {
+            "block_length": block,
+            "tokens_per_step": tokens_per_step,
+            "steps": None,
+            "remasking": "low_confidence",
+            "temperature": 0.0,
+            "mask_token_id": self.adapter.mask_token_id,
+        }
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        if self.is_world_process_zero():
+            self._save_generation_config(output_dir)
+            if not _internal_call:
+                self.create_model_card(output_dir=output_dir)
+
+    def _save_generation_config(self, output_dir):
+        settings = {k: v for k, v in self._student_generation_settings().items() if v is not None}
+        try:
+            from ..generation import DiffusionGenerationConfig
+        except ImportError:
+            return
+        try:
+            DiffusionGenerationConfig(**settings).save_pretrained(output_dir)
+        except Exception as err:  # the generation module is optional; never lose a checkpoint over it
+            logger.warning("Could not save the DiffusionGenerationConfig: %s", err)
+
+    def _save_checkpoint(self, model, trial):
+        name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else Path(self.args.output_dir).name
+        self.create_model_card(model_name=name)
+        super()._save_checkpoint(model, trial)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None, output_dir=None, **kwargs):
+        """README.md with the teacher, the trajectory data, the DDO settings and recommended few-step decoding."""
+        if not self.is_world_process_zero():
+            return
+        args, meta = self.args, self._trajectory_metadata
+        teacher = self._teacher_id or meta.get("teacher") or "unknown"
+        base_model = teacher if teacher and not os.path.isdir(teacher) else None
+        tags = sorted(set(self._tag_names) | ({tags} if isinstance(tags, str) else set(tags or [])))
+        gen = self._student_generation_settings()
+        dataset_name = dataset_name or meta.get("dataset_name") or meta.get("dataset")
+        front = ["---", "library_name: transformers", "tags:"] + [f"- {t}" for t in tags]
+        if base_model:
+            front += [f"base_model: {base_model}"]
+        if dataset_name:
+            front += ["datasets:", f"- {dataset_name}"]
+        front += ["---", ""]
+        stats = self.__dict__.get("_dataset_stats", {}).get("train", {})
+        name = model_name or Path(args.output_dir).name
+        body = f"""# {name}
+
+A few-step student of **{teacher}**, trained with [trl-t3d](https://github.com/) — T3D trajectory
+self-distillation with Direct Discriminative Optimization ([arXiv:2602.12262](https://huggingface.co/papers/2602.12262)).
+
+## Training
+
+- Teacher / reference: `{teacher}` ({self.adapter.name} family; {"LoRA adapters" if self._use_peft else "full fine-tuning"})
+- Trajectory data: {dataset_name or "self-collected or user trajectories"}; {stats.get("num_kept", "?")} trajectories
+  ({stats.get("num_truncated_prompts", 0)} prompts cut, {stats.get("num_dropped_long_completions", 0)} long and
+  {stats.get("num_dropped_empty_completions", 0)} empty completions dropped); teacher decoding: `{json.dumps(meta.get("generation_config", {}))}`
+- DDO: alpha = {args.alpha}, beta = {args.beta}; path loss lambda = {args.lambda_path}, k = {args.path_k_steps}
+- States: mask ratios {list(args.mask_ratios)} (p ∝ r^{args.mask_ratio_exponent}), random-token ratio {args.random_token_ratio}
+- Optimizer steps: {self.state.global_step}; learning rate {args.learning_rate}; reference sync every
+  {args.ref_sync_steps or "never"} steps
+
+## Recommended decoding
+
+Few-step semi-autoregressive decoding: block length {gen["block_length"]}, {gen["tokens_per_step"]} tokens per step
+({gen["block_length"] // gen["tokens_per_step"]} steps per block), low-confidence remasking, temperature 0. These
+settings are saved as `diffusion_generation_config.json` next to the weights when trl-t3d's generation module is
+installed.
+
+```python
+from trl_t3d.generation import diffusion_generate
+out = diffusion_generate(model, input_ids, block_length={gen["block_length"]}, tokens_per_step={gen["tokens_per_step"]})
+```
+
+## Citation
+
+```bibtex
+{self._paper["citation"]}
+```
+"""
+        os.makedirs(output_dir or args.output_dir, exist_ok=True)
+        with open(os.path.join(output_dir or args.output_dir, "README.md"), "w") as f:
+            f.write("\n".join(front) + body)

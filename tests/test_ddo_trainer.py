@@ -193,6 +193,9 @@ def test_lora_targets_resolve_to_llada_names(tmp_path, tok, llada_dir, caplog):
         n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in trainer.model.named_parameters() if "lora_A" in n
     }
     assert targets <= lora_leaves
+    lora_modules = {n.split(".lora_A")[0] for n, _ in trainer.model.named_parameters() if "lora_A" in n}
+    assert not any(m.endswith("model.ff_out") for m in lora_modules), "LoRA must stay off the vocabulary head"
+    assert any(m.endswith("blocks.0.ff_out") for m in lora_modules)
     before = {n: p.clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     trainer.train()
     assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if "lora_B" in n)

@@ -95,6 +95,16 @@ def _linear_leaf_names(model) -> set[str]:
     return names
 
 
+def _vocabulary_heads(model) -> list[str]:
+    """Full names of the Linear layers that project onto the vocabulary (the LM head, whatever it is called)."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and vocab is not None and module.out_features == vocab
+    ]
+
+
 def _lora_layers(model):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -427,6 +437,10 @@ class DDOTrainer(_BaseTrainer):
             missing = sorted(set(targets) - set(found))
             if missing:
                 logger.warning("LoRA target_modules %s match no module of this model and are ignored.", missing)
+        heads = _vocabulary_heads(model)
+        if heads and not getattr(peft_config, "exclude_modules", None):
+            # LLaDA names its LM head `ff_out`, like its MLP output: keep LoRA off the vocabulary projection.
+            peft_config.exclude_modules = heads
         if _is_quantized(model):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=_checkpointing_enabled(args))
         return get_peft_model(model, peft_config)

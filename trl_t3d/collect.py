@@ -1,0 +1,535 @@
+"""Trajectory collection: the teacher decodes prompts slowly and records when each token was committed.
+
+`collect_trajectories` turns a prompt dataset into a trajectory dataset (schema in `trl_t3d.trajectories`):
+
+1. prompts -> token ids (chat template for conversational prompts, as TRL does; optional reasoning suffix);
+2. shards of `shard_size` prompts in dataset order; each process of an `accelerate launch` takes every n-th shard;
+3. inside a shard, prompts sorted by length and decoded in left-padded batches with
+   `diffusion_generate(..., return_dict_in_generate=True, output_step_map=True)`;
+4. the decoder's token ids are kept (never re-tokenized text), cut after the first EOS together with the step map;
+5. finished shards are written to `output_dir` (resumable) or gathered in memory; rows come back in dataset order.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REASONING_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+MANIFEST_NAME = "collection_manifest.json"
+TRAJECTORY_FORMAT = "trl_t3d.trajectories/v1"
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+def _prompt_source_column(column_names, prompt_column: str) -> str:
+    """The column prompts are read from: `prompt_column`, else `messages`, else `prompt_ids`."""
+    for name in (prompt_column, "messages", "prompt_ids"):
+        if name in column_names:
+            return name
+    raise ValueError(
+        f"The dataset has no prompt column: looked for '{prompt_column}', 'messages' and 'prompt_ids' but found "
+        f"{sorted(column_names)}. Rename your prompt column (`dataset.rename_column('question', 'prompt')`) or pass "
+        "`prompt_column=...` (CLI: `--prompt_column`)."
+    )
+
+
+def _is_conversation(value) -> bool:
+    return isinstance(value, list) and (not value or isinstance(value[0], dict))
+
+
+def _add_suffix_to_messages(messages: list[dict], suffix: str) -> list[dict]:
+    """Append `suffix` to the content of the last user message (a copy; the dataset is not modified)."""
+    messages = [dict(m) for m in messages]
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            message["content"] = f"{message.get('content', '')}{suffix}"
+            return messages
+    raise ValueError("`reasoning_suffix` needs a user message to append to, but the conversation has none.")
+
+
+def render_prompt(
+    value,
+    tokenizer,
+    *,
+    source_column: str = "prompt",
+    reasoning_suffix: str | None = None,
+    apply_chat_template: bool | None = None,
+) -> tuple[list[int], str | None]:
+    """Token ids (and text) of one prompt, the way TRL prepares prompts.
+
+    - a list of messages goes through the chat template with `add_generation_prompt=True` (or
+      `continue_final_message=True` when it ends with an assistant turn); a `messages` column holds whole
+      conversations, so its trailing assistant turns (the reference answer) are removed first;
+    - a plain string is used as is, unless `apply_chat_template=True` (then it becomes one user message);
+    - `prompt_ids` are used as they are (no suffix can be added to ids).
+    """
+    if source_column == "prompt_ids":
+        if reasoning_suffix:
+            raise ValueError("`reasoning_suffix` cannot be added to a `prompt_ids` column; give text prompts.")
+        return [int(t) for t in value], None
+    if isinstance(value, str) and apply_chat_template:
+        value = [{"role": "user", "content": value}]
+    if _is_conversation(value):
+        messages = list(value)
+        if source_column == "messages":
+            while messages and messages[-1].get("role") == "assistant":
+                messages.pop()
+        if not messages:
+            raise ValueError("A conversational prompt is empty (no message before the assistant's answer).")
+        if reasoning_suffix:
+            messages = _add_suffix_to_messages(messages, reasoning_suffix)
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                "Conversational prompts need a chat template, but the tokenizer has none. Set "
+                "`tokenizer.chat_template`, or give plain-string prompts."
+            )
+        continue_final = messages[-1].get("role") == "assistant"
+        text = tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=not continue_final,
+            continue_final_message=continue_final,
+        )
+        # The template already carries BOS and friends: do not add special tokens twice.
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"]), text
+    if isinstance(value, str):
+        text = value + (reasoning_suffix or "")
+        return list(tokenizer(text)["input_ids"]), text
+    raise ValueError(
+        f"Unsupported prompt of type {type(value).__name__} in column '{source_column}': expected a string or a list "
+        "of {'role': ..., 'content': ...} messages."
+    )
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _config_dict(generation_config) -> dict:
+    """A JSON-safe dict of the decoding settings (GenerationConfig subclass or plain dict)."""
+    if generation_config is None:
+        return {}
+    if isinstance(generation_config, dict):
+        raw = dict(generation_config)
+    elif hasattr(generation_config, "to_diff_dict"):
+        raw = generation_config.to_diff_dict()
+    else:
+        raw = dict(vars(generation_config))
+    return {k: v for k, v in raw.items() if not k.startswith("_") and _json_safe(v)}
+
+
+def _json_safe(value) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _get(config, name, default=None):
+    if isinstance(config, dict):
+        return config.get(name, default)
+    value = getattr(config, name, default)
+    return default if value is None else value
+
+
+def _eos_ids(generation_config, adapter) -> list[int]:
+    eos = _get(generation_config, "eos_token_id")
+    if eos is None:
+        return list(adapter.eos_token_ids)
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def cut_after_eos(completion: list[int], step_map: list[int], eos_token_ids) -> tuple[list[int], list[int], bool]:
+    """Cut a completion (and its step map) after its first EOS; also say whether an EOS was found."""
+    eos = set(int(e) for e in eos_token_ids)
+    for i, token in enumerate(completion):
+        if token in eos:
+            return completion[: i + 1], step_map[: i + 1], True
+    return completion, step_map, False
+
+
+def _fingerprint(prompt_ids: list[list[int]], settings: dict) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for ids in prompt_ids:
+        digest.update(json.dumps(ids).encode())
+    return digest.hexdigest()
+
+
+def _shard_path(output_dir: str, index: int, num_shards: int) -> str:
+    return os.path.join(output_dir, f"shard-{index:05d}-of-{num_shards:05d}.parquet")
+
+
+def _left_pad(sequences: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, width - len(seq) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+def _decode_shard(
+    model,
+    tokenizer,
+    adapter,
+    generation_config,
+    prompts: list[list[int]],
+    *,
+    batch_size: int,
+    eos_token_ids,
+    seed: int | None,
+    progress,
+) -> list[dict]:
+    """Decode one shard's prompts (sorted by length inside the shard) and return rows in the shard's order."""
+    from .generation import diffusion_generate
+
+    device = _model_device(model)
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    rows: list[dict | None] = [None] * len(prompts)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+    mask_token_id = adapter.mask_token_id
+    for start in range(0, len(order), batch_size):
+        batch_index = order[start : start + batch_size]
+        input_ids, attention_mask = _left_pad([prompts[i] for i in batch_index], adapter.pad_token_id, device)
+        with torch.no_grad():
+            out = diffusion_generate(
+                model,
+                input_ids,
+                attention_mask=attention_mask,
+                generation_config=generation_config,
+                adapter=adapter,
+                processing_class=tokenizer,
+                generator=generator,
+                return_dict_in_generate=True,
+                output_step_map=True,
+            )
+        if getattr(out, "step_map", None) is None:
+            raise RuntimeError("`diffusion_generate` returned no `step_map`; trajectories need one.")
+        completions = out.sequences[:, input_ids.shape[1] :].tolist()
+        step_maps = out.step_map.tolist()
+        for row, index in enumerate(batch_index):
+            completion, step_map, has_eos = cut_after_eos(completions[row], step_maps[row], eos_token_ids)
+            if len(step_map) != len(completion):
+                raise RuntimeError(
+                    f"The decoder's step_map ({len(step_maps[row])} entries) is shorter than its completion "
+                    f"({len(completions[row])} tokens)."
+                )
+            if any(s < 0 for s in step_map):
+                raise RuntimeError(
+                    "The decoder left undecoded positions (step -1) before the first EOS: the trajectory is "
+                    "incomplete. This is a bug of the decoder; please report it with the generation config."
+                )
+            if mask_token_id is not None and mask_token_id in completion:
+                raise RuntimeError("The decoder left mask tokens in a completion; the trajectory is incomplete.")
+            rows[index] = dict(
+                prompt_ids=list(prompts[index]), completion_ids=completion, step_map=step_map, has_eos=has_eos
+            )
+        if progress is not None:
+            progress.update(len(batch_index))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ main entry
+def collect_trajectories(
+    model,
+    processing_class,
+    dataset,
+    generation_config,
+    *,
+    batch_size: int = 8,
+    adapter=None,
+    prompt_column: str = "prompt",
+    output_dir: str | None = None,
+    shard_size: int = 256,
+    resume: bool = True,
+    accelerator=None,
+    teacher_name: str | None = None,
+    teacher_revision: str | None = None,
+    reasoning_suffix: str | None = None,
+    apply_chat_template: bool | None = None,
+    keep_text: bool = True,
+    keep_columns: list[str] | None = None,
+    seed: int | None = 0,
+    dataset_name: str | None = None,
+    show_progress: bool = True,
+):
+    """Decode every prompt of `dataset` with the teacher and return the trajectory dataset.
+
+    Args:
+        model: the teacher (a DLLM of a family `trl_t3d.adapters` knows, in eval mode).
+        processing_class: its tokenizer (or a processor with a `.tokenizer`).
+        dataset (`datasets.Dataset`): prompts in `prompt_column` (strings or message lists), or `messages`
+            (conversations; the trailing assistant turn is dropped), or `prompt_ids`.
+        generation_config (`DiffusionGenerationConfig` or dict): the teacher's decoding settings (slow: e.g. block 4,
+            1 token per step). `max_new_tokens` and `block_length` are read from it.
+        batch_size: prompts decoded together (left padded; prompts are sorted by length inside a shard).
+        adapter: family adapter (instance or name); `None` detects it from the model config.
+        prompt_column: column holding the prompts.
+        output_dir: where finished shards are written (`shard-XXXXX-of-YYYYY.parquet` + a manifest). With it the
+            collection is resumable and, under `accelerate launch`, shared through the file system (it must be
+            visible to every process). Without it the processes exchange results with `gather_object`.
+        shard_size: prompts per shard (the unit of resumption and of the split between processes).
+        resume: skip shards already finished in `output_dir` (refused when the prompts or settings changed);
+            `False` deletes them and starts over.
+        accelerator: an `accelerate.Accelerator` (or `PartialState`); `None` uses the current `PartialState`.
+        teacher_name, teacher_revision: recorded in the metadata (default: the model's `_name_or_path`).
+        reasoning_suffix: appended to each prompt (last user message), e.g. `DEFAULT_REASONING_SUFFIX`.
+        apply_chat_template: `None` applies it to conversational prompts only (as TRL); `True` also wraps plain
+            strings as a user message; `False` never.
+        keep_text: also store `prompt` (the rendered prompt text) and `completion` (decoded, special tokens skipped).
+        keep_columns: other columns of `dataset` to carry over (e.g. `answer` for evaluation).
+        seed: seeds each shard's sampling generator with `seed + shard index`, so a resumed run decodes the same
+            tokens as an uninterrupted one even at temperature > 0. `None` uses torch's global generator.
+        dataset_name: name of the prompt dataset, recorded in the metadata (and used by model cards).
+        show_progress: tqdm progress bar on the local main process.
+
+    Returns:
+        `datasets.Dataset` with `prompt_ids`, `completion_ids`, `step_map`, `block_length` (+ `prompt`, `completion`,
+        `keep_columns`), in the order of `dataset`, and the metadata as JSON in `dataset.info.description`.
+    """
+    import datasets
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from . import __version__
+    from .adapters import get_adapter
+
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(f"`dataset` must be a `datasets.Dataset`, got {type(dataset).__name__}.")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"`batch_size` and `shard_size` must be >= 1, got {batch_size} and {shard_size}.")
+    if len(dataset) == 0:
+        raise ValueError("The prompt dataset is empty.")
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    source_column = _prompt_source_column(dataset.column_names, prompt_column)
+    missing = [c for c in keep_columns or [] if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"`keep_columns` {missing} are not in the dataset (columns: {sorted(dataset.column_names)}).")
+    adapter = get_adapter(model, adapter, tokenizer=tokenizer, mask_token_id=_get(generation_config, "mask_token_id"))
+    if adapter.pad_token_id is None:
+        raise ValueError("No pad token: set `tokenizer.pad_token` (e.g. to the EOS token) to batch prompts.")
+    max_new_tokens = _get(generation_config, "max_new_tokens")
+    if not max_new_tokens:
+        raise ValueError("`generation_config.max_new_tokens` must be set: it is the teacher's completion budget.")
+    block_length = int(_get(generation_config, "block_length") or max_new_tokens)
+    eos_token_ids = _eos_ids(generation_config, adapter)
+    state = accelerator.state if hasattr(accelerator, "state") else (accelerator or PartialState())
+
+    # 1. Prompts -> ids, in dataset order
+    prompt_ids, prompt_texts = [], []
+    for value in dataset[source_column]:
+        ids, text = render_prompt(
+            value,
+            tokenizer,
+            source_column=source_column,
+            reasoning_suffix=reasoning_suffix,
+            apply_chat_template=apply_chat_template,
+        )
+        if not ids:
+            raise ValueError("A prompt renders to zero tokens; remove empty prompts from the dataset.")
+        prompt_ids.append(ids)
+        prompt_texts.append(text)
+
+    # 2. Shards, the resume manifest, and this process's share
+    teacher_name = teacher_name or getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    settings = dict(
+        generation_config=_config_dict(generation_config),
+        teacher=teacher_name,
+        teacher_revision=teacher_revision,
+        adapter=adapter.name,
+        eos_token_ids=eos_token_ids,
+        shard_size=shard_size,
+        seed=seed,
+    )
+    fingerprint = _fingerprint(prompt_ids, settings)
+    num_shards = (len(prompt_ids) + shard_size - 1) // shard_size
+    if output_dir is not None:
+        _prepare_output_dir(output_dir, fingerprint, num_shards, resume, state)
+    my_shards = list(range(state.process_index, num_shards, state.num_processes))
+    todo = [k for k in my_shards if output_dir is None or not os.path.exists(_shard_path(output_dir, k, num_shards))]
+    if output_dir is not None and len(todo) < len(my_shards):
+        logger.info(
+            "Resuming: %d of %d shards of this process are already done.", len(my_shards) - len(todo), len(my_shards)
+        )
+
+    # 3. Decode
+    if (
+        state.device.type != "cpu"
+        and _model_device(model).type == "cpu"
+        and not getattr(model, "is_loaded_in_4bit", False)
+    ):
+        model.to(state.device)
+    was_training = getattr(model, "training", False)
+    model.eval()
+    total = sum(min(shard_size, len(prompt_ids) - k * shard_size) for k in todo)
+    progress = tqdm(
+        total=total,
+        desc=f"Collecting trajectories (process {state.process_index})"
+        if state.num_processes > 1
+        else "Collecting trajectories",
+        unit="prompt",
+        disable=not show_progress or not state.is_local_main_process,
+    )
+    local_rows: dict[int, list[dict]] = {}
+    try:
+        for k in todo:
+            rows = _decode_shard(
+                model,
+                tokenizer,
+                adapter,
+                generation_config,
+                prompt_ids[k * shard_size : (k + 1) * shard_size],
+                batch_size=batch_size,
+                eos_token_ids=eos_token_ids,
+                seed=None if seed is None else seed + k,
+                progress=progress,
+            )
+            if output_dir is not None:
+                _write_shard(rows, _shard_path(output_dir, k, num_shards))
+            else:
+                local_rows[k] = rows
+    finally:
+        progress.close()
+        model.train(was_training)
+
+    # 4. Gather every shard on every process, in dataset order
+    if output_dir is not None:
+        state.wait_for_everyone()
+        shards = [_read_shard(_shard_path(output_dir, k, num_shards)) for k in range(num_shards)]
+    else:
+        if state.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            gathered = gather_object([(k, rows) for k, rows in local_rows.items()])
+            local_rows = dict(gathered)
+        shards = [local_rows[k] for k in range(num_shards)]
+    rows = [row for shard in shards for row in shard]
+    if len(rows) != len(prompt_ids) or any(r["prompt_ids"] != p for r, p in zip(rows, prompt_ids)):
+        raise RuntimeError("Collected trajectories are out of line with the prompts (a shard is corrupt?).")
+
+    # 5. Dataset + metadata
+    num_without_eos = sum(not r["has_eos"] for r in rows)
+    if num_without_eos:
+        logger.warning(
+            "%d of %d completions reached max_new_tokens=%d without an EOS; they are kept whole (raise "
+            "max_new_tokens to let the teacher finish).",
+            num_without_eos,
+            len(rows),
+            max_new_tokens,
+        )
+    columns: dict[str, list[Any]] = {
+        "prompt_ids": [r["prompt_ids"] for r in rows],
+        "completion_ids": [r["completion_ids"] for r in rows],
+        "step_map": [r["step_map"] for r in rows],
+        "block_length": [block_length] * len(rows),
+    }
+    if keep_text:
+        columns["prompt"] = [
+            text if text is not None else tokenizer.decode(ids) for text, ids in zip(prompt_texts, prompt_ids)
+        ]
+        columns["completion"] = tokenizer.batch_decode(columns["completion_ids"], skip_special_tokens=True)
+    for name in keep_columns or []:
+        columns[name] = list(dataset[name])
+    metadata = dict(
+        format=TRAJECTORY_FORMAT,
+        trl_t3d_version=__version__,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        teacher=teacher_name,
+        teacher_revision=teacher_revision,
+        adapter=adapter.name,
+        dataset_name=dataset_name,
+        prompt_column=source_column,
+        reasoning_suffix=reasoning_suffix,
+        apply_chat_template=apply_chat_template,
+        generation_config=settings["generation_config"],
+        block_length=block_length,
+        max_new_tokens=int(max_new_tokens),
+        mask_token_id=adapter.mask_token_id,
+        eos_token_ids=eos_token_ids,
+        seed=seed,
+        num_processes=state.num_processes,
+        num_trajectories=len(rows),
+        num_without_eos=num_without_eos,
+        mean_completion_length=sum(len(c) for c in columns["completion_ids"]) / len(rows),
+        fingerprint=fingerprint,
+    )
+    info = datasets.DatasetInfo(description=json.dumps(metadata))
+    return datasets.Dataset.from_dict(columns, info=info)
+
+
+# ------------------------------------------------------------------------------------------------ shard files
+def _prepare_output_dir(output_dir: str, fingerprint: str, num_shards: int, resume: bool, state) -> None:
+    """Check (or write) the manifest on the main process so that a resumed run belongs to the same collection."""
+    manifest_path = os.path.join(output_dir, MANIFEST_NAME)
+    if state.is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+        existing = None
+        if os.path.exists(manifest_path):
+            with open(manifest_path) as f:
+                existing = json.load(f)
+        if existing is not None and resume and existing.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"{output_dir} holds shards of a different collection (other prompts, teacher or decoding "
+                "settings). Use another `output_dir`, or `resume=False` to delete them and start over."
+            )
+        if existing is None or not resume:
+            for name in os.listdir(output_dir):
+                if name.startswith("shard-") and name.endswith(".parquet"):
+                    os.remove(os.path.join(output_dir, name))
+            with open(manifest_path, "w") as f:
+                json.dump({"fingerprint": fingerprint, "num_shards": num_shards, "format": TRAJECTORY_FORMAT}, f)
+    state.wait_for_everyone()
+
+
+def _write_shard(rows: list[dict], path: str) -> None:
+    """Write atomically: a shard file exists only once it is complete, so an interrupted run redoes it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "prompt_ids": pa.array([r["prompt_ids"] for r in rows], type=pa.list_(pa.int64())),
+            "completion_ids": pa.array([r["completion_ids"] for r in rows], type=pa.list_(pa.int64())),
+            "step_map": pa.array([r["step_map"] for r in rows], type=pa.list_(pa.int64())),
+            "has_eos": pa.array([r["has_eos"] for r in rows], type=pa.bool_()),
+        }
+    )
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _read_shard(path: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    if not os.path.exists(path):
+        raise RuntimeError(f"Shard {path} is missing after every process finished: is `output_dir` shared?")
+    return pq.read_table(path).to_pylist()
+
+
+def clear_shards(output_dir: str) -> None:
+    """Delete a collection's shard files and manifest (after the merged dataset is saved)."""
+    for name in os.listdir(output_dir):
+        if (name.startswith("shard-") and ".parquet" in name) or name == MANIFEST_NAME:
+            os.remove(os.path.join(output_dir, name))
+    if not os.listdir(output_dir):
+        shutil.rmtree(output_dir)

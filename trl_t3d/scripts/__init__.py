@@ -1,0 +1,1 @@
+"""The `trl-t3d collect | distill | eval` scripts as importable functions (examples reuse them)."""

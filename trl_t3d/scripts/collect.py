@@ -1,0 +1,155 @@
+"""`trl-t3d collect`: the teacher decodes a prompt dataset slowly and records its trajectories.
+
+```bash
+trl-t3d collect --model_name_or_path GSAI-ML/LLaDA-8B-Instruct --trust_remote_code \\
+    --dataset_name openai/gsm8k --dataset_config main --prompt_column question --apply_chat_template true \\
+    --max_new_tokens 256 --block_length 4 --tokens_per_step 1 --output_dir llada-gsm8k-trajectories
+accelerate launch -m trl_t3d.cli collect --config recipe.yaml     # one shard of prompts per process
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+from .utils import (
+    DatasetArguments,
+    DecodingArguments,
+    TeacherArguments,
+    hub_dataset_name,
+    load_diffusion_model,
+    load_prompt_dataset,
+    load_tokenizer,
+    make_generation_config,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectArguments(DatasetArguments):
+    """
+    Trajectory collection: where to write, how to batch, whether to push. Dataset fields as in `DatasetArguments`.
+
+    Parameters:
+        output_dir (`str`):
+            Where the trajectory dataset is saved (`save_to_disk`); finished shards go to `output_dir/shards` and a
+            rerun of the same command resumes from them.
+        batch_size (`int`, *optional*, defaults to `8`):
+            Prompts decoded together (sorted by length, left padded).
+        shard_size (`int`, *optional*, defaults to `256`):
+            Prompts per shard (the unit of resumption and of the split between processes).
+        resume (`bool`, *optional*, defaults to `True`):
+            Skip finished shards; `false` starts over.
+        keep_shards (`bool`, *optional*, defaults to `False`):
+            Keep `output_dir/shards` after the dataset is saved.
+        keep_columns (`list[str]`, *optional*):
+            Other columns to carry over (e.g. `answer`).
+        seed (`int`, *optional*, defaults to `0`):
+            Sampling seed (per shard: seed + shard index).
+        push_to_hub (`bool`, *optional*, defaults to `False`):
+            Push the dataset with a dataset card.
+        hub_dataset_id (`str`, *optional*):
+            Dataset repo id; defaults to the name of `output_dir`.
+        hub_private_repo (`bool`, *optional*):
+            Create the repo private.
+    """
+
+    output_dir: str | None = field(default=None, metadata={"help": "Where to save the trajectory dataset."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts decoded together."})
+    shard_size: int = field(default=256, metadata={"help": "Prompts per resumable shard."})
+    resume: bool = field(default=True, metadata={"help": "Skip finished shards of an interrupted run."})
+    keep_shards: bool = field(default=False, metadata={"help": "Keep the shard files after saving."})
+    keep_columns: list[str] | None = field(default=None, metadata={"help": "Other columns to carry over."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the dataset and its card to the Hub."})
+    hub_dataset_id: str | None = field(default=None, metadata={"help": "Dataset repo id on the Hub."})
+    hub_private_repo: bool | None = field(default=None, metadata={"help": "Create the repo private."})
+
+
+def main(script_args: CollectArguments, model_args: TeacherArguments, decoding_args: DecodingArguments):
+    """Collect, save to `output_dir`, optionally push; returns the trajectory dataset."""
+    from accelerate import PartialState
+
+    from ..collect import clear_shards, collect_trajectories
+    from ..hub import push_trajectories_to_hub
+
+    if not script_args.output_dir:
+        raise ValueError(
+            "`--output_dir` is required: the trajectory dataset (and resumable shards) are written there."
+        )
+    if not model_args.model_name_or_path:
+        raise ValueError("`--model_name_or_path` is required (a Hub id or a local directory).")
+    state = PartialState()
+    dataset = load_prompt_dataset(script_args)
+    tokenizer = load_tokenizer(
+        model_args.model_name_or_path,
+        trust_remote_code=model_args.trust_remote_code,
+        revision=model_args.model_revision,
+    )
+    model = load_diffusion_model(
+        model_args.model_name_or_path,
+        adapter=model_args.adapter,
+        trust_remote_code=model_args.trust_remote_code,
+        revision=model_args.model_revision,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+    )
+    generation_config = make_generation_config(
+        mask_token_id=model_args.mask_token_id, **decoding_args.generation_kwargs()
+    )
+    shard_dir = os.path.join(script_args.output_dir, "shards")
+    trajectories = collect_trajectories(
+        model,
+        tokenizer,
+        dataset,
+        generation_config,
+        batch_size=script_args.batch_size,
+        adapter=model_args.adapter,
+        prompt_column=script_args.prompt_column,
+        output_dir=shard_dir,
+        shard_size=script_args.shard_size,
+        resume=script_args.resume,
+        teacher_name=model_args.model_name_or_path,
+        teacher_revision=model_args.model_revision,
+        reasoning_suffix=script_args.reasoning_suffix,
+        apply_chat_template=script_args.apply_chat_template,
+        keep_columns=script_args.keep_columns,
+        seed=script_args.seed,
+        dataset_name=hub_dataset_name(script_args),
+    )
+    if state.is_main_process:
+        trajectories.save_to_disk(script_args.output_dir)
+        if not script_args.keep_shards:
+            clear_shards(shard_dir)
+        meta = json.loads(trajectories.info.description)
+        print(
+            f"Saved {len(trajectories)} trajectories to {script_args.output_dir} (mean completion "
+            f"{meta['mean_completion_length']:.1f} tokens, {meta['num_without_eos']} without EOS)."
+        )
+        if script_args.push_to_hub:
+            repo_id = script_args.hub_dataset_id or os.path.basename(os.path.normpath(script_args.output_dir))
+            push_trajectories_to_hub(trajectories, repo_id, private=script_args.hub_private_repo)
+            print(f"Pushed the trajectories to https://huggingface.co/datasets/{repo_id}.")
+    state.wait_for_everyone()
+    return trajectories
+
+
+DATACLASSES = (CollectArguments, TeacherArguments, DecodingArguments)
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    from trl import TrlParser
+
+    description = "Collect decoding trajectories (tokens + the step each was committed at) from a diffusion LM."
+    if subparsers is not None:
+        return subparsers.add_parser("collect", help=description, description=description, dataclass_types=DATACLASSES)
+    return TrlParser(DATACLASSES, prog=prog, description=description)
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

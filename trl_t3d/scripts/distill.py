@@ -1,0 +1,241 @@
+"""`trl-t3d distill`: T3D trajectory self-distillation with DDO, end to end.
+
+prompts -> (teacher trajectories, resumable, cached in `output_dir/trajectories`) -> DDOTrainer -> save -> push.
+
+```bash
+trl-t3d distill --config recipes/sdar/t3d/config_full.yaml
+accelerate launch --config_file recipes/accelerate_configs/zero2.yaml -m trl_t3d.cli distill \\
+    --config recipes/llada/t3d/config_lora.yaml --learning_rate 2e-5
+```
+
+A dataset that already holds trajectories (a `step_map` column) is trained on directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass, field
+
+from .utils import DatasetArguments, hub_dataset_name, load_diffusion_model, load_prompt_dataset, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillArguments(DatasetArguments):
+    """
+    Data of the distillation run. Dataset fields as in `DatasetArguments`; model/LoRA/4-bit fields come from TRL's
+    `ModelConfig`; training, loss and teacher-decoding fields from `DDOConfig`.
+
+    Parameters:
+        trajectory_dir (`str`, *optional*):
+            Where self-collected trajectories are cached (resumable shards, then `save_to_disk`). Defaults to
+            `output_dir/trajectories`. A rerun reuses a finished collection.
+        collect_shard_size (`int`, *optional*, defaults to `256`):
+            Prompts per resumable collection shard.
+        push_trajectories (`bool`, *optional*, defaults to `False`):
+            Also push the self-collected trajectories (with a dataset card) when `push_to_hub` is set.
+        hub_dataset_id (`str`, *optional*):
+            Dataset repo id for `push_trajectories`; defaults to `<hub_model_id>-trajectories`.
+    """
+
+    trajectory_dir: str | None = field(
+        default=None, metadata={"help": "Cache of self-collected trajectories; default output_dir/trajectories."}
+    )
+    collect_shard_size: int = field(default=256, metadata={"help": "Prompts per resumable collection shard."})
+    push_trajectories: bool = field(default=False, metadata={"help": "Also push the collected trajectories."})
+    hub_dataset_id: str | None = field(default=None, metadata={"help": "Dataset repo id for the trajectories."})
+
+
+def teacher_generation_config(training_args, mask_token_id=None):
+    """The teacher's decoding settings from `DDOConfig` (`generation_config` dict, else the `generation_*` fields)."""
+    from .utils import make_generation_config
+
+    settings = dict(training_args.generation_config or {})
+    if not settings:
+        settings = dict(
+            max_new_tokens=training_args.generation_max_new_tokens or training_args.max_completion_length,
+            block_length=training_args.generation_block_length,
+            tokens_per_step=training_args.generation_tokens_per_step,
+            temperature=training_args.generation_temperature,
+            remasking=training_args.generation_remasking,
+        )
+    if mask_token_id is not None:
+        settings.setdefault("mask_token_id", mask_token_id)
+    return make_generation_config(**settings)
+
+
+def _is_trajectory_dataset(dataset) -> bool:
+    return "step_map" in dataset.column_names
+
+
+def load_or_collect_trajectories(script_args: DistillArguments, training_args, model, tokenizer, model_id: str):
+    """(trajectories, self_collected): the dataset itself if it holds trajectories, else the teacher's (cached)."""
+    import datasets
+
+    from ..collect import clear_shards, collect_trajectories
+    from ..trajectories import dataset_metadata
+
+    dataset = load_prompt_dataset(script_args)
+    if _is_trajectory_dataset(dataset):
+        return dataset, False
+    trajectory_dir = script_args.trajectory_dir or os.path.join(training_args.output_dir, "trajectories")
+    if os.path.exists(os.path.join(trajectory_dir, "dataset_info.json")):
+        cached = datasets.load_from_disk(trajectory_dir)
+        if len(cached) == len(dataset) and dataset_metadata(cached).get("teacher") == model_id:
+            logger.info("Reusing the %d trajectories in %s.", len(cached), trajectory_dir)
+            return cached, True
+        raise ValueError(
+            f"{trajectory_dir} holds trajectories of another collection ({len(cached)} rows, teacher "
+            f"{dataset_metadata(cached).get('teacher')!r}). Delete it or set `--trajectory_dir`."
+        )
+    shard_dir = os.path.join(trajectory_dir, "shards")
+    trajectories = collect_trajectories(
+        model,
+        tokenizer,
+        dataset,
+        teacher_generation_config(training_args, training_args.mask_token_id),
+        batch_size=training_args.generation_batch_size,
+        adapter=training_args.adapter,
+        prompt_column=script_args.prompt_column,
+        output_dir=shard_dir,
+        shard_size=script_args.collect_shard_size,
+        teacher_name=model_id,
+        reasoning_suffix=script_args.reasoning_suffix,
+        apply_chat_template=script_args.apply_chat_template,
+        seed=training_args.seed,
+        dataset_name=hub_dataset_name(script_args),
+    )
+    if training_args.distributed_state.is_main_process:
+        # save_to_disk next to the shards, then drop them: the saved dataset is the cache from now on.
+        trajectories.save_to_disk(os.path.join(trajectory_dir, "_tmp_dataset"))
+        clear_shards(shard_dir)
+        for name in os.listdir(os.path.join(trajectory_dir, "_tmp_dataset")):
+            os.replace(os.path.join(trajectory_dir, "_tmp_dataset", name), os.path.join(trajectory_dir, name))
+        os.rmdir(os.path.join(trajectory_dir, "_tmp_dataset"))
+    training_args.distributed_state.wait_for_everyone()
+    return trajectories, True
+
+
+def main(script_args: DistillArguments, training_args, model_args):
+    """Load the teacher, get trajectories, train the student with DDO, save it and optionally push it.
+
+    Returns the trainer (its `model` is the student; the saved folder is `training_args.output_dir`).
+    """
+    from trl import get_peft_config, get_quantization_config
+
+    from ..hub import push_student_to_hub, push_trajectories_to_hub
+    from ..trainer import DDOTrainer
+
+    if not model_args.model_name_or_path:
+        raise ValueError("`--model_name_or_path` is required (a Hub id or a local directory).")
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        if not model_args.use_peft:
+            raise ValueError("4-bit / 8-bit loading trains LoRA adapters only: add `--use_peft`.")
+    model_id = model_args.model_name_or_path
+    tokenizer = load_tokenizer(
+        model_id, trust_remote_code=training_args.trust_remote_code, revision=model_args.model_revision
+    )
+    init_kwargs = dict(training_args.model_init_kwargs or {})
+    model = load_diffusion_model(
+        model_id,
+        adapter=training_args.adapter,
+        trust_remote_code=training_args.trust_remote_code,
+        revision=model_args.model_revision,
+        dtype=init_kwargs.pop("dtype", model_args.dtype),
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=get_quantization_config(model_args),
+    )
+    train_dataset, self_collected = load_or_collect_trajectories(
+        script_args, training_args, model, tokenizer, model_id
+    )
+
+    peft_config = get_peft_config(model_args)
+    if (
+        peft_config is not None
+        and peft_config.task_type == "CAUSAL_LM"
+        and not hasattr(model, "prepare_inputs_for_generation")
+    ):
+        # LLaDA / Dream load with AutoModel and are no GenerationMixin: PEFT's causal-LM wrapper needs one.
+        logger.info("%s is not a transformers generation model: LoRA with task_type=None.", type(model).__name__)
+        peft_config.task_type = None
+
+    # The push happens once, at the end, with the card and the decoding config in the folder (not on every save).
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    trainer = DDOTrainer(
+        model,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(training_args.output_dir)
+        trainer.accelerator.print(f"Student saved to {training_args.output_dir}.")
+        if push_to_hub:
+            repo_id = training_args.hub_model_id or os.path.basename(os.path.normpath(training_args.output_dir))
+            push_student_to_hub(
+                training_args.output_dir,
+                repo_id,
+                private=training_args.hub_private_repo,
+                token=training_args.hub_token,
+            )
+            trainer.accelerator.print(f"Student pushed to https://huggingface.co/{repo_id}.")
+            if script_args.push_trajectories and self_collected:
+                dataset_id = script_args.hub_dataset_id or f"{repo_id}-trajectories"
+                push_trajectories_to_hub(
+                    train_dataset, dataset_id, private=training_args.hub_private_repo, token=training_args.hub_token
+                )
+                trainer.accelerator.print(f"Trajectories pushed to https://huggingface.co/datasets/{dataset_id}.")
+    training_args.push_to_hub = push_to_hub
+    return trainer
+
+
+def _model_config_class():
+    """TRL's `ModelConfig` without `lora_target_modules`, which `DDOConfig` already has (one flag, one meaning)."""
+    from dataclasses import dataclass as _dataclass
+
+    from trl import ModelConfig
+
+    @_dataclass
+    class ModelConfigForT3D(ModelConfig):
+        __doc__ = ModelConfig.__doc__
+        lora_target_modules: list[str] | None = field(default=None, init=False, repr=False)
+
+    return ModelConfigForT3D
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    from trl import TrlParser
+
+    from ..trainer import DDOConfig
+
+    dataclass_types = (DistillArguments, DDOConfig, _model_config_class())
+    description = "Distill a diffusion LM into a few-step student with T3D (trajectory self-distillation + DDO)."
+    if subparsers is not None:
+        return subparsers.add_parser(
+            "distill", help=description, description=description, dataclass_types=dataclass_types
+        )
+    return TrlParser(dataclass_types, prog=prog, description=description)
+
+
+def parse_args_with_defaults(defaults: dict, argv: list[str] | None = None):
+    """Parse `argv` (with `--config` and overrides) on top of per-model `defaults` (the examples' entry point).
+
+    Precedence: command line > `--config` recipe > `defaults` > dataclass defaults.
+    """
+    parser = make_parser()
+    unknown = parser.set_defaults_with_config(**defaults)
+    if unknown:
+        raise ValueError(
+            f"Unknown default arguments {unknown[::2]}: not fields of DistillArguments/DDOConfig/ModelConfig."
+        )
+    return parser.parse_args_and_config(argv)
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

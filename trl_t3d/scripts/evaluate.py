@@ -1,0 +1,142 @@
+"""`trl-t3d eval`: accuracy and speed of a diffusion LM per tokens-per-step (JSON report + PNG frontier plot).
+
+```bash
+trl-t3d eval --model_name_or_path SDAR-4B-Chat-T3D --trust_remote_code --task gsm8k --tokens_per_step 1 2 4 8
+trl-t3d eval --model_name_or_path student --dataset_name my_qa.jsonl --answer_column answer --verifier number
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+
+from .utils import DatasetArguments, TeacherArguments, load_diffusion_model, load_prompt_dataset, load_tokenizer
+
+
+@dataclass
+class EvalArguments(DatasetArguments):
+    """
+    What to evaluate and where to write it. Dataset fields (for a custom task) as in `DatasetArguments`.
+
+    Parameters:
+        task (`str`, *optional*):
+            A built-in task of `trl_t3d.evaluation`; or leave it unset and give `dataset_name` + `answer_column` +
+            `verifier` for your own.
+        answer_column (`str`, *optional*, defaults to `"answer"`):
+            Reference answers of a custom task.
+        verifier (`str`, *optional*, defaults to `"number"`):
+            How answers are checked: a verifier name of `trl_t3d.evaluation` (e.g. "number", "boxed", "exact").
+        tokens_per_step (`list[int]`, *optional*, defaults to `[1, 2, 4, 8]`):
+            Budgets to evaluate (the x axis of the frontier plot).
+        max_new_tokens (`int`, *optional*, defaults to `256`):
+            Completion budget.
+        block_length (`int`, *optional*, defaults to `4`):
+            Decoding block length.
+        batch_size (`int`, *optional*, defaults to `8`):
+            Prompts decoded together.
+        output_dir (`str`, *optional*, defaults to `"eval"`):
+            Where `few_step_eval.json` and `few_step_eval.png` are written.
+    """
+
+    task: str | None = field(default=None, metadata={"help": "Built-in task name; else a dataset + verifier."})
+    answer_column: str = field(default="answer", metadata={"help": "Reference answers of a custom task."})
+    verifier: str = field(default="number", metadata={"help": "Verifier name for a custom task."})
+    tokens_per_step: list[int] = field(default_factory=lambda: [1, 2, 4, 8], metadata={"help": "Budgets."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Completion budget."})
+    block_length: int = field(default=4, metadata={"help": "Decoding block length."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts decoded together."})
+    output_dir: str = field(default="eval", metadata={"help": "Where the JSON report and PNG plot go."})
+
+
+def _evaluation_module():
+    try:
+        from .. import evaluation
+    except ImportError as err:
+        raise ImportError(f"`trl-t3d eval` needs `trl_t3d.evaluation`, which is not available: {err}") from err
+    if not hasattr(evaluation, "evaluate_few_step"):
+        raise ImportError("`trl-t3d eval` needs `trl_t3d.evaluation.evaluate_few_step`, which is not installed.")
+    return evaluation
+
+
+def build_task(script_args: EvalArguments):
+    """A built-in task by name, or `Task(dataset prompts, answers, verifier)` for your own data."""
+    evaluation = _evaluation_module()
+    if script_args.task:
+        return evaluation.get_task(script_args.task)
+    if not script_args.dataset_name:
+        raise ValueError("Give `--task <built-in name>` or `--dataset_name` with `--answer_column` and `--verifier`.")
+    dataset = load_prompt_dataset(script_args)
+    if script_args.answer_column not in dataset.column_names:
+        raise ValueError(
+            f"No answer column '{script_args.answer_column}' in the dataset (columns: {sorted(dataset.column_names)})."
+            " Pass `--answer_column`."
+        )
+    if script_args.prompt_column not in dataset.column_names:
+        raise ValueError(
+            f"No prompt column '{script_args.prompt_column}' in the dataset (columns: {sorted(dataset.column_names)})."
+            " Pass `--prompt_column`."
+        )
+    return evaluation.Task.from_dataset(
+        dataset,
+        prompt_column=script_args.prompt_column,
+        answer_column=script_args.answer_column,
+        verifier=script_args.verifier,
+        name=os.path.basename(os.path.normpath(script_args.dataset_name)),
+    )
+
+
+def main(script_args: EvalArguments, model_args: TeacherArguments):
+    """Evaluate, write `few_step_eval.json` + `few_step_eval.png` to `output_dir`; returns the report."""
+    evaluation = _evaluation_module()
+    if not model_args.model_name_or_path:
+        raise ValueError("`--model_name_or_path` is required (a Hub id or a local directory).")
+    task = build_task(script_args)
+    tokenizer = load_tokenizer(
+        model_args.model_name_or_path,
+        trust_remote_code=model_args.trust_remote_code,
+        revision=model_args.model_revision,
+    )
+    model = load_diffusion_model(
+        model_args.model_name_or_path,
+        adapter=model_args.adapter,
+        trust_remote_code=model_args.trust_remote_code,
+        revision=model_args.model_revision,
+        dtype=model_args.dtype,
+    )
+    os.makedirs(script_args.output_dir, exist_ok=True)
+    report = evaluation.evaluate_few_step(
+        model,
+        tokenizer,
+        task,
+        tokens_per_step=script_args.tokens_per_step,
+        max_new_tokens=script_args.max_new_tokens,
+        block_length=script_args.block_length,
+        batch_size=script_args.batch_size,
+        output_dir=script_args.output_dir,
+    )
+    path = os.path.join(script_args.output_dir, "few_step_eval.json")
+    if not os.path.exists(path):
+        payload = report.to_dict() if hasattr(report, "to_dict") else report
+        with open(path, "w") as f:
+            json.dump(payload, f, indent=2, default=str)
+    print(f"Few-step evaluation written to {script_args.output_dir}.")
+    return report
+
+
+DATACLASSES = (EvalArguments, TeacherArguments)
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    from trl import TrlParser
+
+    description = "Evaluate accuracy and speed per tokens-per-step (JSON report + PNG frontier plot)."
+    if subparsers is not None:
+        return subparsers.add_parser("eval", help=description, description=description, dataclass_types=DATACLASSES)
+    return TrlParser(DATACLASSES, prog=prog, description=description)
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

@@ -153,14 +153,6 @@ def main(script_args: DistillArguments, training_args, model_args):
     )
 
     peft_config = get_peft_config(model_args)
-    if (
-        peft_config is not None
-        and peft_config.task_type == "CAUSAL_LM"
-        and not hasattr(model, "prepare_inputs_for_generation")
-    ):
-        # LLaDA / Dream load with AutoModel and are no GenerationMixin: PEFT's causal-LM wrapper needs one.
-        logger.info("%s is not a transformers generation model: LoRA with task_type=None.", type(model).__name__)
-        peft_config.task_type = None
 
     # The push happens once, at the end, with the card and the decoding config in the folder (not on every save).
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False

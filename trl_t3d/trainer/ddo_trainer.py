@@ -437,6 +437,12 @@ class DDOTrainer(_BaseTrainer):
             missing = sorted(set(targets) - set(found))
             if missing:
                 logger.warning("LoRA target_modules %s match no module of this model and are ignored.", missing)
+        if getattr(peft_config, "task_type", None) == "CAUSAL_LM" and not hasattr(
+            model, "prepare_inputs_for_generation"
+        ):
+            # LLaDA / Dream load with AutoModel and are no GenerationMixin: PEFT's causal-LM wrapper would crash.
+            logger.info("%s is not a transformers generation model: LoRA with task_type=None.", type(model).__name__)
+            peft_config.task_type = None
         heads = _vocabulary_heads(model)
         if heads and not getattr(peft_config, "exclude_modules", None):
             # LLaDA names its LM head `ff_out`, like its MLP output: keep LoRA off the vocabulary projection.

@@ -2,8 +2,25 @@
 
 __version__ = "0.1.0"
 
+from .adapters import DiffusionAdapter, get_adapter, register_adapter  # noqa: F401
+from .generation import (  # noqa: F401
+    AutoModelForDiffusionLM,
+    DiffusionGenerateOutput,
+    DiffusionGenerationConfig,
+    DiffusionLMGenerationMixin,
+    add_diffusion_generation,
+    diffusion_generate,
+)
+
 # DDO training (trl_t3d/trainer/): imported lazily, so `import trl_t3d.adapters` does not pay for importing trl.
 _LAZY_TRAINER = ("DDOConfig", "DDOTrainer")
+# Trajectory collection and the Hub (trl_t3d/collect.py, trl_t3d/hub.py): lazy too (they import datasets/accelerate).
+_LAZY_OTHER = {
+    "collect_trajectories": "collect",
+    "push_student_to_hub": "hub",
+    "push_trajectories_to_hub": "hub",
+    "trajectory_dataset_card": "hub",
+}
 
 
 def __getattr__(name):
@@ -11,4 +28,8 @@ def __getattr__(name):
         from . import trainer
 
         return getattr(trainer, name)
+    if name in _LAZY_OTHER:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY_OTHER[name]}", __name__), name)
     raise AttributeError(f"module 'trl_t3d' has no attribute '{name}'")

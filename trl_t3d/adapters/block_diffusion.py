@@ -108,3 +108,66 @@ class BlockDiffusionAdapter(DiffusionAdapter):
             use_cache=False,
         )
         return self.align_logits(out.logits)[:, prompt_length + length :]
+
+    # ---------------------------------------------------------------- exact KV cache for decoding
+    # Finished blocks never see later blocks, so their keys/values are final once the block is decided: decoding
+    # keeps them in a cache and runs only the current block. The cache is cropped back after every step, and a
+    # finished block is appended during the first forward of the next block (no extra forward pass).
+    def init_cache(self, model):
+        """An empty `DynamicCache` for `model`."""
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=model.config)
+        except TypeError:  # older transformers
+            return DynamicCache()
+
+    def cached_forward(
+        self,
+        model,
+        cache,
+        chunk_ids: torch.Tensor,
+        key_valid: torch.Tensor,
+        prompt_length: int,
+        block_length: int,
+        keep: int,
+    ) -> torch.Tensor:
+        """Aligned logits (B, n, V) of `chunk_ids`, the positions right after those in `cache`.
+
+        `key_valid` (B, cache + n) marks the real (non-pad) positions of `[prompt, completion]` up to the chunk's end.
+        Afterwards the cache holds only the first `keep` positions of the chunk (the ones that are final).
+        """
+        if self.logits_shift != 0:
+            raise NotImplementedError("The block KV cache assumes unshifted logits.")
+        start = _cache_length(cache)
+        end = start + chunk_ids.shape[1]
+        if key_valid.shape[1] != end:
+            raise ValueError(f"`key_valid` covers {key_valid.shape[1]} positions, expected cache + chunk = {end}.")
+        key_valid = key_valid.bool()
+        blocks = block_ids(prompt_length, end - prompt_length, block_length, chunk_ids.device)
+        allowed = (blocks[None, :] <= blocks[start:, None])[None] & key_valid[:, None, :]
+        out = model(
+            input_ids=chunk_ids,
+            attention_mask=additive_mask(allowed, self._dtype(model)),
+            position_ids=position_ids_from_mask(key_valid)[:, start:],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        crop_cache(cache, start + keep)
+        return self.align_logits(out.logits)
+
+    def prefill(self, model, cache, prompt_ids: torch.Tensor, prompt_attention_mask, block_length: int) -> None:
+        """Put the (left-padded) prompt into `cache` (decoding fuses this into the first block's first forward)."""
+        valid = prompt_attention_mask if prompt_attention_mask is not None else torch.ones_like(prompt_ids)
+        self.cached_forward(model, cache, prompt_ids, valid, prompt_ids.shape[1], block_length, prompt_ids.shape[1])
+
+
+def _cache_length(cache) -> int:
+    return int(cache.get_seq_length()) if cache is not None else 0
+
+
+def crop_cache(cache, length: int) -> None:
+    """Drop cached positions >= `length` (a negative argument means "remove that many" in every transformers)."""
+    extra = _cache_length(cache) - length
+    if extra > 0:
+        cache.crop(-extra)

@@ -1,0 +1,199 @@
+"""Decoding settings of a diffusion LM, saved next to the weights as `diffusion_generation_config.json`."""
+
+from __future__ import annotations
+
+import os
+
+from transformers import GenerationConfig
+
+DIFFUSION_GENERATION_CONFIG_NAME = "diffusion_generation_config.json"
+REMASKING_POLICIES = ("low_confidence", "random", "margin", "entropy")
+
+
+class DiffusionGenerationConfig(GenerationConfig):
+    """Semi-autoregressive block decoding settings (LLaDA's reference `generate`, plus parallel decoding).
+
+    The completion of `max_new_tokens` tokens is cut into blocks of `block_length`, decoded left to right; inside a
+    block, each denoising step (one forward pass) commits some of the still undecided positions.
+
+    Args:
+        max_new_tokens (`int`, defaults to 128): completion length (the canvas the model denoises).
+        block_length (`int`, *optional*): semi-autoregressive block length; `None` means one block of
+            `max_new_tokens` (fully parallel decoding). Must divide `max_new_tokens`.
+        steps (`int`, *optional*): total number of denoising steps over all blocks, split evenly over the blocks as in
+            LLaDA (must be a multiple of the number of blocks). Inside a block the commits are split evenly over the
+            steps, the remainder going to the first steps.
+        tokens_per_step (`int`, *optional*): commit this many tokens per step instead (the last step of a block takes
+            the remainder). Give at most one of `steps` and `tokens_per_step`; with neither, 1 token per step.
+        remasking (`str`, defaults to `"low_confidence"`): which predicted tokens to commit first:
+            `"low_confidence"` (highest probability of the predicted token; LLaDA), `"margin"` (top-1 minus top-2
+            probability), `"entropy"` (exp(-entropy) of the predictive distribution) or `"random"`.
+        threshold (`float`, *optional*): parallel decoding (Fast-dLLM): also commit every position whose confidence is
+            >= threshold; each step still commits at least its scheduled number (>= 1), so a block ends early when the
+            model is confident. Not allowed with `remasking="random"`.
+        temperature (`float`, defaults to 0.0): 0 is greedy; > 0 samples with Gumbel-max noise in float64.
+        top_k (`int`, *optional*): sample only among the k most likely tokens.
+        top_p (`float`, *optional*): sample only in the nucleus of probability mass `top_p`.
+        mask_token_id (`int`, *optional*): overrides the adapter's mask token.
+        eos_token_id (`int` or `list[int]`, *optional*): end-of-sequence ids; defaults to the adapter's.
+        pad_token_id (`int`, *optional*): what fills a finished sequence after its EOS; defaults to the adapter's pad.
+        stop_at_eos (`bool`, defaults to `True`): a sequence stops once an EOS is committed with everything before it
+            decided (the rest is filled with pad and gets step -1); the loop stops when every sequence has.
+        output_step_map (`bool`, defaults to `False`): return the step (forward pass index) of each committed token.
+        return_dict_in_generate (`bool`, defaults to `False`): return a `DiffusionGenerateOutput` instead of a tensor.
+    """
+
+    def __init__(self, **kwargs):
+        self.block_length = kwargs.pop("block_length", None)
+        self.steps = kwargs.pop("steps", None)
+        self.tokens_per_step = kwargs.pop("tokens_per_step", None)
+        self.remasking = kwargs.pop("remasking", None) or "low_confidence"
+        self.threshold = kwargs.pop("threshold", None)
+        self.mask_token_id = kwargs.pop("mask_token_id", None)
+        stop_at_eos = kwargs.pop("stop_at_eos", None)
+        self.stop_at_eos = True if stop_at_eos is None else stop_at_eos
+        self.output_step_map = bool(kwargs.pop("output_step_map", False))
+        for key, default in (("max_new_tokens", 128), ("temperature", 0.0), ("return_dict_in_generate", False)):
+            if kwargs.get(key) is None:  # None means "the default", as in a config dict written by hand
+                kwargs[key] = default
+        super().__init__(**kwargs)
+
+    # ------------------------------------------------------------------------------------------ derived values
+    @property
+    def resolved_block_length(self) -> int:
+        return int(self.block_length or self.max_new_tokens)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.max_new_tokens // self.resolved_block_length
+
+    def steps_per_block(self) -> int:
+        """Number of denoising steps per block (an upper bound when `threshold` ends a block early)."""
+        block = self.resolved_block_length
+        if self.steps is not None:
+            return self.steps // self.num_blocks
+        per_step = self.tokens_per_step or 1
+        return -(-block // per_step)
+
+    def block_schedule(self) -> list[int]:
+        """How many tokens each step of a block commits (sums to the block length)."""
+        from .sampling import commit_schedule
+
+        return commit_schedule(self.resolved_block_length, self.steps_per_block(), self.tokens_per_step)
+
+    # ------------------------------------------------------------------------------------------ validation
+    def validate(self, strict=False, user_set_attributes=None):
+        """GenerationConfig's checks, plus the diffusion-specific ones (each error says how to fix it)."""
+        # The base class warns about temperature/top-k without `do_sample`; our sampling is set by temperature alone.
+        quiet = {"temperature", "top_k", "top_p"}
+        if user_set_attributes is not None:
+            user_set_attributes = set(user_set_attributes) - quiet
+        saved = {k: getattr(self, k, None) for k in quiet}
+        for k in quiet:
+            setattr(self, k, None)
+        try:
+            super().validate(strict=strict, user_set_attributes=user_set_attributes)
+        finally:
+            for k, v in saved.items():
+                setattr(self, k, v)
+        if not hasattr(self, "block_length"):  # called from GenerationConfig.__init__ before our fields exist
+            return
+        self._validate_diffusion()
+
+    def _validate_diffusion(self):
+        n = self.max_new_tokens
+        if not isinstance(n, int) or n <= 0:
+            raise ValueError(f"`max_new_tokens` must be a positive int, got {n!r}.")
+        block = self.block_length
+        if block is not None:
+            if not isinstance(block, int) or block <= 0:
+                raise ValueError(f"`block_length` must be a positive int or None (one block), got {block!r}.")
+            if n % block != 0:
+                raise ValueError(
+                    f"`block_length`={block} does not divide `max_new_tokens`={n}. Set `max_new_tokens` to a multiple "
+                    f"of {block} (e.g. {-(-n // block) * block}) or pick a `block_length` that divides {n}."
+                )
+        block = self.resolved_block_length
+        blocks = n // block
+        if self.steps is not None and self.tokens_per_step is not None:
+            raise ValueError(
+                f"Both `steps`={self.steps} and `tokens_per_step`={self.tokens_per_step} are set; they say the same "
+                "thing. Set one of them and leave the other None."
+            )
+        if self.steps is not None:
+            if not isinstance(self.steps, int) or self.steps <= 0:
+                raise ValueError(f"`steps` must be a positive int, got {self.steps!r}.")
+            if self.steps % blocks != 0:
+                raise ValueError(
+                    f"`steps`={self.steps} is not divisible by the number of blocks {blocks} (max_new_tokens={n} / "
+                    f"block_length={block}). Use a multiple of {blocks}, e.g. steps={max(1, self.steps // blocks) * blocks}."
+                )
+            if self.steps // blocks > block:
+                raise ValueError(
+                    f"`steps`={self.steps} gives {self.steps // blocks} steps per block but a block has only {block} "
+                    f"tokens, so some steps would commit nothing. Use steps <= {block * blocks}."
+                )
+        if self.tokens_per_step is not None:
+            tps = self.tokens_per_step
+            if not isinstance(tps, int) or tps <= 0:
+                raise ValueError(f"`tokens_per_step` must be a positive int, got {tps!r}.")
+            if tps > block:
+                raise ValueError(
+                    f"`tokens_per_step`={tps} is larger than `block_length`={block}. Use tokens_per_step <= {block} or "
+                    "a longer block."
+                )
+        if self.remasking not in REMASKING_POLICIES:
+            raise ValueError(f"`remasking`={self.remasking!r} is unknown. Choose one of {list(REMASKING_POLICIES)}.")
+        if self.threshold is not None:
+            if not 0.0 < float(self.threshold) <= 1.0:
+                raise ValueError(f"`threshold` must be in (0, 1], got {self.threshold!r}. Use None to disable it.")
+            if self.remasking == "random":
+                raise ValueError(
+                    "`threshold` compares the model's confidence, which `remasking='random'` does not use. Use "
+                    "remasking='low_confidence' (or 'margin'/'entropy') with a threshold, or drop the threshold."
+                )
+        if self.temperature is None or float(self.temperature) < 0:
+            raise ValueError(f"`temperature` must be >= 0 (0 is greedy), got {self.temperature!r}.")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise ValueError(f"`top_k` must be a positive int or None, got {self.top_k!r}.")
+        if self.top_p is not None and not 0.0 < float(self.top_p) <= 1.0:
+            raise ValueError(f"`top_p` must be in (0, 1] or None, got {self.top_p!r}.")
+        if (
+            self.mask_token_id is not None
+            and self.pad_token_id is not None
+            and self.mask_token_id == self.pad_token_id
+        ):
+            raise ValueError(
+                f"`pad_token_id` == `mask_token_id` == {self.mask_token_id}: padding would be read as noise. Use a "
+                "distinct pad token (e.g. the EOS id)."
+            )
+
+    # ------------------------------------------------------------------------------------------ persistence
+    def save_pretrained(self, save_directory: str | os.PathLike, config_file_name=None, push_to_hub=False, **kwargs):
+        """Save as `diffusion_generation_config.json` (next to the model's own `generation_config.json`)."""
+        return super().save_pretrained(
+            save_directory, config_file_name or DIFFUSION_GENERATION_CONFIG_NAME, push_to_hub=push_to_hub, **kwargs
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name, config_file_name=None, **kwargs):
+        return super().from_pretrained(
+            pretrained_model_name, config_file_name or DIFFUSION_GENERATION_CONFIG_NAME, **kwargs
+        )
+
+    def to_diff_dict(self):
+        """Keep the diffusion fields even when they equal GenerationConfig's defaults (e.g. temperature 0)."""
+        out = super().to_diff_dict()
+        for key in (
+            "max_new_tokens",
+            "block_length",
+            "steps",
+            "tokens_per_step",
+            "remasking",
+            "threshold",
+            "temperature",
+            "stop_at_eos",
+            "mask_token_id",
+        ):
+            out[key] = getattr(self, key)
+        return out

@@ -1,0 +1,151 @@
+"""`DiffusionLMGenerationMixin`: `model.diffusion_generate(...)` on any loaded diffusion LM, and its loader."""
+
+from __future__ import annotations
+
+import os
+
+from ..adapters import get_adapter
+from ..adapters.registry import resolve_adapter_class
+from .config import DIFFUSION_GENERATION_CONFIG_NAME, DiffusionGenerationConfig
+from .decode import diffusion_generate
+
+
+class DiffusionLMGenerationMixin:
+    """Adds `diffusion_generate` to a transformers model; the family adapter is resolved once and cached.
+
+    Attributes read from the instance: `diffusion_generation_config` (defaults), `diffusion_adapter` (adapter name,
+    instance or None for detection) and `diffusion_processing_class` (tokenizer used to find special tokens).
+    """
+
+    diffusion_generation_config: DiffusionGenerationConfig | None = None
+
+    def get_diffusion_adapter(self):
+        adapter = self.__dict__.get("_diffusion_adapter_instance")
+        if adapter is None:
+            adapter = get_adapter(
+                self,
+                self.__dict__.get("diffusion_adapter"),
+                tokenizer=self.__dict__.get("diffusion_processing_class"),
+                mask_token_id=getattr(self.diffusion_generation_config, "mask_token_id", None),
+            )
+            self.__dict__["_diffusion_adapter_instance"] = adapter
+        return adapter
+
+    def diffusion_generate(self, input_ids, attention_mask=None, generation_config=None, **kwargs):
+        """See `trl_t3d.diffusion_generate`; defaults come from `self.diffusion_generation_config`."""
+        kwargs.setdefault("adapter", self.get_diffusion_adapter())
+        kwargs.setdefault("processing_class", self.__dict__.get("diffusion_processing_class"))
+        config = generation_config if generation_config is not None else self.diffusion_generation_config
+        return diffusion_generate(self, input_ids, attention_mask, config, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """The model's `save_pretrained`, plus `diffusion_generation_config.json` when a config is set."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if self.diffusion_generation_config is not None:
+            self.diffusion_generation_config.save_pretrained(save_directory)
+        return result
+
+
+_MIXED_CLASSES: dict[type, type] = {}
+
+
+def _with_mixin(cls: type) -> type:
+    if issubclass(cls, DiffusionLMGenerationMixin):
+        return cls
+    if cls not in _MIXED_CLASSES:
+        _MIXED_CLASSES[cls] = type(cls.__name__, (DiffusionLMGenerationMixin, cls), {"__module__": cls.__module__})
+    return _MIXED_CLASSES[cls]
+
+
+def add_diffusion_generation(model, adapter=None, processing_class=None, generation_config=None):
+    """Give an already loaded model `diffusion_generate` (its class becomes a subclass with the mixin, in place).
+
+    Args:
+        model: a loaded transformers model.
+        adapter (`str` or `DiffusionAdapter`, *optional*): the family; detected from the config when omitted.
+        processing_class (*optional*): tokenizer used to find mask / pad / EOS ids.
+        generation_config (`DiffusionGenerationConfig`, *optional*): the model's default decoding settings.
+    """
+    model.__class__ = _with_mixin(type(model))
+    model.__dict__["diffusion_adapter"] = adapter
+    model.__dict__["diffusion_processing_class"] = processing_class
+    model.__dict__.pop("_diffusion_adapter_instance", None)
+    if generation_config is not None:
+        model.diffusion_generation_config = generation_config
+    elif model.__dict__.get("diffusion_generation_config") is None:
+        model.diffusion_generation_config = DiffusionGenerationConfig()
+    model.get_diffusion_adapter()  # fail now, not at the first decode, when the family is unsupported
+    return model
+
+
+class AutoModelForDiffusionLM:
+    """Loads any supported diffusion LM with its family's Auto class and returns it with `diffusion_generate`."""
+
+    def __init__(self, *args, **kwargs):
+        raise OSError("Use `AutoModelForDiffusionLM.from_pretrained(...)`.")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        adapter=None,
+        mask_token_id=None,
+        processing_class=None,
+        **kwargs,
+    ):
+        """Read the config, pick the adapter, load with its `auto_class` (or its own `load_model`), add the mixin.
+
+        `trust_remote_code` and every other keyword go to transformers' `from_pretrained`. A
+        `diffusion_generation_config.json` next to the weights becomes the model's default decoding settings.
+        """
+        import transformers
+
+        config_kwargs = {
+            k: kwargs[k]
+            for k in ("trust_remote_code", "revision", "token", "cache_dir", "local_files_only")
+            if k in kwargs
+        }
+        config = kwargs.pop("config", None) or transformers.AutoConfig.from_pretrained(
+            pretrained_model_name_or_path, **config_kwargs
+        )
+        if adapter is None and mask_token_id is not None:
+            from ..adapters import ADAPTERS
+
+            if not any(c.matches(config) for c in ADAPTERS.values()):
+                adapter = "generic"
+        adapter_cls = adapter if not isinstance(adapter, str) and adapter is not None else None
+        if adapter_cls is None or isinstance(adapter_cls, type):
+            adapter_cls = resolve_adapter_class(config, adapter)
+        else:  # an adapter instance
+            adapter_cls = type(adapter_cls)
+        loader = getattr(adapter_cls, "load_model", None)
+        if loader is not None:
+            model = loader(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        else:
+            auto = getattr(transformers, adapter_cls.auto_class, None)
+            if auto is None:
+                raise ValueError(
+                    f"The '{adapter_cls.name}' adapter's auto_class {adapter_cls.auto_class!r} is not a transformers "
+                    "class; give the adapter a `load_model(name_or_path, config=..., **kwargs)` classmethod."
+                )
+            model = auto.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        generation_config = None
+        local = os.path.join(str(pretrained_model_name_or_path), DIFFUSION_GENERATION_CONFIG_NAME)
+        if os.path.isfile(local):
+            generation_config = DiffusionGenerationConfig.from_pretrained(pretrained_model_name_or_path)
+        elif not os.path.isdir(str(pretrained_model_name_or_path)):
+            try:
+                generation_config = DiffusionGenerationConfig.from_pretrained(
+                    pretrained_model_name_or_path, **config_kwargs
+                )
+            except (OSError, ValueError):
+                generation_config = None
+        if generation_config is None:
+            generation_config = DiffusionGenerationConfig()
+        if mask_token_id is not None:
+            generation_config.mask_token_id = int(mask_token_id)
+        if isinstance(adapter, str) or adapter is None:
+            adapter = adapter_cls.name if adapter is None else adapter
+        model.eval()
+        return add_diffusion_generation(model, adapter, processing_class, generation_config)

@@ -1,0 +1,97 @@
+"""Pure functions of one denoising step: sample x0, score it, decide how many and which positions to commit."""
+
+from __future__ import annotations
+
+import torch
+
+
+def commit_schedule(block_length: int, steps: int, tokens_per_step: int | None = None) -> list[int]:
+    """Number of tokens committed at each of the `steps` steps of a block; sums to `block_length`.
+
+    With `tokens_per_step`, that many per step and the remainder last. Otherwise an equal split with the remainder
+    on the first steps, as LLaDA's `get_num_transfer_tokens` (its linear noise schedule commits equally per step).
+    """
+    if steps <= 0 or steps > block_length:
+        raise ValueError(f"Need 1 <= steps <= block_length, got steps={steps}, block_length={block_length}.")
+    if tokens_per_step is not None:
+        schedule = [min(tokens_per_step, block_length - i * tokens_per_step) for i in range(steps)]
+    else:
+        base, remainder = divmod(block_length, steps)
+        schedule = [base + (1 if i < remainder else 0) for i in range(steps)]
+    if sum(schedule) != block_length or min(schedule) < 1:
+        raise ValueError(f"Inconsistent schedule {schedule} for block_length={block_length}, steps={steps}.")
+    return schedule
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Set logits outside the top-k / the top-p nucleus to -inf (the most likely token always survives)."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits.float(), dim=-1)
+        mass_before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def gumbel_max_scores(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
+    """Scores whose argmax samples softmax(logits / T) (Gumbel-max, in float64 as LLaDA: exp(l) / (-log u)^T).
+
+    Temperature 0 returns the logits unchanged (greedy). float64 matters: low-precision Gumbel noise is known to
+    hurt masked-diffusion sampling (arXiv:2409.02908).
+    """
+    if temperature == 0:
+        return logits
+    logits = logits.to(torch.float64)
+    u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    u = u.clamp_min(torch.finfo(torch.float64).tiny)  # u == 0 would give an infinite noise
+    return logits.exp() / (-torch.log(u)) ** temperature
+
+
+def confidence_of(
+    logits: torch.Tensor, x0: torch.Tensor, remasking: str, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Confidence in (0, 1] of each predicted token, by remasking policy (higher = commit earlier).
+
+    low_confidence: p(x0) (LLaDA); margin: p(top1) - p(top2); entropy: exp(-H(p)); random: uniform noise.
+    Probabilities are computed in float64 as LLaDA's reference.
+    """
+    if remasking == "random":
+        return torch.rand(x0.shape, device=x0.device, generator=generator, dtype=torch.float64)
+    probs = torch.softmax(logits.to(torch.float64), dim=-1)
+    if remasking == "low_confidence":
+        return torch.gather(probs, -1, x0.unsqueeze(-1)).squeeze(-1)
+    if remasking == "margin":
+        top2 = torch.topk(probs, 2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    if remasking == "entropy":
+        entropy = -(probs * torch.log(probs.clamp_min(torch.finfo(torch.float64).tiny))).sum(-1)
+        return torch.exp(-entropy)
+    raise ValueError(f"Unknown remasking policy {remasking!r}.")
+
+
+def select_commits(
+    confidence: torch.Tensor, undecided: torch.Tensor, num_to_commit: torch.Tensor, threshold: float | None = None
+) -> torch.Tensor:
+    """Boolean (B, L) of the positions to commit this step, among the `undecided` ones of the current block.
+
+    Each row commits its `num_to_commit` most confident undecided positions (clamped to how many remain); with a
+    `threshold`, also every undecided position whose confidence is >= threshold. `confidence`, `undecided` are
+    (B, L) restricted to the current block, so nothing beyond it can be committed.
+    """
+    confidence = confidence.masked_fill(~undecided, float("-inf"))
+    k = torch.minimum(num_to_commit.to(undecided.device).long(), undecided.sum(-1))
+    commit = torch.zeros_like(undecided)
+    max_k = int(k.max()) if k.numel() else 0
+    if max_k > 0:
+        top = torch.topk(confidence, max_k, dim=-1).indices
+        keep = torch.arange(max_k, device=k.device)[None, :] < k[:, None]
+        commit.scatter_(-1, top, keep)
+    if threshold is not None:
+        commit |= undecided & (confidence >= threshold)
+    return commit & undecided

@@ -354,3 +354,80 @@ def load_remote(save_directory: str, auto_class: str = "AutoModel"):
     import transformers
 
     return getattr(transformers, auto_class).from_pretrained(save_directory, trust_remote_code=True).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# DiffusionGemma: native in transformers, no remote code.
+# --------------------------------------------------------------------------------------------------
+
+
+def make_diffusion_gemma(
+    tokenizer=None,
+    seed: int = 0,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    canvas_length: int = 8,
+    sliding_window: int = 512,
+    attn_implementation: str | None = None,
+):
+    """A tiny native `DiffusionGemmaForBlockDiffusion` (MoE text layers with 2 experts, 1-layer vision tower).
+
+    Layers alternate sliding / full attention as in the real model (the last one full); `sliding_window` lets tests
+    make the window shorter than their sequences. The vocabulary is the char tokenizer's.
+    """
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+
+    tokenizer = tokenizer or make_tokenizer()
+    head_dim = hidden_size // num_heads
+    text_config = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),
+        head_dim=head_dim,
+        global_head_dim=2 * head_dim,
+        num_global_key_value_heads=max(1, num_heads // 2),
+        layer_types=["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(num_layers - 1)]
+        + ["full_attention"],
+        sliding_window=sliding_window,
+        max_position_embeddings=1024,
+        num_experts=2,
+        top_k_experts=1,
+        moe_intermediate_size=hidden_size,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    vision_config = dict(
+        model_type="gemma4_vision",
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=8,
+        patch_size=4,
+        position_embedding_size=64,
+    )
+    config = DiffusionGemmaConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        canvas_length=canvas_length,
+        boi_token_id=None,
+        eoi_token_id=None,
+        image_token_id=None,
+    )
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return DiffusionGemmaForBlockDiffusion(config).eval()
+
+
+def save_diffusion_gemma(save_directory: str, **kwargs) -> str:
+    """Save a tiny DiffusionGemma and the char tokenizer; load back with `DiffusionGemmaForBlockDiffusion`."""
+    tokenizer = make_tokenizer(save_directory)
+    make_diffusion_gemma(tokenizer, **kwargs).save_pretrained(save_directory)
+    return save_directory

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import DiffusionAdapter, position_ids_from_mask
 from .block_diffusion import BlockDiffusionAdapter
+from .diffusion_gemma import DiffusionGemmaAdapter
 from .families import DreamAdapter, GenericMaskedLMAdapter, LLaDAAdapter
 from .registry import ADAPTERS, get_adapter, register_adapter, resolve_adapter_class
 
@@ -11,6 +12,7 @@ __all__ = [
     "ADAPTERS",
     "BlockDiffusionAdapter",
     "DiffusionAdapter",
+    "DiffusionGemmaAdapter",
     "DreamAdapter",
     "GenericMaskedLMAdapter",
     "LLaDAAdapter",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import DiffusionAdapter
 from .block_diffusion import BlockDiffusionAdapter
+from .diffusion_gemma import DiffusionGemmaAdapter
 from .families import DreamAdapter, GenericMaskedLMAdapter, LLaDAAdapter
 
 ADAPTERS: dict[str, type[DiffusionAdapter]] = {}
@@ -15,7 +16,7 @@ def register_adapter(cls: type[DiffusionAdapter]) -> type[DiffusionAdapter]:
     return cls
 
 
-for _cls in (LLaDAAdapter, DreamAdapter, BlockDiffusionAdapter, GenericMaskedLMAdapter):
+for _cls in (LLaDAAdapter, DreamAdapter, BlockDiffusionAdapter, DiffusionGemmaAdapter, GenericMaskedLMAdapter):
     register_adapter(_cls)
 
 

@@ -149,6 +149,15 @@ def _resolve_adapter(model, adapter, processing_class, mask_token_id):
     return adapter
 
 
+def _trained_block_length(model, adapter) -> int | None:
+    """The block size the model was trained with: the adapter's answer (DiffusionGemma: `canvas_length`), else
+    `config.block_size` (SDAR)."""
+    hook = getattr(adapter, "trained_block_length", None)
+    if hook is not None:
+        return hook(model)
+    return getattr(getattr(model, "config", None), "block_size", None)
+
+
 def _as_list(value) -> list[int]:
     if value is None:
         return []
@@ -250,7 +259,7 @@ def diffusion_generate(
     config = resolve_generation_config(model, generation_config, kwargs)
     adapter = _resolve_adapter(model, adapter, processing_class, config.mask_token_id)
     if config.block_length is None and adapter.block_causal:
-        trained_block = getattr(getattr(model, "config", None), "block_size", None)
+        trained_block = _trained_block_length(model, adapter)
         if trained_block and config.max_new_tokens % int(trained_block) == 0:
             config.block_length = int(trained_block)  # decode with the block size the model was trained with
             config.validate()

@@ -427,7 +427,9 @@ class DDOTrainer(_BaseTrainer):
                 targets = self.adapter.resolve_lora_targets(model)
             peft_config.target_modules = set(targets)
         if not isinstance(targets, str):  # a regex or "all-linear" is left to PEFT
-            found = [t for t in targets if t in linear_names]
+            # Leaf names ("q_proj") or full module names (DiffusionGemma's adapter names text layers only).
+            full_names = {name for name, _ in model.named_modules()}
+            found = [t for t in targets if t in linear_names or t in full_names]
             if not found:
                 raise ValueError(
                     f"None of the LoRA target_modules {sorted(targets)} names a Linear module of this model (its "

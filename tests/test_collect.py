@@ -63,6 +63,7 @@ def test_schema_token_ids_and_order_match_the_decoder(model, tok):
         shard_size=4,
         teacher_name="tiny/teacher",
         show_progress=False,
+        keep_full_canvas=False,
     )
     assert ds.column_names == ["prompt_ids", "completion_ids", "step_map", "block_length", "prompt", "completion"]
     assert len(ds) == len(PROMPTS)
@@ -107,12 +108,39 @@ def test_completion_is_cut_after_the_first_eos_with_its_step_map(model, tok, mon
     monkeypatch.setattr(generation, "diffusion_generate", fake_generate)
     assert pad != eos
     ds = collect_trajectories(
-        model, tok, conversational(["a", "bb"]), gen_config(tok), batch_size=2, show_progress=False
+        model,
+        tok,
+        conversational(["a", "bb"]),
+        gen_config(tok),
+        batch_size=2,
+        show_progress=False,
+        keep_full_canvas=False,
     )
     rows = sorted(ds, key=lambda r: len(r["completion_ids"]))
     assert rows[0]["completion_ids"] == [10, 11, eos] and rows[0]["step_map"] == [1, 0, 2]
     assert rows[1]["completion_ids"] == list(range(12, 20)) and rows[1]["step_map"] == list(range(8))
     assert dataset_metadata(ds)["num_without_eos"] == 1
+
+
+def test_bidirectional_default_keeps_the_whole_canvas(model, tok):
+    """A bidirectional teacher's trajectory covers every canvas position (trailing EOS included), each with its step,
+    so the training states are exactly the decoder's canvases (same length, early-committed EOS kept)."""
+    config = gen_config(tok)
+    ds = collect_trajectories(model, tok, conversational(), config, batch_size=3, show_progress=False)
+    assert dataset_metadata(ds)["generation_config"]["stop_at_eos"] is False
+    full = DiffusionGenerationConfig(**{**config.to_diff_dict(), "stop_at_eos": False})
+    for row in ds:
+        assert len(row["completion_ids"]) == 8 and sorted(row["step_map"]) == list(range(8))
+        out = generation.diffusion_generate(
+            model,
+            torch.tensor([row["prompt_ids"]]),
+            generation_config=full,
+            processing_class=tok,
+            return_dict_in_generate=True,
+            output_step_map=True,
+        )
+        assert row["completion_ids"] == out.sequences[0, len(row["prompt_ids"]) :].tolist()
+        assert row["step_map"] == out.step_map[0].tolist()
 
 
 def test_metadata_and_save_to_disk(model, tok, tmp_path):

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
@@ -146,6 +147,15 @@ def _eos_ids(generation_config, adapter) -> list[int]:
     return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
 
+def _with_stop_at_eos(generation_config, value: bool):
+    """A copy of the decoding settings (config object or dict) with `stop_at_eos` set."""
+    if isinstance(generation_config, dict):
+        return {**generation_config, "stop_at_eos": value}
+    config = copy.deepcopy(generation_config)
+    config.stop_at_eos = value
+    return config
+
+
 def cut_after_eos(completion: list[int], step_map: list[int], eos_token_ids) -> tuple[list[int], list[int], bool]:
     """Cut a completion (and its step map) after its first EOS; also say whether an EOS was found."""
     eos = set(int(e) for e in eos_token_ids)
@@ -196,6 +206,7 @@ def _decode_shard(
     eos_token_ids,
     seed: int | None,
     progress,
+    cut_at_eos: bool = True,
 ) -> list[dict]:
     """Decode one shard's prompts (sorted by length inside the shard) and return rows in the shard's order."""
     from .generation import diffusion_generate
@@ -227,7 +238,11 @@ def _decode_shard(
         completions = out.sequences[:, input_ids.shape[1] :].tolist()
         step_maps = out.step_map.tolist()
         for row, index in enumerate(batch_index):
-            completion, step_map, has_eos = cut_after_eos(completions[row], step_maps[row], eos_token_ids)
+            completion, step_map, has_eos = completions[row], step_maps[row], None
+            if cut_at_eos:
+                completion, step_map, has_eos = cut_after_eos(completion, step_map, eos_token_ids)
+            else:
+                has_eos = any(t in set(eos_token_ids) for t in completion)
             if len(step_map) != len(completion):
                 raise RuntimeError(
                     f"The decoder's step_map ({len(step_maps[row])} entries) is shorter than its completion "
@@ -271,6 +286,7 @@ def collect_trajectories(
     seed: int | None = 0,
     dataset_name: str | None = None,
     show_progress: bool = True,
+    keep_full_canvas: bool | None = None,
 ):
     """Decode every prompt of `dataset` with the teacher and return the trajectory dataset.
 
@@ -301,6 +317,11 @@ def collect_trajectories(
             tokens as an uninterrupted one even at temperature > 0. `None` uses torch's global generator.
         dataset_name: name of the prompt dataset, recorded in the metadata (and used by model cards).
         show_progress: tqdm progress bar on the local main process.
+        keep_full_canvas: keep all `max_new_tokens` positions (trailing EOS padding included, every one decoded,
+            with its step) instead of cutting after the first EOS. `None` keeps them for bidirectional families,
+            whose predictions depend on the canvas length and whose decoder commits trailing EOS early (the states
+            the student trains on are then exactly the teacher's canvases), and cuts for block-causal ones, where
+            later blocks never influence earlier ones.
 
     Returns:
         `datasets.Dataset` with `prompt_ids`, `completion_ids`, `step_map`, `block_length` (+ `prompt`, `completion`,
@@ -332,6 +353,9 @@ def collect_trajectories(
         raise ValueError("`generation_config.max_new_tokens` must be set: it is the teacher's completion budget.")
     block_length = int(_get(generation_config, "block_length") or max_new_tokens)
     eos_token_ids = _eos_ids(generation_config, adapter)
+    full_canvas = (not adapter.block_causal) if keep_full_canvas is None else bool(keep_full_canvas)
+    if full_canvas:  # decode every position, as LLaDA's reference does, so the whole canvas has a step
+        generation_config = _with_stop_at_eos(generation_config, False)
     state = accelerator.state if hasattr(accelerator, "state") else (accelerator or PartialState())
 
     # 1. Prompts -> ids, in dataset order
@@ -359,6 +383,7 @@ def collect_trajectories(
         eos_token_ids=eos_token_ids,
         shard_size=shard_size,
         seed=seed,
+        keep_full_canvas=full_canvas,
     )
     fingerprint = _fingerprint(prompt_ids, settings)
     num_shards = (len(prompt_ids) + shard_size - 1) // shard_size
@@ -402,6 +427,7 @@ def collect_trajectories(
                 eos_token_ids=eos_token_ids,
                 seed=None if seed is None else seed + k,
                 progress=progress,
+                cut_at_eos=not full_canvas,
             )
             if output_dir is not None:
                 _write_shard(rows, _shard_path(output_dir, k, num_shards))

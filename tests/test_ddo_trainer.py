@@ -1,5 +1,6 @@
 """DDOTrainer end to end on tiny offline models: forward counts, exact values, accumulation, LoRA/QLoRA, self-play."""
 
+import json
 import logging
 import math
 import os
@@ -158,6 +159,10 @@ def test_training_moves_margins_and_student_reloads(tmp_path, tok):
     trainer.save_model(out)
     card = open(os.path.join(out, "README.md")).read()
     assert "alpha = 0.5, beta = 0.1" in card and "tokens per step" in card
+    # The recommended decoding uses the trajectories' block length (4 here), also without dataset metadata.
+    assert "block length 4, 4 tokens per step" in card
+    saved = json.load(open(os.path.join(out, "diffusion_generation_config.json")))
+    assert saved["block_length"] == 4 and saved["tokens_per_step"] == 4
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     batch = trainer.data_collator([trainer.train_dataset[0]])
     student = trainer.model.eval()

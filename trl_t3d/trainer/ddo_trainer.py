@@ -632,9 +632,20 @@ class DDOTrainer(_BaseTrainer):
 
     # -------------------------------------------------------------------------------------- saving
     def _student_generation_settings(self) -> dict:
-        block = int(self._trajectory_metadata.get("block_length") or self.args.block_length or 4)
+        meta = self._trajectory_metadata
+        block = meta.get("block_length") or self.args.block_length
+        if (
+            not block
+            and self.train_dataset is not None
+            and len(self.train_dataset)
+            and "block_length" in self.train_dataset[0]
+        ):
+            block = self.train_dataset[0]["block_length"]  # metadata is lost by e.g. concatenate_datasets
+        block = int(block or 4)
         tokens_per_step = max(1, min(self.args.student_tokens_per_step, block))
+        max_new_tokens = meta.get("max_new_tokens")
         return {
+            "max_new_tokens": int(max_new_tokens) if max_new_tokens and int(max_new_tokens) % block == 0 else None,
             "block_length": block,
             "tokens_per_step": tokens_per_step,
             "steps": None,
@@ -653,10 +664,8 @@ class DDOTrainer(_BaseTrainer):
 
     def _save_generation_config(self, output_dir):
         settings = {k: v for k, v in self._student_generation_settings().items() if v is not None}
-        try:
-            from ..generation import DiffusionGenerationConfig
-        except ImportError:
-            return
+        from ..generation import DiffusionGenerationConfig
+
         try:
             DiffusionGenerationConfig(**settings).save_pretrained(output_dir)
         except Exception as err:  # the generation module is optional; never lose a checkpoint over it
@@ -687,7 +696,7 @@ class DDOTrainer(_BaseTrainer):
         name = model_name or Path(args.output_dir).name
         body = f"""# {name}
 
-A few-step student of **{teacher}**, trained with [trl-t3d](https://github.com/) — T3D trajectory
+A few-step student of **{teacher}**, trained with trl-t3d — T3D trajectory
 self-distillation with Direct Discriminative Optimization ([arXiv:2602.12262](https://huggingface.co/papers/2602.12262)).
 
 ## Training
@@ -698,19 +707,20 @@ self-distillation with Direct Discriminative Optimization ([arXiv:2602.12262](ht
   {stats.get("num_dropped_empty_completions", 0)} empty completions dropped); teacher decoding: `{json.dumps(meta.get("generation_config", {}))}`
 - DDO: alpha = {args.alpha}, beta = {args.beta}; path loss lambda = {args.lambda_path}, k = {args.path_k_steps}
 - States: mask ratios {list(args.mask_ratios)} (p ∝ r^{args.mask_ratio_exponent}), random-token ratio {args.random_token_ratio}
-- Optimizer steps: {self.state.global_step}; learning rate {args.learning_rate}; reference sync every
-  {args.ref_sync_steps or "never"} steps
+- Optimizer steps: {self.state.global_step}; learning rate {args.learning_rate}; reference ← policy
+  {f"every {args.ref_sync_steps} optimizer steps" if args.ref_sync_steps else "never (one round)"}
 
 ## Recommended decoding
 
 Few-step semi-autoregressive decoding: block length {gen["block_length"]}, {gen["tokens_per_step"]} tokens per step
 ({gen["block_length"] // gen["tokens_per_step"]} steps per block), low-confidence remasking, temperature 0. These
-settings are saved as `diffusion_generation_config.json` next to the weights when trl-t3d's generation module is
-installed.
+settings are saved as `diffusion_generation_config.json` next to the weights and used by default:
 
 ```python
-from trl_t3d.generation import diffusion_generate
-out = diffusion_generate(model, input_ids, block_length={gen["block_length"]}, tokens_per_step={gen["tokens_per_step"]})
+from trl_t3d import AutoModelForDiffusionLM
+
+model = AutoModelForDiffusionLM.from_pretrained("{name}", trust_remote_code=True)
+out = model.diffusion_generate(input_ids, attention_mask)  # block {gen["block_length"]}, {gen["tokens_per_step"]} tokens per step
 ```
 
 ## Citation

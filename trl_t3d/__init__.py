@@ -3,6 +3,15 @@
 __version__ = "0.1.0"
 
 from .adapters import DiffusionAdapter, get_adapter, register_adapter  # noqa: F401
+from .evaluation import (  # noqa: F401
+    Task,
+    boxed_verifier,
+    evaluate_few_step,
+    exact_match_verifier,
+    number_verifier,
+    one_of_verifier,
+    permutation_verifier,
+)
 from .generation import (  # noqa: F401
     AutoModelForDiffusionLM,
     DiffusionGenerateOutput,

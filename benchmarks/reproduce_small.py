@@ -1,0 +1,314 @@
+"""Small-scale reproduction of the T3D claim on CPU: teacher vs SFT vs DDO without path loss vs T3D.
+
+1. pretrain a toy bidirectional DLLM from scratch on the built-in tasks (arithmetic: one answer with carries;
+   permutation: many valid answers with strongly correlated tokens) — or load it from `--teacher_dir`;
+2. collect its full-step trajectories (1 token per step, block 8) on training prompts with `collect_trajectories`;
+3. distill, from the teacher's weights, with the same trajectories, step budget, batch size and learning rate:
+   - `sft`: masked-diffusion cross-entropy on the teacher's completions with random masking (t ~ U(0, 1)): the
+     pretraining objective on the trajectories. DDOConfig cannot express it (alpha=0 still leaves DDO's real term,
+     a sigmoid of a log-ratio, not a cross-entropy), so it is a plain loop (`trl_t3d.pretraining`);
+   - `ddo_no_path`: `DDOTrainer` with `lambda_path=0`;
+   - `t3d`: `DDOTrainer` with the T3D defaults (alpha 0.5, beta 0.1, lambda_path 0.2, k 4, random tokens 0.1);
+4. evaluate teacher and students at 1, 2, 4, 8 tokens per step (greedy, low-confidence remasking, block 8);
+5. over `--seeds` (the teacher is pretrained once; seeds change the distillation's data order and noise).
+
+Writes benchmarks/results/reproduce_small.{json,png,md}.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reproduce_small.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+TASKS = ("arithmetic", "permutation")
+METHODS = ("teacher", "sft", "ddo_no_path", "t3d")
+COLLECT_SEED = 1234
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--teacher_dir", default=None, help="load the teacher from here if it exists, else save it there")
+    p.add_argument("--teacher_steps", type=int, default=3500)
+    p.add_argument("--teacher_max_time_s", type=float, default=300.0)
+    p.add_argument("--num_prompts", type=int, default=512, help="training prompts per task (trajectories)")
+    p.add_argument("--distill_steps", type=int, default=200)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--beta", type=float, default=0.1, help="DDO beta (T3D: 0.1)")
+    p.add_argument("--alpha", type=float, default=0.5, help="DDO fake-term weight (T3D: 0.5)")
+    p.add_argument("--lambda_path", type=float, default=0.2, help="path-loss weight of t3d (T3D: 0.2)")
+    p.add_argument("--eval_examples", type=int, default=128, help="test prompts per task")
+    p.add_argument("--tokens_per_step", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument(
+        "--eval_split",
+        default="test",
+        choices=["test", "train"],
+        help="'train' evaluates on the first prompts the trajectories were collected on (a memorization diagnostic)",
+    )
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--output", default=os.path.join(RESULTS, "reproduce_small.json"))
+    return p.parse_args(argv)
+
+
+def load_or_train_teacher(args):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_t3d.pretraining import make_toy_teacher
+
+    if args.teacher_dir and os.path.exists(os.path.join(args.teacher_dir, "config.json")):
+        print(f"Loading the teacher from {args.teacher_dir}")
+        model = AutoModelForCausalLM.from_pretrained(args.teacher_dir).eval()
+        return model, AutoTokenizer.from_pretrained(args.teacher_dir), {"loaded_from": args.teacher_dir}
+    model, tokenizer, log = make_toy_teacher(
+        0, args.teacher_steps, max_time_s=args.teacher_max_time_s, return_log=True
+    )
+    if args.teacher_dir:
+        model.save_pretrained(args.teacher_dir)
+        tokenizer.save_pretrained(args.teacher_dir)
+    return model, tokenizer, {k: v for k, v in log.items() if k != "losses"}
+
+
+def collect(teacher, tokenizer, args):
+    from datasets import Dataset, concatenate_datasets
+
+    from trl_t3d import DiffusionGenerationConfig, collect_trajectories
+    from trl_t3d.evaluation import get_task
+
+    parts = []
+    for name in TASKS:
+        task = get_task(name, num_examples=args.num_prompts, split="train", seed=COLLECT_SEED)
+        config = DiffusionGenerationConfig(
+            max_new_tokens=task.max_new_tokens, block_length=task.block_length, tokens_per_step=1
+        )
+        prompts = Dataset.from_dict({"prompt_ids": task.prompt_ids(tokenizer)})
+        parts.append(
+            collect_trajectories(
+                teacher,
+                tokenizer,
+                prompts,
+                config,
+                batch_size=128,
+                prompt_column="prompt_ids",
+                teacher_name="toy-teacher",
+                show_progress=False,
+            )
+        )
+    return concatenate_datasets(parts)
+
+
+def train_sft(teacher, tokenizer, trajectories, args, seed):
+    """Masked-diffusion CE on the teacher's completions (EOS-padded to the canvas), same budget as DDO."""
+    from trl_t3d.pretraining import pretrain_masked_diffusion
+
+    canvas = 8
+    eos = tokenizer.eos_token_id
+    examples = [
+        (list(p), list(c) + [eos] * (canvas - len(c)))
+        for p, c in zip(trajectories["prompt_ids"], trajectories["completion_ids"])
+    ]
+    student = copy.deepcopy(teacher)
+    pretrain_masked_diffusion(
+        student,
+        tokenizer,
+        None,
+        args.distill_steps,
+        examples=examples,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_steps=10,
+        lr_schedule="constant",
+        weighting="mean",
+        seed=seed,
+        show_progress=False,
+    )
+    return student
+
+
+def train_ddo(teacher, tokenizer, trajectories, args, seed, lambda_path):
+    from trl_t3d import DDOConfig, DDOTrainer
+
+    student = copy.deepcopy(teacher)
+    config = DDOConfig(
+        output_dir=os.path.join("/tmp", f"reproduce_small_ddo_{seed}_{lambda_path}"),
+        max_steps=args.distill_steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=10,
+        logging_steps=max(1, args.distill_steps // 5),
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        lambda_path=lambda_path,
+        beta=args.beta,
+        alpha=args.alpha,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = DDOTrainer(student, args=config, train_dataset=trajectories, processing_class=tokenizer)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    return trainer.model.eval(), logs
+
+
+def evaluate(model, tokenizer, args, name):
+    from trl_t3d.evaluation import evaluate_few_step, get_task
+
+    reports = []
+    for task_name in TASKS:
+        if args.eval_split == "train":  # the first prompts of the collection (same generator, same seed)
+            task = get_task(task_name, num_examples=args.eval_examples, split="train", seed=COLLECT_SEED)
+        else:
+            task = get_task(task_name, num_examples=args.eval_examples, split="test", seed=0)
+        reports.append(
+            evaluate_few_step(
+                model,
+                tokenizer,
+                task,
+                args.tokens_per_step,
+                temperature=0.0,
+                remasking="low_confidence",
+                batch_size=128,
+                model_name=name,
+                show_progress=False,
+                num_samples_logged=2,
+            )
+        )
+    return reports
+
+
+def aggregate(per_seed: dict) -> list[dict]:
+    """Rows {task, method, tokens_per_step, accuracy_mean, accuracy_std, seeds} from {(method, seed): reports}."""
+    rows = []
+    methods = list(dict.fromkeys(m for m, _ in per_seed))
+    for task in TASKS:
+        for method in methods:
+            seeds = sorted(s for m, s in per_seed if m == method)
+            budgets = sorted({r["tokens_per_step"] for rep in per_seed[(method, seeds[0])] for r in rep["results"]})
+            for k in budgets:
+                accs, nfes = [], []
+                for s in seeds:
+                    report = next(rep for rep in per_seed[(method, s)] if rep["task"] == task)
+                    result = next(r for r in report["results"] if r["tokens_per_step"] == k)
+                    accs.append(result["accuracy"])
+                    nfes.append(result["nfe"])
+                rows.append(
+                    {
+                        "task": task,
+                        "method": method,
+                        "tokens_per_step": k,
+                        "accuracy_mean": statistics.mean(accs),
+                        "accuracy_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+                        "seeds": seeds,
+                        "accuracies": accs,
+                        "nfe_mean": statistics.mean(nfes),
+                    }
+                )
+    return rows
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(4.8 * len(TASKS), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], TASKS):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            sel = sorted(
+                (r for r in rows if r["task"] == task and r["method"] == method), key=lambda r: r["tokens_per_step"]
+            )
+            xs = [r["tokens_per_step"] for r in sel]
+            ys = [100 * r["accuracy_mean"] for r in sel]
+            es = [100 * r["accuracy_std"] for r in sel]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("tokens per step")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("T3D small reproduction (toy DLLM, CPU)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.getLogger("trl_t3d").setLevel(logging.WARNING)
+    from trl_t3d.evaluation import rows_markdown_table
+
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    teacher, tokenizer, teacher_log = load_or_train_teacher(args)
+    t_teacher = time.perf_counter() - start
+    trajectories = collect(teacher, tokenizer, args)
+    print(f"{len(trajectories)} trajectories collected")
+    per_seed, train_logs, timings = {}, {}, {"teacher_s": t_teacher}
+    teacher_reports = evaluate(teacher, tokenizer, args, "teacher") if "teacher" in args.methods else None
+    for seed in args.seeds:
+        if teacher_reports is not None:
+            per_seed[("teacher", seed)] = teacher_reports  # greedy decoding of one teacher: identical over seeds
+        for method in args.methods:
+            if method == "teacher":
+                continue
+            t0 = time.perf_counter()
+            torch.manual_seed(seed)
+            if method == "sft":
+                student, logs = train_sft(teacher, tokenizer, trajectories, args, seed), None
+            else:
+                student, logs = train_ddo(
+                    teacher, tokenizer, trajectories, args, seed, 0.0 if method == "ddo_no_path" else args.lambda_path
+                )
+            timings[f"{method}_seed{seed}_train_s"] = time.perf_counter() - t0
+            per_seed[(method, seed)] = evaluate(student, tokenizer, args, method)
+            train_logs[f"{method}_seed{seed}"] = logs
+            summary = {
+                rep["task"]: [round(r["accuracy"], 3) for r in rep["results"]] for rep in per_seed[(method, seed)]
+            }
+            print(f"seed {seed} {method}: {summary} ({timings[f'{method}_seed{seed}_train_s']:.0f} s)", flush=True)
+    rows = aggregate(per_seed)
+    table = rows_markdown_table(rows)
+    print(table)
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    base = os.path.splitext(args.output)[0]
+    plot(rows, base + ".png")
+    with open(base + ".md", "w") as f:
+        f.write(
+            "Accuracy (%, mean ± std over seeds) per tokens per step; toy DLLM on CPU "
+            "(`benchmarks/reproduce_small.py`).\n\n" + table + "\n"
+        )
+    payload = {
+        "benchmark": "reproduce_small",
+        "args": vars(args),
+        "rows": rows,
+        "teacher": teacher_log,
+        "train_logs": train_logs,
+        "reports": {f"{m}_seed{s}": reps for (m, s), reps in per_seed.items()},
+        "timings": timings,
+        "total_time_s": time.perf_counter() - start,
+        "platform": {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()},
+    }
+    with open(args.output, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    print(f"Wrote {args.output} ({payload['total_time_s']:.0f} s)")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Few-step evaluation: tasks + verifiers, `evaluate_few_step`, AUP, frontier plots and tables."""
+
+from .evaluate import evaluate_few_step
+from .report import aup, aup_of_report, markdown_table, plot_frontier, rows_markdown_table
+from .tasks import BUILTIN_TASKS, Task, arithmetic_task, get_task, permutation_task
+from .verifiers import (
+    VERIFIERS,
+    boxed_verifier,
+    exact_match_verifier,
+    extract_boxed,
+    extract_last_number,
+    get_verifier,
+    normalize_latex_answer,
+    number_verifier,
+    one_of_verifier,
+    permutation_verifier,
+)
+
+__all__ = [
+    "BUILTIN_TASKS",
+    "VERIFIERS",
+    "Task",
+    "arithmetic_task",
+    "aup",
+    "aup_of_report",
+    "boxed_verifier",
+    "evaluate_few_step",
+    "exact_match_verifier",
+    "extract_boxed",
+    "extract_last_number",
+    "get_task",
+    "get_verifier",
+    "markdown_table",
+    "normalize_latex_answer",
+    "number_verifier",
+    "one_of_verifier",
+    "permutation_task",
+    "permutation_verifier",
+    "plot_frontier",
+    "rows_markdown_table",
+]

@@ -1,0 +1,233 @@
+"""`evaluate_few_step`: accuracy and speed of a diffusion LM at several tokens-per-step budgets.
+
+For each budget the same prompts are decoded with the same settings except `tokens_per_step`, and the report gives:
+
+- `accuracy`: share of completions the task's verifier accepts;
+- `nfe`: forward passes per sample, the mean over samples of the number of denoising passes that committed at least
+  one of its tokens (a sample that stopped at EOS does not pay for its batch mates); `nfe_per_batch` is the
+  decoder's own count, per batch;
+- `tokens_per_forward`: committed tokens per forward pass and sample (total committed / total per-sample NFE), the
+  parallelism "TPF" AUP is measured with;
+- `wall_time_s` and `samples_per_s` (decoding only; hardware dependent, unlike NFE and TPF).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+import torch
+
+from .tasks import Task
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "few_step_eval.json"
+PLOT_NAME = "few_step_eval.png"
+
+
+def _tokenizer_of(processing_class):
+    return getattr(processing_class, "tokenizer", None) or processing_class
+
+
+def _base_config(model, task: Task, generation_config, overrides: dict):
+    """The base decoding settings: `generation_config` (or the model's), task defaults, then explicit overrides."""
+    from ..generation import DiffusionGenerationConfig
+    from ..generation.decode import resolve_generation_config
+
+    if generation_config is None:
+        generation_config = getattr(model, "diffusion_generation_config", None)
+    if generation_config is None:
+        generation_config = DiffusionGenerationConfig(
+            max_new_tokens=task.max_new_tokens or 128, block_length=task.block_length
+        )
+    config = resolve_generation_config(model, generation_config, {k: v for k, v in overrides.items() if v is not None})
+    config.steps = None
+    config.return_dict_in_generate = True
+    config.output_step_map = True
+    return config
+
+
+def _completion_text(tokenizer, ids: list[int], eos_ids: set[int]) -> str:
+    for i, token in enumerate(ids):
+        if token in eos_ids:
+            ids = ids[:i]
+            break
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def evaluate_few_step(
+    model,
+    processing_class,
+    task: Task,
+    tokens_per_step: Sequence[int] = (1, 2, 4, 8),
+    *,
+    generation_config=None,
+    batch_size: int = 32,
+    adapter=None,
+    output_dir: str | None = None,
+    model_name: str | None = None,
+    max_new_tokens: int | None = None,
+    block_length: int | None = None,
+    temperature: float | None = None,
+    remasking: str | None = None,
+    apply_chat_template: bool | None = None,
+    num_examples: int | None = None,
+    seed: int = 0,
+    num_samples_logged: int = 4,
+    show_progress: bool = True,
+) -> dict:
+    """Decode every prompt of `task` at each budget of `tokens_per_step` and score it with the task's verifier.
+
+    Args:
+        model: a diffusion LM of a family `trl_t3d.adapters` knows (eval mode is set here).
+        processing_class: its tokenizer; prompts go through its chat template when it has one.
+        task (`Task`): prompts, references and verifier.
+        tokens_per_step: budgets to compare (each must be <= the block length).
+        generation_config: base `DiffusionGenerationConfig` (or dict); defaults to the model's, else the task's
+            `max_new_tokens`/`block_length`. `max_new_tokens`, `block_length`, `temperature`, `remasking` override it.
+        batch_size: prompts decoded together (left padded; sorted by length to limit padding).
+        adapter: family adapter (name or instance); detected when omitted.
+        output_dir: when given, the report is written to `output_dir/few_step_eval.json` and its frontier plot to
+            `output_dir/few_step_eval.png`.
+        model_name: name of the model in the report (defaults to `config._name_or_path`).
+        num_examples: evaluate only the first n prompts.
+        seed: seeds sampling (temperature > 0, random remasking), the same generator for every budget.
+
+    Returns:
+        dict with `model_name`, `task`, `num_examples`, `generation_config`, `results` (one entry per budget with
+        `tokens_per_step`, `accuracy`, `num_correct`, `nfe`, `nfe_per_batch`, `tokens_per_forward`, `wall_time_s`,
+        `samples_per_s`, `samples`), and `aup` (d3LLM's accuracy under parallelism, see `report.aup`).
+    """
+    from ..generation import diffusion_generate
+    from .report import aup_of_report
+
+    if not isinstance(task, Task):
+        raise ValueError(
+            f"`task` must be a trl_t3d.evaluation.Task, got {type(task).__name__}. Build one with Task(...)."
+        )
+    budgets = [int(k) for k in tokens_per_step]
+    if not budgets or any(k < 1 for k in budgets):
+        raise ValueError(f"`tokens_per_step` must be positive ints, got {list(tokens_per_step)}.")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+    if num_examples is not None:
+        task = task.subset(range(min(num_examples, len(task))))
+    if len(task) == 0:
+        raise ValueError(f"Task '{task.name}' has no prompts.")
+    tokenizer = _tokenizer_of(processing_class)
+    base = _base_config(
+        model,
+        task,
+        generation_config,
+        dict(max_new_tokens=max_new_tokens, block_length=block_length, temperature=temperature, remasking=remasking),
+    )
+    too_large = [k for k in budgets if k > base.resolved_block_length]
+    if too_large:
+        raise ValueError(
+            f"tokens_per_step {too_large} exceed block_length={base.resolved_block_length}: a step cannot commit more "
+            f"than a block. Use a block_length >= {max(budgets)} or drop those budgets."
+        )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = base.eos_token_id if base.eos_token_id is not None else tokenizer.eos_token_id
+    eos_ids = set(eos_ids if isinstance(eos_ids, (list, tuple)) else [eos_ids]) - {None}
+
+    model.eval()
+    device = next(model.parameters()).device
+    prompts = task.prompt_ids(tokenizer, apply_chat_template=apply_chat_template)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    model_name = model_name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+
+    from tqdm.auto import tqdm
+
+    results = []
+    for k in budgets:
+        config = copy.deepcopy(base)
+        config.tokens_per_step = k
+        config.validate()
+        generator = torch.Generator(device=device).manual_seed(seed)
+        completions: list[str | None] = [None] * len(prompts)
+        sample_nfe = [0] * len(prompts)
+        committed = [0] * len(prompts)
+        batch_nfe, wall = [], 0.0
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        for rows in tqdm(batches, desc=f"{task.name} @ {k} tok/step", disable=not show_progress, leave=False):
+            width = max(len(prompts[i]) for i in rows)
+            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                input_ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                attention_mask[r, width - len(prompts[i]) :] = 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            out = diffusion_generate(
+                model,
+                input_ids.to(device),
+                attention_mask.to(device),
+                config,
+                adapter=adapter,
+                processing_class=tokenizer,
+                generator=generator,
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            wall += time.perf_counter() - start
+            batch_nfe.append(int(out.nfe))
+            step_map = out.step_map.cpu()
+            completion_ids = out.sequences[:, width:].cpu()
+            for r, i in enumerate(rows):
+                steps_used = step_map[r][step_map[r] >= 0]
+                sample_nfe[i] = int(torch.unique(steps_used).numel())
+                committed[i] = int(steps_used.numel())
+                completions[i] = _completion_text(tokenizer, completion_ids[r].tolist(), eos_ids)
+        correct = [task.verify(completions[i], i) for i in range(len(prompts))]
+        total_nfe = sum(sample_nfe)
+        result = {
+            "tokens_per_step": k,
+            "accuracy": sum(correct) / len(correct),
+            "num_correct": int(sum(correct)),
+            "nfe": total_nfe / len(prompts),
+            "nfe_per_batch": sum(batch_nfe) / len(batch_nfe),
+            "tokens_per_forward": sum(committed) / total_nfe if total_nfe else 0.0,
+            "wall_time_s": wall,
+            "samples_per_s": len(prompts) / wall if wall > 0 else float("inf"),
+            "samples": [
+                {"prompt": str(task.prompts[i]), "completion": completions[i], "correct": bool(correct[i])}
+                for i in range(min(num_samples_logged, len(prompts)))
+            ],
+        }
+        logger.info(
+            "%s | %s | %d tok/step: accuracy %.3f, NFE %.2f, TPF %.2f",
+            model_name,
+            task.name,
+            k,
+            result["accuracy"],
+            result["nfe"],
+            result["tokens_per_forward"],
+        )
+        results.append(result)
+
+    report = {
+        "model_name": str(model_name),
+        "task": task.name,
+        "num_examples": len(prompts),
+        "generation_config": {
+            key: getattr(base, key)
+            for key in ("max_new_tokens", "block_length", "temperature", "remasking", "threshold", "top_k", "top_p")
+        },
+        "results": results,
+    }
+    report["aup"] = aup_of_report(report)
+    if output_dir is not None:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, REPORT_NAME), "w") as f:
+            json.dump(report, f, indent=2)
+        from .report import plot_frontier
+
+        plot_frontier({report["model_name"]: report}, os.path.join(output_dir, PLOT_NAME))
+    return report

@@ -1,0 +1,289 @@
+"""Tasks: prompts + references + a verifier; built-in synthetic tasks for offline demos and benchmarks.
+
+A `Task` is what `evaluate_few_step` scores. Users bring their own with `Task(...)` or `Task.from_dataset(...)`.
+The built-in tasks are made for the character-level tokenizer of `trl_t3d.testing` (one token per character) and
+probe the two regimes parallel decoding cares about:
+
+- `arithmetic` ("123+45=" -> "168"): one right answer whose digits depend on each other through carries;
+- `permutation` ("perm:dacb" -> any ordering of the symbols, each exactly once): many right answers whose tokens
+  are strongly correlated. Decoding several positions in one step from independent per-position marginals mixes
+  orderings into invalid strings (duplicated or missing symbols), the failure few-step distillation must fix.
+
+Generators are deterministic given `seed`; train and test splits are disjoint by construction (a stable hash of the
+prompt decides the split), so a model pretrained on `split="train"` is tested on unseen prompts.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .verifiers import get_verifier, number_verifier, permutation_verifier
+
+
+@dataclass
+class Task:
+    """An evaluation task: prompts, one reference per prompt, and the verifier that judges completions.
+
+    Args:
+        name (`str`): name used in reports and plots.
+        prompts (`list[str]` or `list[list[dict]]`): plain strings (wrapped as one user message when the tokenizer has
+            a chat template) or conversations (`[{"role": "user", "content": ...}, ...]`).
+        references (`list`): what the verifier compares each completion with (a number, a string, a set of valid
+            answers, a predicate...).
+        verifier (`str` or callable): `verifier(completion: str, reference) -> bool`, or a name of
+            `trl_t3d.evaluation.verifiers.VERIFIERS` ("number", "boxed", "exact", "one_of", "permutation").
+        system_prompt (`str`, *optional*): prepended as a system message.
+        prompt_suffix (`str`, *optional*): appended to the (last user message of the) prompt, e.g. a reasoning
+            instruction "Put your final answer within \\boxed{}.".
+        targets (`list[str]`, *optional*): one valid completion per prompt, for training (pretraining/SFT data).
+        max_new_tokens (`int`, *optional*): completion budget this task needs; a default for `evaluate_few_step`.
+        block_length (`int`, *optional*): decoding block length this task was designed for.
+    """
+
+    name: str
+    prompts: list
+    references: list
+    verifier: Any = "exact"
+    system_prompt: str | None = None
+    prompt_suffix: str | None = None
+    targets: list[str] | None = None
+    max_new_tokens: int | None = None
+    block_length: int | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.prompts, self.references = list(self.prompts), list(self.references)
+        if len(self.prompts) != len(self.references):
+            raise ValueError(
+                f"Task '{self.name}' has {len(self.prompts)} prompts but {len(self.references)} references; give "
+                "exactly one reference per prompt."
+            )
+        if self.targets is not None and len(self.targets) != len(self.prompts):
+            raise ValueError(f"Task '{self.name}': `targets` must have one entry per prompt ({len(self.prompts)}).")
+        self.verifier = get_verifier(self.verifier)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def verify(self, completion: str, index: int) -> bool:
+        return bool(self.verifier(completion, self.references[index]))
+
+    def messages(self, index: int) -> list[dict]:
+        """The conversation of prompt `index` (system prompt and suffix applied)."""
+        prompt = self.prompts[index]
+        messages = [dict(m) for m in prompt] if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        if self.prompt_suffix:
+            for message in reversed(messages):
+                if message.get("role") == "user":
+                    message["content"] = f"{message.get('content', '')}{self.prompt_suffix}"
+                    break
+            else:
+                raise ValueError(f"Task '{self.name}': `prompt_suffix` needs a user message in every prompt.")
+        if self.system_prompt and not (messages and messages[0].get("role") == "system"):
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return messages
+
+    def prompt_ids(self, tokenizer, apply_chat_template: bool | None = None) -> list[list[int]]:
+        """Token ids of every prompt, ready for decoding (no padding).
+
+        `apply_chat_template=None` uses the chat template when the tokenizer has one (with the generation prompt),
+        else the raw text (system prompt and suffix simply concatenated).
+        """
+        use_template = (
+            bool(getattr(tokenizer, "chat_template", None))
+            if apply_chat_template is None
+            else bool(apply_chat_template)
+        )
+        if use_template and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                "`apply_chat_template=True` but the tokenizer has no chat template. Set `tokenizer.chat_template` or "
+                "pass `apply_chat_template=False`."
+            )
+        conversations = [self.messages(i) for i in range(len(self))]
+        if use_template:
+            texts = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
+        else:
+            texts = ["".join(m.get("content", "") for m in messages) for messages in conversations]
+        ids = [list(map(int, row)) for row in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        return ids
+
+    def subset(self, indices: Sequence[int]) -> Task:
+        """A task over the given prompt indices (e.g. the first n for a quick run)."""
+        pick = list(indices)
+        return Task(
+            name=self.name,
+            prompts=[self.prompts[i] for i in pick],
+            references=[self.references[i] for i in pick],
+            verifier=self.verifier,
+            system_prompt=self.system_prompt,
+            prompt_suffix=self.prompt_suffix,
+            targets=None if self.targets is None else [self.targets[i] for i in pick],
+            max_new_tokens=self.max_new_tokens,
+            block_length=self.block_length,
+            metadata=dict(self.metadata),
+        )
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset,
+        prompt_column: str = "prompt",
+        answer_column: str = "answer",
+        verifier: str | Callable = "number",
+        *,
+        name: str | None = None,
+        system_prompt: str | None = None,
+        prompt_suffix: str | None = None,
+        max_new_tokens: int | None = None,
+        block_length: int | None = None,
+    ) -> Task:
+        """A task from a `datasets.Dataset` (or a list of dicts) with a prompt column and an answer column."""
+        columns = dataset.column_names if hasattr(dataset, "column_names") else sorted(dataset[0]) if dataset else []
+        for column, flag in ((prompt_column, "prompt_column"), (answer_column, "answer_column")):
+            if column not in columns:
+                raise ValueError(
+                    f"No column '{column}' in the dataset (columns: {sorted(columns)}). Pass `{flag}=...`."
+                )
+        if hasattr(dataset, "column_names"):
+            prompts, references = list(dataset[prompt_column]), list(dataset[answer_column])
+        else:
+            prompts = [row[prompt_column] for row in dataset]
+            references = [row[answer_column] for row in dataset]
+        return cls(
+            name=name or getattr(getattr(dataset, "info", None), "dataset_name", None) or "custom",
+            prompts=prompts,
+            references=references,
+            verifier=verifier,
+            system_prompt=system_prompt,
+            prompt_suffix=prompt_suffix,
+            max_new_tokens=max_new_tokens,
+            block_length=block_length,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ built-in tasks
+def _in_split(prompt: str, split: str, test_fraction: float) -> bool:
+    """Stable (seed-independent) split of the prompt space: the same prompt is always on the same side."""
+    if split not in ("train", "test"):
+        raise ValueError(f"`split` must be 'train' or 'test', got {split!r}.")
+    is_test = (zlib.crc32(prompt.encode()) % 10_000) < test_fraction * 10_000
+    return is_test == (split == "test")
+
+
+def _draw(num_examples: int, split: str, seed: int, test_fraction: float, make_one, space_size: int):
+    if num_examples <= 0:
+        raise ValueError(f"`num_examples` must be positive, got {num_examples}.")
+    rng = random.Random(f"{seed}-{split}")
+    rows, tries = [], 0
+    while len(rows) < num_examples:
+        tries += 1
+        if tries > 50 * num_examples + 1000:
+            raise ValueError(
+                f"Could not draw {num_examples} distinct '{split}' examples (prompt space ~{space_size}); ask for fewer."
+            )
+        row = make_one(rng)
+        if _in_split(row[0], split, test_fraction):
+            rows.append(row)
+    return rows
+
+
+def arithmetic_task(
+    num_examples: int = 256,
+    split: str = "test",
+    seed: int = 0,
+    min_digits: int = 2,
+    max_digits: int = 2,
+    test_fraction: float = 0.1,
+) -> Task:
+    """Addition of two `min_digits`..`max_digits`-digit numbers: "57+68=" -> "125" (most significant digit first,
+    so each answer digit depends on the carries of the digits after it: positions are strongly dependent).
+
+    The default (2-digit operands, 2- or 3-digit sums) is what a toy model learns in a few CPU minutes; 3-digit
+    operands (`max_digits=3`) need a longer pretraining."""
+    if not 1 <= min_digits <= max_digits:
+        raise ValueError(f"Need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}.")
+
+    def number(rng):
+        digits = rng.randint(min_digits, max_digits)
+        return rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1)
+
+    def make_one(rng):
+        a, b = number(rng), number(rng)
+        return f"{a}+{b}=", str(a + b)
+
+    rows = _draw(num_examples, split, seed, test_fraction, make_one, (10**max_digits) ** 2)
+    return Task(
+        name="arithmetic",
+        prompts=[p for p, _ in rows],
+        references=[int(a) for _, a in rows],
+        verifier=number_verifier,
+        targets=[a for _, a in rows],
+        max_new_tokens=8,
+        block_length=8,
+        metadata={"split": split, "seed": seed, "min_digits": min_digits, "max_digits": max_digits},
+    )
+
+
+def permutation_task(
+    num_examples: int = 256,
+    split: str = "test",
+    seed: int = 0,
+    symbols: str = "abcdefgh",
+    min_length: int = 4,
+    max_length: int = 5,
+    test_fraction: float = 0.1,
+) -> Task:
+    """ "perm:dacb" -> any ordering of the given symbols, each exactly once (n! valid answers).
+
+    The training target of each prompt is a uniformly random ordering, so a model that fits the data has (nearly)
+    uniform, hence uninformative, per-position marginals: committing several positions from them in one step
+    duplicates symbols. Only the joint (one position at a time, or a distilled mode-seeking student) is right.
+    """
+    if len(set(symbols)) != len(symbols) or not symbols:
+        raise ValueError(f"`symbols` must be distinct characters, got {symbols!r}.")
+    if not 2 <= min_length <= max_length <= len(symbols):
+        raise ValueError(f"Need 2 <= min_length <= max_length <= {len(symbols)}, got {min_length}, {max_length}.")
+
+    def make_one(rng):
+        chosen = rng.sample(symbols, rng.randint(min_length, max_length))
+        target = chosen[:]
+        rng.shuffle(target)
+        return f"perm:{''.join(chosen)}", "".join(target)
+
+    rows = _draw(num_examples, split, seed, test_fraction, make_one, len(symbols) ** max_length)
+    return Task(
+        name="permutation",
+        prompts=[p for p, _ in rows],
+        references=[p.split(":", 1)[1] for p, _ in rows],
+        verifier=permutation_verifier,
+        targets=[t for _, t in rows],
+        max_new_tokens=8,
+        block_length=8,
+        metadata={
+            "split": split,
+            "seed": seed,
+            "symbols": symbols,
+            "min_length": min_length,
+            "max_length": max_length,
+        },
+    )
+
+
+BUILTIN_TASKS: dict[str, Callable[..., Task]] = {"arithmetic": arithmetic_task, "permutation": permutation_task}
+
+
+def get_task(name: str, **kwargs) -> Task:
+    """A built-in task by name ("arithmetic", "permutation"); kwargs go to its generator (num_examples, split, seed)."""
+    if name not in BUILTIN_TASKS:
+        raise ValueError(
+            f"Unknown built-in task {name!r}. Choose one of {sorted(BUILTIN_TASKS)}, or build your own with "
+            "`Task(name, prompts, references, verifier)` / `Task.from_dataset(...)`."
+        )
+    return BUILTIN_TASKS[name](**kwargs)
+
+
+__all__ = ["BUILTIN_TASKS", "Task", "arithmetic_task", "get_task", "permutation_task"]

@@ -24,11 +24,16 @@ def test_tokenizer_roundtrip_and_specials(tokenizer, tmp_path):
     assert tokenizer.decode(ids) == text
     specials = {tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.mask_token_id}
     assert len(specials) == 3 and tokenizer.padding_side == "left"
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "1+1="}], add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "1+1="}], add_generation_prompt=True, tokenize=False
+    )
     assert prompt == "<|user|>1+1=<|assistant|>"
     tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
-    assert reloaded(text, add_special_tokens=False)["input_ids"] == ids and reloaded.mask_token_id == tokenizer.mask_token_id
+    assert (
+        reloaded(text, add_special_tokens=False)["input_ids"] == ids
+        and reloaded.mask_token_id == tokenizer.mask_token_id
+    )
 
 
 def test_generic_mlm_is_bidirectional(generic_dir):

@@ -29,6 +29,7 @@ from trl_t3d.evaluation import (
     permutation_verifier,
     plot_frontier,
     rows_markdown_table,
+    two_way_sort_task,
 )
 
 
@@ -160,6 +161,27 @@ def test_permutation_task_accepts_every_ordering_and_rejects_corruptions():
     assert not small.verify("abcc", 0)
     # many valid answers: training targets of one prompt are not all the same ordering
     assert len({t for p, t in zip(train.prompts, train.targets)}) > 0.9 * len(train)
+
+
+def test_two_way_sort_task_accepts_both_sorts_and_rejects_mixtures():
+    task = two_way_sort_task(100, split="test", seed=1)
+    assert get_task("two_way_sort", num_examples=100, split="test", seed=1).prompts == task.prompts
+    train = two_way_sort_task(1000, split="train", seed=1)
+    assert not set(task.prompts) & set(train.prompts)
+    for i, (prompt, target) in enumerate(zip(task.prompts, task.targets)):
+        symbols = prompt.split(":", 1)[1]
+        ascending = "".join(sorted(symbols))
+        assert 4 <= len(symbols) <= 5 and len(set(symbols)) == len(symbols)
+        assert target in (ascending, ascending[::-1]) and len(target) + 1 <= task.max_new_tokens
+        assert task.verify(ascending, i) and task.verify(ascending[::-1], i)
+    small = two_way_sort_task(1, split="test", seed=0)
+    small.prompts, small.references = ["sort:dacbe"], [("abcde", "edcba")]
+    assert small.verify("abcde", 0) and small.verify("edcba", 0)
+    assert not small.verify("abcba", 0)  # first half ascending, second half descending: a mixture
+    assert not small.verify("edcde", 0) and not small.verify("badce", 0)  # mixture; a non-sorted permutation
+    # the two modes are balanced in the training targets (seeded 50/50)
+    share = sum(t == "".join(sorted(p.split(":", 1)[1])) for p, t in zip(train.prompts, train.targets)) / len(train)
+    assert 0.45 < share < 0.55
 
 
 def test_task_validation_and_prompt_rendering(tokenizer):

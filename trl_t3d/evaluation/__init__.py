@@ -2,7 +2,7 @@
 
 from .evaluate import evaluate_few_step
 from .report import aup, aup_of_report, markdown_table, plot_frontier, rows_markdown_table
-from .tasks import BUILTIN_TASKS, Task, arithmetic_task, get_task, permutation_task
+from .tasks import BUILTIN_TASKS, Task, arithmetic_task, get_task, permutation_task, two_way_sort_task
 from .verifiers import (
     VERIFIERS,
     boxed_verifier,
@@ -35,6 +35,7 @@ __all__ = [
     "number_verifier",
     "one_of_verifier",
     "permutation_task",
+    "two_way_sort_task",
     "permutation_verifier",
     "plot_frontier",
     "rows_markdown_table",

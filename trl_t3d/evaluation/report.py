@@ -81,6 +81,7 @@ def plot_frontier(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     if not reports:
         raise ValueError("`reports` is empty: give {model name: evaluate_few_step report}.")
@@ -100,6 +101,7 @@ def plot_frontier(
                 ys = [100 * r["accuracy"] for r in results]
                 ax.plot(xs, ys, marker="o", label=name)
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 1 2 4 8, not 2^k
         ax.set_xlabel("tokens per step" if x == "tokens_per_step" else x.replace("_", " "))
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)

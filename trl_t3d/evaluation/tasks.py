@@ -7,7 +7,9 @@ probe the two regimes parallel decoding cares about:
 - `arithmetic` ("123+45=" -> "168"): one right answer whose digits depend on each other through carries;
 - `permutation` ("perm:dacb" -> any ordering of the symbols, each exactly once): many right answers whose tokens
   are strongly correlated. Decoding several positions in one step from independent per-position marginals mixes
-  orderings into invalid strings (duplicated or missing symbols), the failure few-step distillation must fix.
+  orderings into invalid strings (duplicated or missing symbols), the failure few-step distillation must fix;
+- `two_way_sort` ("sort:dacbe" -> "abcde" or "edcba"): exactly two right answers with 50/50 per-position marginals,
+  the smallest case where parallel decoding mixes modes and a mode-seeking student can pick one.
 
 Generators are deterministic given `seed`; train and test splits are disjoint by construction (a stable hash of the
 prompt decides the split), so a model pretrained on `split="train"` is tested on unseen prompts.
@@ -273,11 +275,65 @@ def permutation_task(
     )
 
 
-BUILTIN_TASKS: dict[str, Callable[..., Task]] = {"arithmetic": arithmetic_task, "permutation": permutation_task}
+def two_way_sort_task(
+    num_examples: int = 256,
+    split: str = "test",
+    seed: int = 0,
+    symbols: str = "abcdefgh",
+    min_length: int = 4,
+    max_length: int = 5,
+    test_fraction: float = 0.1,
+) -> Task:
+    """ "sort:dacbe" -> the symbols sorted ascending ("abcde") or descending ("edcba"): exactly two valid answers.
+
+    Each training target is ascending or descending at random (50/50, seeded), so a model that fits the data has
+    50/50 per-position marginals (except the middle of odd lengths): committing several positions in one step mixes
+    the two modes into invalid strings ("abdba"), while decoding one position at a time, or a student that commits
+    to one mode, stays valid. References are `(ascending, descending)` for the "one_of" verifier.
+    """
+    if len(set(symbols)) != len(symbols) or not symbols:
+        raise ValueError(f"`symbols` must be distinct characters, got {symbols!r}.")
+    if not 2 <= min_length <= max_length <= len(symbols):
+        raise ValueError(f"Need 2 <= min_length <= max_length <= {len(symbols)}, got {min_length}, {max_length}.")
+
+    def make_one(rng):
+        chosen = rng.sample(symbols, rng.randint(min_length, max_length))
+        ascending = "".join(sorted(chosen))
+        target = ascending if rng.random() < 0.5 else ascending[::-1]
+        return f"sort:{''.join(chosen)}", target
+
+    rows = _draw(num_examples, split, seed, test_fraction, make_one, len(symbols) ** max_length)
+    references = []
+    for prompt, _ in rows:
+        ascending = "".join(sorted(prompt.split(":", 1)[1]))
+        references.append((ascending, ascending[::-1]))
+    return Task(
+        name="two_way_sort",
+        prompts=[p for p, _ in rows],
+        references=references,
+        verifier="one_of",
+        targets=[t for _, t in rows],
+        max_new_tokens=8,
+        block_length=8,
+        metadata={
+            "split": split,
+            "seed": seed,
+            "symbols": symbols,
+            "min_length": min_length,
+            "max_length": max_length,
+        },
+    )
+
+
+BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
+    "arithmetic": arithmetic_task,
+    "permutation": permutation_task,
+    "two_way_sort": two_way_sort_task,
+}
 
 
 def get_task(name: str, **kwargs) -> Task:
-    """A built-in task by name ("arithmetic", "permutation"); kwargs go to its generator (num_examples, split, seed)."""
+    """A built-in task by name ("arithmetic", "permutation", "two_way_sort"); kwargs go to its generator (num_examples, split, seed)."""
     if name not in BUILTIN_TASKS:
         raise ValueError(
             f"Unknown built-in task {name!r}. Choose one of {sorted(BUILTIN_TASKS)}, or build your own with "
@@ -286,4 +342,4 @@ def get_task(name: str, **kwargs) -> Task:
     return BUILTIN_TASKS[name](**kwargs)
 
 
-__all__ = ["BUILTIN_TASKS", "Task", "arithmetic_task", "get_task", "permutation_task"]
+__all__ = ["BUILTIN_TASKS", "Task", "arithmetic_task", "get_task", "permutation_task", "two_way_sort_task"]

@@ -21,9 +21,8 @@ from .utils import (
     DecodingArguments,
     TeacherArguments,
     hub_dataset_name,
-    load_diffusion_model,
+    load_model_and_tokenizer,
     load_prompt_dataset,
-    load_tokenizer,
     make_generation_config,
 )
 
@@ -82,23 +81,9 @@ def main(script_args: CollectArguments, model_args: TeacherArguments, decoding_a
         raise ValueError(
             "`--output_dir` is required: the trajectory dataset (and resumable shards) are written there."
         )
-    if not model_args.model_name_or_path:
-        raise ValueError("`--model_name_or_path` is required (a Hub id or a local directory).")
     state = PartialState()
     dataset = load_prompt_dataset(script_args)
-    tokenizer = load_tokenizer(
-        model_args.model_name_or_path,
-        trust_remote_code=model_args.trust_remote_code,
-        revision=model_args.model_revision,
-    )
-    model = load_diffusion_model(
-        model_args.model_name_or_path,
-        adapter=model_args.adapter,
-        trust_remote_code=model_args.trust_remote_code,
-        revision=model_args.model_revision,
-        dtype=model_args.dtype,
-        attn_implementation=model_args.attn_implementation,
-    )
+    model, tokenizer = load_model_and_tokenizer(model_args)
     generation_config = make_generation_config(
         mask_token_id=model_args.mask_token_id, **decoding_args.generation_kwargs()
     )

@@ -13,7 +13,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .utils import DatasetArguments, TeacherArguments, load_diffusion_model, load_prompt_dataset, load_tokenizer
+from .. import evaluation
+from .utils import DatasetArguments, TeacherArguments, load_model_and_tokenizer, load_prompt_dataset
 
 
 @dataclass
@@ -51,19 +52,8 @@ class EvalArguments(DatasetArguments):
     output_dir: str = field(default="eval", metadata={"help": "Where the JSON report and PNG plot go."})
 
 
-def _evaluation_module():
-    try:
-        from .. import evaluation
-    except ImportError as err:
-        raise ImportError(f"`trl-t3d eval` needs `trl_t3d.evaluation`, which is not available: {err}") from err
-    if not hasattr(evaluation, "evaluate_few_step"):
-        raise ImportError("`trl-t3d eval` needs `trl_t3d.evaluation.evaluate_few_step`, which is not installed.")
-    return evaluation
-
-
 def build_task(script_args: EvalArguments):
     """A built-in task by name, or `Task(dataset prompts, answers, verifier)` for your own data."""
-    evaluation = _evaluation_module()
     if script_args.task:
         return evaluation.get_task(script_args.task)
     if not script_args.dataset_name:
@@ -90,22 +80,8 @@ def build_task(script_args: EvalArguments):
 
 def main(script_args: EvalArguments, model_args: TeacherArguments):
     """Evaluate, write `few_step_eval.json` + `few_step_eval.png` to `output_dir`; returns the report."""
-    evaluation = _evaluation_module()
-    if not model_args.model_name_or_path:
-        raise ValueError("`--model_name_or_path` is required (a Hub id or a local directory).")
     task = build_task(script_args)
-    tokenizer = load_tokenizer(
-        model_args.model_name_or_path,
-        trust_remote_code=model_args.trust_remote_code,
-        revision=model_args.model_revision,
-    )
-    model = load_diffusion_model(
-        model_args.model_name_or_path,
-        adapter=model_args.adapter,
-        trust_remote_code=model_args.trust_remote_code,
-        revision=model_args.model_revision,
-        dtype=model_args.dtype,
-    )
+    model, tokenizer = load_model_and_tokenizer(model_args)
     os.makedirs(script_args.output_dir, exist_ok=True)
     report = evaluation.evaluate_few_step(
         model,

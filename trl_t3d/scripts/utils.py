@@ -238,3 +238,23 @@ def make_generation_config(**kwargs):
     from ..generation import DiffusionGenerationConfig
 
     return DiffusionGenerationConfig(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def load_model_and_tokenizer(model_args: TeacherArguments):
+    """Tokenizer and diffusion model named by `--model_name_or_path` (shared by `collect` and `eval`)."""
+    if not model_args.model_name_or_path:
+        raise ValueError("`--model_name_or_path` is required (a Hub id or a local directory).")
+    tokenizer = load_tokenizer(
+        model_args.model_name_or_path,
+        trust_remote_code=model_args.trust_remote_code,
+        revision=model_args.model_revision,
+    )
+    model = load_diffusion_model(
+        model_args.model_name_or_path,
+        adapter=model_args.adapter,
+        trust_remote_code=model_args.trust_remote_code,
+        revision=model_args.model_revision,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+    )
+    return model, tokenizer

@@ -31,6 +31,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--eval_examples", type=int, default=256, help="test prompts per task")
     p.add_argument("--tokens_per_step", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument(
+        "--block_length",
+        type=int,
+        default=4,
+        help="decoding block for trajectories and evaluation (T3D: 4, so 4 tokens per step is one step per block)",
+    )
     return p.parse_args(argv)
 
 
@@ -62,7 +68,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     for task in train_tasks:
         prompts = Dataset.from_dict({"prompt_ids": task.prompt_ids(tokenizer)})
         config = DiffusionGenerationConfig(
-            max_new_tokens=task.max_new_tokens, block_length=task.block_length, tokens_per_step=1
+            max_new_tokens=task.max_new_tokens, block_length=args.block_length, tokens_per_step=1
         )
         collected.append(
             collect_trajectories(
@@ -98,7 +104,14 @@ def run_demo(args: argparse.Namespace) -> dict:
         for label, model in (("teacher", teacher), ("T3D student", trainer.model)):
             reports[label].append(
                 evaluate_few_step(
-                    model, tokenizer, task, args.tokens_per_step, batch_size=128, model_name=label, show_progress=False
+                    model,
+                    tokenizer,
+                    task,
+                    [k for k in args.tokens_per_step if k <= args.block_length],
+                    block_length=args.block_length,
+                    batch_size=128,
+                    model_name=label,
+                    show_progress=False,
                 )
             )
     table = markdown_table(reports)

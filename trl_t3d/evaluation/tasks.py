@@ -230,6 +230,14 @@ def arithmetic_task(
     )
 
 
+def _check_symbols(symbols: str, min_length: int, max_length: int) -> None:
+    """Symbol tasks draw `min_length`..`max_length` distinct symbols per prompt."""
+    if len(set(symbols)) != len(symbols) or not symbols:
+        raise ValueError(f"`symbols` must be distinct characters, got {symbols!r}.")
+    if not 2 <= min_length <= max_length <= len(symbols):
+        raise ValueError(f"Need 2 <= min_length <= max_length <= {len(symbols)}, got {min_length}, {max_length}.")
+
+
 def permutation_task(
     num_examples: int = 256,
     split: str = "test",
@@ -245,10 +253,7 @@ def permutation_task(
     uniform, hence uninformative, per-position marginals: committing several positions from them in one step
     duplicates symbols. Only the joint (one position at a time, or a distilled mode-seeking student) is right.
     """
-    if len(set(symbols)) != len(symbols) or not symbols:
-        raise ValueError(f"`symbols` must be distinct characters, got {symbols!r}.")
-    if not 2 <= min_length <= max_length <= len(symbols):
-        raise ValueError(f"Need 2 <= min_length <= max_length <= {len(symbols)}, got {min_length}, {max_length}.")
+    _check_symbols(symbols, min_length, max_length)
 
     def make_one(rng):
         chosen = rng.sample(symbols, rng.randint(min_length, max_length))
@@ -291,10 +296,7 @@ def two_way_sort_task(
     the two modes into invalid strings ("abdba"), while decoding one position at a time, or a student that commits
     to one mode, stays valid. References are `(ascending, descending)` for the "one_of" verifier.
     """
-    if len(set(symbols)) != len(symbols) or not symbols:
-        raise ValueError(f"`symbols` must be distinct characters, got {symbols!r}.")
-    if not 2 <= min_length <= max_length <= len(symbols):
-        raise ValueError(f"Need 2 <= min_length <= max_length <= {len(symbols)}, got {min_length}, {max_length}.")
+    _check_symbols(symbols, min_length, max_length)
 
     def make_one(rng):
         chosen = rng.sample(symbols, rng.randint(min_length, max_length))

@@ -154,6 +154,7 @@ def train_ddo(teacher, tokenizer, trajectories, args, seed, lambda_path):
         lambda_path=lambda_path,
         beta=args.beta,
         alpha=args.alpha,
+        reference_temperature=getattr(args, "reference_temperature", 0.0),
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )

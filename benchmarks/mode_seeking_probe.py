@@ -8,7 +8,7 @@ where SFT (forward KL, masked-diffusion CE on the teacher's samples) keeps the m
 1. pretrain a toy teacher on the train split of `two_way_sort` (or load it from `--teacher_dir`);
 2. collect its trajectories (1 token per step, block = max_new_tokens = 8) on training prompts;
 3. distill from the teacher's weights with SFT (as in `reproduce_small.py`) and with `DDOTrainer` at each
-   `--ddo_settings` entry (`lr:beta:lambda_path[:reference_temperature]`; the first is the T3D defaults), same steps and batch size;
+   `--ddo_settings` entry (`lr:beta:lambda_path[:reference_temperature[:mask_ratio_exponent]]`; the first is the T3D defaults), same steps and batch size;
 4. evaluate teacher and students at 1/2/4/8 tokens per step on test prompts, with the share of outputs that are
    ascending / descending / invalid at each budget.
 
@@ -190,6 +190,7 @@ def main(argv=None):
                 beta=beta,
                 alpha=args.alpha,
                 reference_temperature=rest[0] if rest else 0.0,
+                mask_ratio_exponent=rest[1] if len(rest) > 1 else 8.0,
             )
             student, train_logs[name] = reproduce_small.train_ddo(
                 teacher, tokenizer, trajectories, ns, args.seed, lambda_path

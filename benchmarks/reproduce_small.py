@@ -155,6 +155,7 @@ def train_ddo(teacher, tokenizer, trajectories, args, seed, lambda_path):
         beta=args.beta,
         alpha=args.alpha,
         reference_temperature=getattr(args, "reference_temperature", 0.0),
+        mask_ratio_exponent=getattr(args, "mask_ratio_exponent", 8.0),
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )

@@ -110,7 +110,6 @@ def prompts_file(tmp_path):
 
 
 def test_collect_command_end_to_end(generic_dir, prompts_file, tmp_path):
-    pytest.importorskip("trl_t3d.generation", reason="the generation module has not landed yet")
     recipe = write_yaml(
         tmp_path / "collect.yaml",
         {"model_name_or_path": generic_dir, "max_new_tokens": 8, "block_length": 4, "batch_size": 2, "shard_size": 1},
@@ -127,7 +126,6 @@ def test_collect_command_end_to_end(generic_dir, prompts_file, tmp_path):
 
 
 def test_dataset_without_prompt_column_names_the_columns_found(generic_dir, tmp_path):
-    pytest.importorskip("trl_t3d.generation", reason="the generation module has not landed yet")
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"question": "1+1", "answer": "2"}) + "\n")
     with pytest.raises(ValueError, match=r"found \['answer', 'question'\]"):
@@ -161,9 +159,6 @@ def test_unknown_model_family_lists_the_supported_ones(tmp_path, prompts_file):
 
 
 def test_eval_command_writes_json_and_png(generic_dir, tmp_path):
-    evaluation = pytest.importorskip("trl_t3d.evaluation", reason="the evaluation module has not landed yet")
-    if not hasattr(evaluation, "evaluate_few_step"):
-        pytest.skip("the evaluation module has not landed yet (no evaluate_few_step)")
     path = tmp_path / "qa.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "answer": str(2 * a)}) + "\n" for a in range(3)))
     out = tmp_path / "eval"

@@ -8,11 +8,10 @@ import datasets
 import pytest
 import torch
 
-from trl_t3d import testing
+from trl_t3d import generation, testing
 from trl_t3d.collect import collect_trajectories, cut_after_eos, render_prompt
 from trl_t3d.trajectories import dataset_metadata, prepare_trajectory_dataset, validate_trajectory_example
 
-generation = pytest.importorskip("trl_t3d.generation", reason="the generation module has not landed yet")
 DiffusionGenerationConfig = generation.DiffusionGenerationConfig
 
 PROMPTS = ["1+1=", "What is 12*3?", "hi", "Count: 1 2 3 4 5", "x", "abc def", "7-2="]

@@ -169,10 +169,8 @@ def test_training_moves_margins_and_student_reloads(tmp_path, tok):
     ids = torch.cat([batch["prompt_ids"], batch["xt"]], 1)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, student(input_ids=ids).logits)
-    try:
-        from trl_t3d.generation import diffusion_generate
-    except ImportError:
-        return
+    from trl_t3d.generation import diffusion_generate
+
     seq = diffusion_generate(reloaded, batch["prompt_ids"], max_new_tokens=8, block_length=4, steps=2)
     assert seq.shape[1] == batch["prompt_ids"].shape[1] + 8
 
@@ -302,11 +300,6 @@ def test_bad_inputs(tmp_path, tok):
 
 
 def test_prompt_only_dataset_collects_trajectories(tmp_path, tok):
-    try:
-        from trl_t3d.collect import collect_trajectories  # noqa: F401
-        from trl_t3d.generation import diffusion_generate  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"trajectory collection is not available yet (collect/generation helpers): {err}")
     args = config(
         tmp_path, max_steps=1, generation_max_new_tokens=8, generation_block_length=4, max_completion_length=8
     )

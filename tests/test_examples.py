@@ -16,11 +16,9 @@ import datasets
 import pytest
 import torch
 
+from trl_t3d import generation
 from trl_t3d.scripts.utils import load_diffusion_model
 from trl_t3d.trajectories import dataset_metadata
-
-generation = pytest.importorskip("trl_t3d.generation", reason="the generation module has not landed yet")
-pytest.importorskip("trl_t3d.trainer", reason="the trainer has not landed yet")
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["1+1=", "2+3=?", "hello", "abc"]

@@ -53,15 +53,7 @@ def teacher_generation_config(training_args, mask_token_id=None):
     """The teacher's decoding settings from `DDOConfig` (`generation_config` dict, else the `generation_*` fields)."""
     from .utils import make_generation_config
 
-    settings = dict(training_args.generation_config or {})
-    if not settings:
-        settings = dict(
-            max_new_tokens=training_args.generation_max_new_tokens or training_args.max_completion_length,
-            block_length=training_args.generation_block_length,
-            tokens_per_step=training_args.generation_tokens_per_step,
-            temperature=training_args.generation_temperature,
-            remasking=training_args.generation_remasking,
-        )
+    settings = training_args.teacher_generation_settings()
     if mask_token_id is not None:
         settings.setdefault("mask_token_id", mask_token_id)
     return make_generation_config(**settings)

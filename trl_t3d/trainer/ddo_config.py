@@ -190,3 +190,15 @@ class DDOConfig(_BaseConfig):
             raise ValueError(f"`block_length` must be >= 1, got {self.block_length}.")
         if self.recollect_each_round and self.ref_sync_steps == 0:
             raise ValueError("`recollect_each_round=True` needs rounds: set `ref_sync_steps > 0`.")
+
+    def teacher_generation_settings(self) -> dict:
+        """The teacher's decoding settings for self-collected trajectories: `generation_config`, else `generation_*`."""
+        if self.generation_config:
+            return dict(self.generation_config)
+        return dict(
+            max_new_tokens=self.generation_max_new_tokens or self.max_completion_length,
+            block_length=self.generation_block_length,
+            tokens_per_step=self.generation_tokens_per_step,
+            temperature=self.generation_temperature,
+            remasking=self.generation_remasking,
+        )

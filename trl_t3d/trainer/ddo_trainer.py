@@ -360,33 +360,17 @@ class DDOTrainer(_BaseTrainer):
         return dataset
 
     def _generation_config(self, args):
-        settings = dict(args.generation_config or {})
-        if not settings:
-            settings = dict(
-                max_new_tokens=args.generation_max_new_tokens or args.max_completion_length,
-                block_length=args.generation_block_length,
-                tokens_per_step=args.generation_tokens_per_step,
-                temperature=args.generation_temperature,
-                remasking=args.generation_remasking,
-            )
+        settings = args.teacher_generation_settings()
         settings.setdefault("mask_token_id", self.adapter.mask_token_id)
         settings.setdefault("output_step_map", True)
         settings.setdefault("return_dict_in_generate", True)
-        try:
-            from ..generation import DiffusionGenerationConfig
+        from ..generation import DiffusionGenerationConfig
 
-            return DiffusionGenerationConfig(**settings)
-        except ImportError:
-            return settings
+        return DiffusionGenerationConfig(**settings)
 
     def _collect(self, model, processing_class, prompts, args):
-        try:
-            from ..collect import collect_trajectories
-        except ImportError as err:
-            raise ImportError(
-                "A prompt-only dataset needs `trl_t3d.collect.collect_trajectories` to build trajectories, which is "
-                "not available in this installation. Pass a trajectory dataset instead."
-            ) from err
+        from ..collect import collect_trajectories
+
         if not getattr(model, "hf_device_map", None) and not _is_quantized(model):
             model.to(args.device)  # decode where training will run, not on the CPU the model was loaded to
         was_training = model.training

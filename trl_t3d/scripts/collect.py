@@ -20,6 +20,7 @@ from .utils import (
     DatasetArguments,
     DecodingArguments,
     TeacherArguments,
+    build_parser,
     hub_dataset_name,
     load_model_and_tokenizer,
     load_prompt_dataset,
@@ -128,12 +129,8 @@ DATACLASSES = (CollectArguments, TeacherArguments, DecodingArguments)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import TrlParser
-
     description = "Collect decoding trajectories (tokens + the step each was committed at) from a diffusion LM."
-    if subparsers is not None:
-        return subparsers.add_parser("collect", help=description, description=description, dataclass_types=DATACLASSES)
-    return TrlParser(DATACLASSES, prog=prog, description=description)
+    return build_parser("collect", DATACLASSES, description, subparsers, prog)
 
 
 if __name__ == "__main__":

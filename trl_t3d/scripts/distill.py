@@ -18,7 +18,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from .utils import DatasetArguments, hub_dataset_name, load_diffusion_model, load_prompt_dataset, load_tokenizer
+from .utils import (
+    DatasetArguments,
+    build_parser,
+    hub_dataset_name,
+    load_diffusion_model,
+    load_prompt_dataset,
+    load_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -194,17 +201,10 @@ def _model_config_class():
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import TrlParser
-
     from ..trainer import DDOConfig
 
-    dataclass_types = (DistillArguments, DDOConfig, _model_config_class())
     description = "Distill a diffusion LM into a few-step student with T3D (trajectory self-distillation + DDO)."
-    if subparsers is not None:
-        return subparsers.add_parser(
-            "distill", help=description, description=description, dataclass_types=dataclass_types
-        )
-    return TrlParser(dataclass_types, prog=prog, description=description)
+    return build_parser("distill", (DistillArguments, DDOConfig, _model_config_class()), description, subparsers, prog)
 
 
 def parse_args_with_defaults(defaults: dict, argv: list[str] | None = None):

@@ -9,12 +9,11 @@ trl-t3d eval --model_name_or_path student --dataset_name my_qa.jsonl --answer_co
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import dataclass, field
 
 from .. import evaluation
-from .utils import DatasetArguments, TeacherArguments, load_model_and_tokenizer, load_prompt_dataset
+from .utils import DatasetArguments, TeacherArguments, build_parser, load_model_and_tokenizer, load_prompt_dataset
 
 
 @dataclass
@@ -93,11 +92,6 @@ def main(script_args: EvalArguments, model_args: TeacherArguments):
         batch_size=script_args.batch_size,
         output_dir=script_args.output_dir,
     )
-    path = os.path.join(script_args.output_dir, "few_step_eval.json")
-    if not os.path.exists(path):
-        payload = report.to_dict() if hasattr(report, "to_dict") else report
-        with open(path, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
     print(f"Few-step evaluation written to {script_args.output_dir}.")
     return report
 
@@ -106,12 +100,8 @@ DATACLASSES = (EvalArguments, TeacherArguments)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import TrlParser
-
     description = "Evaluate accuracy and speed per tokens-per-step (JSON report + PNG frontier plot)."
-    if subparsers is not None:
-        return subparsers.add_parser("eval", help=description, description=description, dataclass_types=DATACLASSES)
-    return TrlParser(DATACLASSES, prog=prog, description=description)
+    return build_parser("eval", DATACLASSES, description, subparsers, prog)
 
 
 if __name__ == "__main__":

@@ -258,3 +258,14 @@ def load_model_and_tokenizer(model_args: TeacherArguments):
         attn_implementation=model_args.attn_implementation,
     )
     return model, tokenizer
+
+
+def build_parser(command: str, dataclass_types: tuple, description: str, subparsers=None, prog: str | None = None):
+    """The `TrlParser` of one `trl-t3d` command, standalone or as a subcommand of `subparsers`."""
+    from trl import TrlParser
+
+    if subparsers is not None:
+        return subparsers.add_parser(
+            command, help=description, description=description, dataclass_types=dataclass_types
+        )
+    return TrlParser(dataclass_types, prog=prog, description=description)

@@ -28,7 +28,7 @@ DEFAULTS = dict(
     generation_tokens_per_step=1,
     generation_max_new_tokens=256,
     max_completion_length=256,
-    gradient_checkpointing=False,  # LLaDA's remote code has none
+    activation_checkpointing=False,  # LLaDA's remote code has none
     output_dir="LLaDA-8B-Instruct-T3D",
 )
 

@@ -46,7 +46,7 @@ def config(tmp_path, **kw):
         report_to="none",
         save_strategy="no",
         disable_tqdm=True,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         use_cpu=True,
         seed=0,
     )
@@ -178,7 +178,7 @@ def test_training_moves_margins_and_student_reloads(tmp_path, tok):
 def test_lora_targets_resolve_to_llada_names(tmp_path, tok, llada_dir, caplog):
     from peft import LoraConfig
 
-    args = config(tmp_path, trust_remote_code=True, gradient_checkpointing=True)
+    args = config(tmp_path, trust_remote_code=True, activation_checkpointing=True)
     with caplog.at_level(logging.WARNING):
         trainer = DDOTrainer(
             llada_dir,
@@ -187,7 +187,7 @@ def test_lora_targets_resolve_to_llada_names(tmp_path, tok, llada_dir, caplog):
             processing_class=tok,
             peft_config=LoraConfig(r=4, lora_alpha=8),
         )
-    assert "Gradient checkpointing is not supported" in caplog.text and not trainer.args.gradient_checkpointing
+    assert "Gradient checkpointing is not supported" in caplog.text and not trainer.args.activation_checkpointing
     assert not getattr(trainer.args, "activation_checkpointing", False)
     assert trainer.adapter.name == "llada"
     targets = set(trainer.model.peft_config["default"].target_modules)
@@ -307,3 +307,16 @@ def test_prompt_only_dataset_collects_trajectories(tmp_path, tok):
     trainer = DDOTrainer(testing.make_generic_mlm(tok), args=args, train_dataset=prompts, processing_class=tok)
     assert {"prompt_ids", "completion_ids", "step_map"} <= set(trainer.train_dataset.column_names)
     trainer.train()
+
+
+def test_config_keeps_trls_checkpointing_default_without_a_deprecation_warning(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # transformers warns when the old name is set
+        args = DDOConfig(output_dir=str(tmp_path), report_to="none")
+    assert args.activation_checkpointing is True and args.gradient_checkpointing is True
+    assert (
+        DDOConfig(output_dir=str(tmp_path), report_to="none", activation_checkpointing=False).gradient_checkpointing
+        is False
+    )

@@ -116,6 +116,14 @@ class DDOConfig(_BaseConfig):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep every column: the DDO collator needs the trajectory columns."}
     )
+    # transformers 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` and warns (FutureWarning) when
+    # the old name is set, as TRL's base config does by default: keep TRL's default (on) under the new name.
+    activation_checkpointing: bool | None = field(
+        default=True, metadata={"help": "Recompute activations in the backward pass to save memory (TRL: on)."}
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of `activation_checkpointing`."}
+    )
 
     # Model
     model_init_kwargs: dict[str, Any] | str | None = field(

@@ -251,7 +251,7 @@ class DDOTrainer(_BaseTrainer):
             ):
                 logger.warning(
                     "Gradient checkpointing is not supported by this model's code (%s adapter, %s): training without "
-                    "it. Set `gradient_checkpointing=False` to silence this warning, or lower the batch size / use "
+                    "it. Set `activation_checkpointing=False` to silence this warning, or lower the batch size / use "
                     "LoRA if memory is short.",
                     self.adapter.name,
                     type(base).__name__,

@@ -1,5 +1,6 @@
 """Evaluation: verifiers, built-in tasks, AUP, plots/tables, evaluate_few_step and toy pretraining."""
 
+import collections
 import itertools
 import json
 import math
@@ -30,6 +31,9 @@ from trl_t3d.evaluation import (
     plot_frontier,
     rows_markdown_table,
     two_way_sort_task,
+)
+from trl_t3d.evaluation.tasks import (
+    SKEWED_ORDERINGS,
 )
 
 
@@ -161,6 +165,45 @@ def test_permutation_task_accepts_every_ordering_and_rejects_corruptions():
     assert not small.verify("abcc", 0)
     # many valid answers: training targets of one prompt are not all the same ordering
     assert len({t for p, t in zip(train.prompts, train.targets)}) > 0.9 * len(train)
+
+
+def _skewed_marginals(fixed: dict) -> dict:
+    """Exact per-position distributions of the skewed orderings given the committed positions {pos: index}."""
+    weights = {order: w for order, w in SKEWED_ORDERINGS if all(order[p] == v for p, v in fixed.items())}
+    total = sum(weights.values())
+    n = len(SKEWED_ORDERINGS[0][0])
+    return {
+        p: [sum(w for o, w in weights.items() if o[p] == v) / total for v in range(n)]
+        for p in range(n)
+        if p not in fixed
+    }
+
+
+def test_permutation_skewed_mode_is_found_one_position_at_a_time_but_not_in_one_step():
+    task = get_task("permutation_skewed", num_examples=4000, split="train", seed=3)
+    assert task.name == "permutation_skewed" and task.verifier is permutation_verifier
+    orders = collections.Counter()
+    for prompt, target in zip(task.prompts, task.targets):
+        symbols = prompt.split(":", 1)[1]
+        assert len(symbols) == 4 and permutation_verifier(target, symbols)
+        orders[tuple(symbols.index(c) for c in target)] += 1
+    total_weight = sum(w for _, w in SKEWED_ORDERINGS)
+    assert set(orders) == {o for o, _ in SKEWED_ORDERINGS}
+    for order, weight in SKEWED_ORDERINGS:  # drawn with the documented weights
+        assert abs(orders[order] / len(task) - weight / total_weight) < 0.03
+    mode = max(SKEWED_ORDERINGS, key=lambda ow: ow[1])[0]
+    # one step: the per-position argmax (each by a clear margin) repeats a symbol
+    marginals = _skewed_marginals({})
+    one_step = [max(range(4), key=lambda v: m[v]) for m in marginals.values()]
+    assert len(set(one_step)) < 4
+    assert all(sorted(m)[-1] - sorted(m)[-2] >= 0.1 for m in marginals.values())
+    # one position per step, most confident first (low-confidence remasking): the mode
+    fixed = {}
+    while len(fixed) < 4:
+        marginals = _skewed_marginals(fixed)
+        position = max(marginals, key=lambda p: max(marginals[p]))
+        fixed[position] = max(range(4), key=lambda v: marginals[position][v])
+    assert tuple(fixed[p] for p in range(4)) == mode
 
 
 def test_two_way_sort_task_accepts_both_sorts_and_rejects_mixtures():

@@ -6,8 +6,8 @@ tokens weighted by 1/t (an upper bound of the negative log-likelihood). Completi
 canvas, as LLaDA's SFT does, so the model learns to fill the tail of the canvas with EOS.
 
 `make_toy_teacher` trains a small bidirectional Llama (`trl_t3d.testing.make_generic_mlm`) on the built-in tasks of
-`trl_t3d.evaluation` in a few CPU minutes: accurate when decoding one token per step, and (on the permutation task)
-bad when decoding many tokens per step, the gap T3D distillation closes.
+`trl_t3d.evaluation` (arithmetic, permutation_skewed) in a few CPU minutes: accurate when decoding one token per step,
+and (on the many-answers task) bad when decoding many tokens per step, the gap T3D distillation closes.
 """
 
 from __future__ import annotations
@@ -182,11 +182,11 @@ def pretrain_masked_diffusion(
 
 def toy_training_tasks(num_examples_per_task: int = 20000, seed: int = 0) -> list:
     """The training split of every built-in task (the data `make_toy_teacher` learns)."""
-    from .evaluation.tasks import arithmetic_task, permutation_task
+    from .evaluation.tasks import arithmetic_task, permutation_skewed_task
 
     return [
         arithmetic_task(num_examples_per_task, split="train", seed=seed),
-        permutation_task(num_examples_per_task, split="train", seed=seed),
+        permutation_skewed_task(num_examples_per_task, split="train", seed=seed),
     ]
 
 

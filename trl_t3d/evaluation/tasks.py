@@ -8,6 +8,10 @@ probe the two regimes parallel decoding cares about:
 - `permutation` ("perm:dacb" -> any ordering of the symbols, each exactly once): many right answers whose tokens
   are strongly correlated. Decoding several positions in one step from independent per-position marginals mixes
   orderings into invalid strings (duplicated or missing symbols), the failure few-step distillation must fix;
+- `permutation_skewed` (same prompts and verifier, 4 symbols): the training orderings follow a fixed skewed mixture
+  whose joint mode (what one-position-at-a-time decoding finds) is not the per-position argmax (what one-shot
+  decoding commits), like "New York" / "Los Angeles" -> "New Angeles". The mode is a learnable rule, so a student
+  can learn to write it in one step; with uniform orderings (`permutation`) there is no mode to learn at all;
 - `two_way_sort` ("sort:dacbe" -> "abcde" or "edcba"): exactly two right answers with 50/50 per-position marginals,
   the smallest case where parallel decoding mixes modes and a mode-seeking student can pick one.
 
@@ -238,6 +242,18 @@ def _check_symbols(symbols: str, min_length: int, max_length: int) -> None:
         raise ValueError(f"Need 2 <= min_length <= max_length <= {len(symbols)}, got {min_length}, {max_length}.")
 
 
+# Orderings of `permutation_skewed` (indices into the prompt's symbols) and their weights. For "perm:abcd" the joint
+# mode is "abdc" (3/7), and decoding one position at a time finds it: "a" first (5/7), then "b" (4/5), then "d" and
+# "c" (3/4 each). The per-position argmax is "abdd" ("d" is last in 4/7 of the data): decoding the four symbols in
+# one step repeats "d".
+SKEWED_ORDERINGS: tuple[tuple[tuple[int, ...], int], ...] = (
+    ((0, 1, 3, 2), 3),
+    ((0, 1, 2, 3), 1),
+    ((0, 2, 1, 3), 1),
+    ((1, 2, 0, 3), 2),
+)
+
+
 def permutation_task(
     num_examples: int = 256,
     split: str = "test",
@@ -246,24 +262,38 @@ def permutation_task(
     min_length: int = 4,
     max_length: int = 5,
     test_fraction: float = 0.1,
+    orderings: str = "uniform",
 ) -> Task:
     """ "perm:dacb" -> any ordering of the given symbols, each exactly once (n! valid answers).
 
-    The training target of each prompt is a uniformly random ordering, so a model that fits the data has (nearly)
-    uniform, hence uninformative, per-position marginals: committing several positions from them in one step
-    duplicates symbols. Only the joint (one position at a time, or a distilled mode-seeking student) is right.
+    `orderings` sets the training targets (every ordering is a right answer either way):
+    - "uniform": a uniformly random ordering, so a model that fits the data has (nearly) uniform, uninformative
+      per-position marginals: committing several positions in one step duplicates symbols. Which ordering
+      one-position-at-a-time decoding picks is an arbitrary tie-break, so there is no mode a student can learn.
+    - "skewed": 4 symbols, ordered by the fixed mixture `SKEWED_ORDERINGS` (task name "permutation_skewed"): the
+      joint mode is a learnable rule but differs from the per-position argmax, so one-shot decoding fails while a
+      student that learns the mode decodes it in one step.
     """
+    if orderings not in ("uniform", "skewed"):
+        raise ValueError(f"`orderings` must be 'uniform' or 'skewed', got {orderings!r}.")
+    if orderings == "skewed":
+        min_length = max_length = len(SKEWED_ORDERINGS[0][0])
     _check_symbols(symbols, min_length, max_length)
+    skewed_orders, skewed_weights = zip(*SKEWED_ORDERINGS)
 
     def make_one(rng):
         chosen = rng.sample(symbols, rng.randint(min_length, max_length))
-        target = chosen[:]
-        rng.shuffle(target)
+        if orderings == "skewed":
+            order = rng.choices(skewed_orders, weights=skewed_weights)[0]
+            target = [chosen[i] for i in order]
+        else:
+            target = chosen[:]
+            rng.shuffle(target)
         return f"perm:{''.join(chosen)}", "".join(target)
 
     rows = _draw(num_examples, split, seed, test_fraction, make_one, len(symbols) ** max_length)
     return Task(
-        name="permutation",
+        name="permutation" if orderings == "uniform" else "permutation_skewed",
         prompts=[p for p, _ in rows],
         references=[p.split(":", 1)[1] for p, _ in rows],
         verifier=permutation_verifier,
@@ -276,8 +306,14 @@ def permutation_task(
             "symbols": symbols,
             "min_length": min_length,
             "max_length": max_length,
+            "orderings": orderings,
         },
     )
+
+
+def permutation_skewed_task(num_examples: int = 256, split: str = "test", seed: int = 0, **kwargs) -> Task:
+    """`permutation_task(orderings="skewed")`: 4-symbol orderings whose joint mode differs from the per-position argmax."""
+    return permutation_task(num_examples, split, seed, orderings="skewed", **kwargs)
 
 
 def two_way_sort_task(
@@ -330,12 +366,13 @@ def two_way_sort_task(
 BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "arithmetic": arithmetic_task,
     "permutation": permutation_task,
+    "permutation_skewed": permutation_skewed_task,
     "two_way_sort": two_way_sort_task,
 }
 
 
 def get_task(name: str, **kwargs) -> Task:
-    """A built-in task by name ("arithmetic", "permutation", "two_way_sort"); kwargs go to its generator (num_examples, split, seed)."""
+    """A built-in task by name ("arithmetic", "permutation", "permutation_skewed", "two_way_sort"); kwargs go to its generator (num_examples, split, seed)."""
     if name not in BUILTIN_TASKS:
         raise ValueError(
             f"Unknown built-in task {name!r}. Choose one of {sorted(BUILTIN_TASKS)}, or build your own with "
@@ -344,4 +381,13 @@ def get_task(name: str, **kwargs) -> Task:
     return BUILTIN_TASKS[name](**kwargs)
 
 
-__all__ = ["BUILTIN_TASKS", "Task", "arithmetic_task", "get_task", "permutation_task", "two_way_sort_task"]
+__all__ = [
+    "BUILTIN_TASKS",
+    "SKEWED_ORDERINGS",
+    "Task",
+    "arithmetic_task",
+    "get_task",
+    "permutation_skewed_task",
+    "permutation_task",
+    "two_way_sort_task",
+]

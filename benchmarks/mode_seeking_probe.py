@@ -74,24 +74,7 @@ def mode_of(prompt: str, completion: str) -> str:
 
 
 def evaluate(model, tokenizer, args, name):
-    from trl_t3d.evaluation import evaluate_few_step, get_task
-
-    if args.eval_split == "train":  # the first prompts of the collection (same generator, same seed)
-        task = get_task(TASK, num_examples=args.eval_examples, split="train", seed=COLLECT_SEED)
-    else:
-        task = get_task(TASK, num_examples=args.eval_examples, split="test", seed=0)
-    report = evaluate_few_step(
-        model,
-        tokenizer,
-        task,
-        args.tokens_per_step,
-        temperature=0.0,
-        remasking="low_confidence",
-        batch_size=128,
-        model_name=name,
-        show_progress=False,
-        num_samples_logged=len(task),
-    )
+    report = reproduce_small.evaluate_task(model, tokenizer, args, TASK, name)
     for result in report["results"]:
         modes = [mode_of(s["prompt"], s["completion"]) for s in result["samples"]]
         result["mode_share"] = {m: modes.count(m) / len(modes) for m in ("ascending", "descending", "invalid")}
@@ -189,12 +172,13 @@ def main(argv=None):
                 learning_rate=lr,
                 beta=beta,
                 alpha=args.alpha,
+                lambda_path=lambda_path,
                 reference_temperature=rest[0] if rest else 0.0,
                 mask_ratio_exponent=rest[1] if len(rest) > 1 else 8.0,
+                random_token_ratio=0.1,  # T3D's default, as in every recorded run of this probe
+                ref_sync_steps=0,
             )
-            student, train_logs[name] = reproduce_small.train_ddo(
-                teacher, tokenizer, trajectories, ns, args.seed, lambda_path
-            )
+            student, train_logs[name] = reproduce_small.train_ddo(teacher, tokenizer, trajectories, ns, args.seed)
         timings[f"{name}_train_s"] = time.perf_counter() - t0
         reports[name] = evaluate(student.eval(), tokenizer, args, name)
         print(row(name, reports[name]), f"({timings[f'{name}_train_s']:.0f} s)", flush=True)

@@ -1,15 +1,20 @@
 """Small-scale reproduction of the T3D claim on CPU: teacher vs SFT vs DDO without path loss vs T3D.
 
 1. pretrain a toy bidirectional DLLM from scratch on the built-in tasks (arithmetic: one answer with carries;
-   permutation: many valid answers with strongly correlated tokens) — or load it from `--teacher_dir`;
+   permutation_skewed: 24 valid orderings, trained on a skewed mixture whose joint mode is not the per-position
+   argmax, so one-step decoding mixes orderings) — or load it from `--teacher_dir`;
 2. collect its full-step trajectories (1 token per step, block 8) on training prompts with `collect_trajectories`;
 3. distill, from the teacher's weights, with the same trajectories, step budget, batch size and learning rate:
    - `sft`: masked-diffusion cross-entropy on the teacher's completions with random masking (t ~ U(0, 1)): the
      pretraining objective on the trajectories. DDOConfig cannot express it (alpha=0 still leaves DDO's real term,
      a sigmoid of a log-ratio, not a cross-entropy), so it is a plain loop (`trl_t3d.pretraining`);
-   - `ddo_no_path`: `DDOTrainer` with `lambda_path=0`;
-   - `t3d`: `DDOTrainer` with the T3D defaults (alpha 0.5, beta 0.1, lambda_path 0.2, k 4, random tokens 0.1);
-4. evaluate teacher and students at 1, 2, 4, 8 tokens per step (greedy, low-confidence remasking, block 8);
+   - `ddo_no_path`: `DDOTrainer` as `t3d` but with `lambda_path=0`;
+   - `t3d`: `DDOTrainer` with the T3D loss (alpha 0.5, beta 0.1, lambda_path 0.2, k 4) and two settings changed
+     for this scale: no random tokens (`random_token_ratio=0`) and mask ratios drawn uniformly from
+     {1, .75, .5, .25} (`mask_ratio_exponent=0`);
+   - `t3d_paper`: `DDOTrainer` with every T3D default (random tokens 0.1, p(r) ∝ r^8);
+4. evaluate teacher and students at 1, 2, 4, 8 tokens per step (greedy, low-confidence remasking, block 8), and
+   count which ordering each permutation answer is (the data's joint mode, another valid one, or invalid);
 5. over `--seeds` (the teacher is pretrained once; seeds change the distillation's data order and noise).
 
 Writes benchmarks/results/reproduce_small.{json,png,md}.
@@ -31,8 +36,9 @@ import time
 import torch
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-TASKS = ("arithmetic", "permutation")
-METHODS = ("teacher", "sft", "ddo_no_path", "t3d")
+TASKS = ("arithmetic", "permutation_skewed")
+METHODS = ("teacher", "sft", "ddo_no_path", "t3d", "t3d_paper")
+PAPER_SETTINGS = {"random_token_ratio": 0.1, "mask_ratio_exponent": 8.0}  # T3D's, where `t3d` differs
 COLLECT_SEED = 1234
 
 
@@ -40,15 +46,20 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--teacher_dir", default=None, help="load the teacher from here if it exists, else save it there")
-    p.add_argument("--teacher_steps", type=int, default=3500)
-    p.add_argument("--teacher_max_time_s", type=float, default=300.0)
-    p.add_argument("--num_prompts", type=int, default=512, help="training prompts per task (trajectories)")
-    p.add_argument("--distill_steps", type=int, default=200)
+    p.add_argument("--teacher_steps", type=int, default=7000)
+    p.add_argument("--teacher_max_time_s", type=float, default=600.0)
+    p.add_argument("--num_prompts", type=int, default=1024, help="training prompts per task (trajectories)")
+    p.add_argument("--distill_steps", type=int, default=400)
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--learning_rate", type=float, default=2e-4)
     p.add_argument("--beta", type=float, default=0.1, help="DDO beta (T3D: 0.1)")
     p.add_argument("--alpha", type=float, default=0.5, help="DDO fake-term weight (T3D: 0.5)")
     p.add_argument("--lambda_path", type=float, default=0.2, help="path-loss weight of t3d (T3D: 0.2)")
+    p.add_argument("--mask_ratio_exponent", type=float, default=0.0, help="p(r) ∝ r^exponent (T3D: 8)")
+    p.add_argument("--random_token_ratio", type=float, default=0.0, help="share of random tokens (T3D: 0.1)")
+    p.add_argument("--reference_temperature", type=float, default=0.0, help="fake-sample temperature (T3D: 0)")
+    p.add_argument("--ref_sync_steps", type=int, default=0, help="reference <- policy every N steps (0: off)")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), help="built-in tasks (the teacher learns them all)")
     p.add_argument("--eval_examples", type=int, default=128, help="test prompts per task")
     p.add_argument("--tokens_per_step", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument(
@@ -71,8 +82,11 @@ def load_or_train_teacher(args):
         print(f"Loading the teacher from {args.teacher_dir}")
         model = AutoModelForCausalLM.from_pretrained(args.teacher_dir).eval()
         return model, AutoTokenizer.from_pretrained(args.teacher_dir), {"loaded_from": args.teacher_dir}
+    from trl_t3d.evaluation import get_task
+
+    tasks = [get_task(name, num_examples=20000, split="train") for name in args.tasks]
     model, tokenizer, log = make_toy_teacher(
-        0, args.teacher_steps, max_time_s=args.teacher_max_time_s, return_log=True
+        0, args.teacher_steps, tasks=tasks, max_time_s=args.teacher_max_time_s, return_log=True
     )
     if args.teacher_dir:
         model.save_pretrained(args.teacher_dir)
@@ -87,7 +101,7 @@ def collect(teacher, tokenizer, args):
     from trl_t3d.evaluation import get_task
 
     parts = []
-    for name in TASKS:
+    for name in args.tasks:
         task = get_task(name, num_examples=args.num_prompts, split="train", seed=COLLECT_SEED)
         config = DiffusionGenerationConfig(
             max_new_tokens=task.max_new_tokens, block_length=task.block_length, tokens_per_step=1
@@ -136,12 +150,25 @@ def train_sft(teacher, tokenizer, trajectories, args, seed):
     return student
 
 
-def train_ddo(teacher, tokenizer, trajectories, args, seed, lambda_path):
+def train_ddo(teacher, tokenizer, trajectories, args, seed, **overrides):
+    """`DDOTrainer` from the teacher's weights; loss settings from `args`, then `overrides` (e.g. lambda_path=0)."""
+    import tempfile
+
     from trl_t3d import DDOConfig, DDOTrainer
 
+    settings = {
+        "beta": args.beta,
+        "alpha": args.alpha,
+        "lambda_path": args.lambda_path,
+        "reference_temperature": args.reference_temperature,
+        "mask_ratio_exponent": args.mask_ratio_exponent,
+        "random_token_ratio": args.random_token_ratio,
+        "ref_sync_steps": args.ref_sync_steps,
+        **overrides,
+    }
     student = copy.deepcopy(teacher)
     config = DDOConfig(
-        output_dir=os.path.join("/tmp", f"reproduce_small_ddo_{seed}_{lambda_path}"),
+        output_dir=tempfile.mkdtemp(prefix="reproduce_small_ddo_"),
         max_steps=args.distill_steps,
         per_device_train_batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -151,13 +178,9 @@ def train_ddo(teacher, tokenizer, trajectories, args, seed, lambda_path):
         save_strategy="no",
         report_to=[],
         seed=seed,
-        lambda_path=lambda_path,
-        beta=args.beta,
-        alpha=args.alpha,
-        reference_temperature=getattr(args, "reference_temperature", 0.0),
-        mask_ratio_exponent=getattr(args, "mask_ratio_exponent", 8.0),
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        **settings,
     )
     trainer = DDOTrainer(student, args=config, train_dataset=trajectories, processing_class=tokenizer)
     trainer.train()
@@ -165,29 +188,53 @@ def train_ddo(teacher, tokenizer, trajectories, args, seed, lambda_path):
     return trainer.model.eval(), logs
 
 
-def evaluate(model, tokenizer, args, name):
+def ordering_shares(report: dict) -> dict:
+    """Per budget, the share of answers that are the skewed data's joint mode, another valid ordering, or invalid."""
+    from trl_t3d.evaluation.tasks import SKEWED_ORDERINGS
+
+    mode = max(SKEWED_ORDERINGS, key=lambda ow: ow[1])[0]
+    shares = {}
+    for result in report["results"]:
+        counts = {"mode": 0, "other_valid": 0, "invalid": 0}
+        for sample in result["samples"]:
+            symbols, answer = sample["prompt"].split(":", 1)[1], "".join(sample["completion"].split())
+            is_mode = answer == "".join(symbols[i] for i in mode)
+            counts["mode" if is_mode else "other_valid" if sample["correct"] else "invalid"] += 1
+        shares[result["tokens_per_step"]] = {k: v / max(1, len(result["samples"])) for k, v in counts.items()}
+    return shares
+
+
+def evaluate_task(model, tokenizer, args, task_name: str, name: str) -> dict:
+    """`evaluate_few_step` on the test split (or the first trajectory prompts), every sample kept in the report."""
     from trl_t3d.evaluation import evaluate_few_step, get_task
 
+    if args.eval_split == "train":  # the first prompts of the collection (same generator, same seed)
+        task = get_task(task_name, num_examples=args.eval_examples, split="train", seed=COLLECT_SEED)
+    else:
+        task = get_task(task_name, num_examples=args.eval_examples, split="test", seed=0)
+    return evaluate_few_step(
+        model,
+        tokenizer,
+        task,
+        args.tokens_per_step,
+        temperature=0.0,
+        remasking="low_confidence",
+        batch_size=128,
+        model_name=name,
+        show_progress=False,
+        num_samples_logged=len(task),
+    )
+
+
+def evaluate(model, tokenizer, args, name):
     reports = []
-    for task_name in TASKS:
-        if args.eval_split == "train":  # the first prompts of the collection (same generator, same seed)
-            task = get_task(task_name, num_examples=args.eval_examples, split="train", seed=COLLECT_SEED)
-        else:
-            task = get_task(task_name, num_examples=args.eval_examples, split="test", seed=0)
-        reports.append(
-            evaluate_few_step(
-                model,
-                tokenizer,
-                task,
-                args.tokens_per_step,
-                temperature=0.0,
-                remasking="low_confidence",
-                batch_size=128,
-                model_name=name,
-                show_progress=False,
-                num_samples_logged=2,
-            )
-        )
+    for task_name in args.tasks:
+        report = evaluate_task(model, tokenizer, args, task_name, name)
+        if task_name == "permutation_skewed":
+            report["ordering_shares"] = ordering_shares(report)
+        for result in report["results"]:
+            result["samples"] = result["samples"][:2]
+        reports.append(report)
     return reports
 
 
@@ -195,7 +242,7 @@ def aggregate(per_seed: dict) -> list[dict]:
     """Rows {task, method, tokens_per_step, accuracy_mean, accuracy_std, seeds} from {(method, seed): reports}."""
     rows = []
     methods = list(dict.fromkeys(m for m, _ in per_seed))
-    for task in TASKS:
+    for task in dict.fromkeys(task for reports in per_seed.values() for task in (r["task"] for r in reports)):
         for method in methods:
             seeds = sorted(s for m, s in per_seed if m == method)
             budgets = sorted({r["tokens_per_step"] for rep in per_seed[(method, seeds[0])] for r in rep["results"]})
@@ -221,14 +268,47 @@ def aggregate(per_seed: dict) -> list[dict]:
     return rows
 
 
+def mean_ordering_shares(per_seed: dict) -> dict:
+    """{method: {tokens_per_step: {mode, other_valid, invalid}}} averaged over seeds (permutation_skewed only)."""
+    out = {}
+    for (method, _), reports in per_seed.items():
+        for report in reports:
+            for k, share in report.get("ordering_shares", {}).items():
+                slot = out.setdefault(method, {}).setdefault(k, {"mode": [], "other_valid": [], "invalid": []})
+                for key, value in share.items():
+                    slot[key].append(value)
+    return {
+        m: {k: {key: statistics.mean(v) for key, v in d.items()} for k, d in budgets.items()}
+        for m, budgets in out.items()
+    }
+
+
+def shares_table(shares: dict) -> str:
+    """Markdown: permutation_skewed answers that are the joint mode / another valid ordering / invalid (%)."""
+    budgets = sorted({k for b in shares.values() for k in b})
+    lines = [
+        "permutation_skewed answers: joint mode / other valid ordering / invalid (%, mean over seeds)",
+        "",
+        "| method | " + " | ".join(f"{k} tok/step" for k in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
+    for method, by_budget in shares.items():
+        cells = [
+            " / ".join(f"{100 * by_budget[k][key]:.0f}" for key in ("mode", "other_valid", "invalid")) for k in budgets
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(4.8 * len(TASKS), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], TASKS):
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
         for method in dict.fromkeys(r["method"] for r in rows):
             sel = sorted(
                 (r for r in rows if r["task"] == task and r["method"] == method), key=lambda r: r["tokens_per_step"]
@@ -274,9 +354,8 @@ def main(argv=None):
             if method == "sft":
                 student, logs = train_sft(teacher, tokenizer, trajectories, args, seed), None
             else:
-                student, logs = train_ddo(
-                    teacher, tokenizer, trajectories, args, seed, 0.0 if method == "ddo_no_path" else args.lambda_path
-                )
+                overrides = {"ddo_no_path": {"lambda_path": 0.0}, "t3d_paper": PAPER_SETTINGS}.get(method, {})
+                student, logs = train_ddo(teacher, tokenizer, trajectories, args, seed, **overrides)
             timings[f"{method}_seed{seed}_train_s"] = time.perf_counter() - t0
             per_seed[(method, seed)] = evaluate(student, tokenizer, args, method)
             train_logs[f"{method}_seed{seed}"] = logs
@@ -286,6 +365,9 @@ def main(argv=None):
             print(f"seed {seed} {method}: {summary} ({timings[f'{method}_seed{seed}_train_s']:.0f} s)", flush=True)
     rows = aggregate(per_seed)
     table = rows_markdown_table(rows)
+    shares = mean_ordering_shares(per_seed)
+    if shares:
+        table += "\n\n" + shares_table(shares)
     print(table)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     base = os.path.splitext(args.output)[0]
@@ -299,6 +381,7 @@ def main(argv=None):
         "benchmark": "reproduce_small",
         "args": vars(args),
         "rows": rows,
+        "ordering_shares": shares,
         "teacher": teacher_log,
         "train_logs": train_logs,
         "reports": {f"{m}_seed{s}": reps for (m, s), reps in per_seed.items()},

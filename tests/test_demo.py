@@ -22,7 +22,7 @@ def test_demo_pipeline_runs_end_to_end(tmp_path):
     report = json.loads((tmp_path / "demo_report.json").read_text())
     assert set(report["reports"]) == {"teacher", "T3D student"}
     for reports in report["reports"].values():
-        assert [r["task"] for r in reports] == ["arithmetic", "permutation"]
+        assert [r["task"] for r in reports] == ["arithmetic", "permutation_skewed"]
         for r in reports:
             assert [x["tokens_per_step"] for x in r["results"]] == [1, 4]
             assert all(0.0 <= x["accuracy"] <= 1.0 and x["nfe"] > 0 for x in r["results"])

@@ -404,3 +404,11 @@ def test_build_examples_drops_and_counts_too_long(tokenizer, caplog):
     assert len(examples) == 1 and "Dropped 1" in caplog.text
     with pytest.raises(ValueError, match="targets"):
         build_examples([Task("t", ["a"], [1], "exact", max_new_tokens=4)], tokenizer)
+
+
+def test_permutation_skewed_rejects_other_lengths():
+    with pytest.raises(ValueError, match="exactly 4 symbols"):
+        permutation_task(8, orderings="skewed", max_length=5)
+    with pytest.raises(ValueError, match="'uniform' or 'skewed'"):
+        permutation_task(8, orderings="sorted")
+    assert {len(p.split(":")[1]) for p in permutation_task(50, seed=2).prompts} == {4, 5}  # uniform default 4..5

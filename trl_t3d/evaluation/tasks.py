@@ -259,13 +259,14 @@ def permutation_task(
     split: str = "test",
     seed: int = 0,
     symbols: str = "abcdefgh",
-    min_length: int = 4,
-    max_length: int = 5,
+    min_length: int | None = None,
+    max_length: int | None = None,
     test_fraction: float = 0.1,
     orderings: str = "uniform",
 ) -> Task:
     """ "perm:dacb" -> any ordering of the given symbols, each exactly once (n! valid answers).
 
+    `min_length`..`max_length` symbols per prompt (default 4..5; exactly 4 with "skewed").
     `orderings` sets the training targets (every ordering is a right answer either way):
     - "uniform": a uniformly random ordering, so a model that fits the data has (nearly) uniform, uninformative
       per-position marginals: committing several positions in one step duplicates symbols. Which ordering
@@ -277,7 +278,11 @@ def permutation_task(
     if orderings not in ("uniform", "skewed"):
         raise ValueError(f"`orderings` must be 'uniform' or 'skewed', got {orderings!r}.")
     if orderings == "skewed":
-        min_length = max_length = len(SKEWED_ORDERINGS[0][0])
+        size = len(SKEWED_ORDERINGS[0][0])
+        if {min_length, max_length} - {None, size}:
+            raise ValueError(f"`orderings='skewed'` orders exactly {size} symbols; drop `min_length`/`max_length`.")
+        min_length = max_length = size
+    min_length, max_length = min_length or 4, max_length or 5
     _check_symbols(symbols, min_length, max_length)
     skewed_orders, skewed_weights = zip(*SKEWED_ORDERINGS)
 

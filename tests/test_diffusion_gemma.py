@@ -270,3 +270,11 @@ def test_ddo_trainer_with_lora_runs_one_policy_and_one_reference_forward(tmp_pat
     handle.remove()
     assert len(calls) == 2  # policy + reference (adapters disabled)
     assert all(torch.isfinite(torch.tensor(v)) for v in trainer.state.log_history[0].values() if isinstance(v, float))
+    # encoder and decoder share base weights but not adapters: merging would add both deltas to one weight
+    for merge in (
+        trainer.model.merge_and_unload,
+        trainer.model.base_model.merge_and_unload,
+        trainer.model.merge_adapter,
+    ):
+        with pytest.raises(ValueError, match="share their base weights"):
+            merge()

@@ -48,6 +48,8 @@ class DiffusionAdapter:
     default_mask_token_id: ClassVar[int | None] = None
     mask_token_names: ClassVar[tuple[str, ...]] = ("<|mask|>", "<|MASK|>", "[MASK]", "<mask>")
     lora_target_modules: ClassVar[tuple[str, ...]] = LLAMA_STYLE_TARGETS
+    # Why merging this family's LoRA adapters into the base weights would be wrong; None: merging is safe.
+    lora_merge_unsafe_reason: ClassVar[str | None] = None
     supports_gradient_checkpointing: ClassVar[bool] = True
     accepts_position_ids: ClassVar[bool] = True
     extra_eos_token_names: ClassVar[tuple[str, ...]] = ()

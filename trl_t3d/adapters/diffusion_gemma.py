@@ -59,6 +59,10 @@ class DiffusionGemmaAdapter(DiffusionAdapter):
     # `Gemma4ClippableLinear` wrappers PEFT cannot target, and the decoder's `self_conditioning` MLP gets no gradient
     # without self-conditioning: `resolve_lora_targets` returns full module names of the text layers only.
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_merge_unsafe_reason = (
+        "DiffusionGemma's encoder and decoder share their base weights but get separate LoRA adapters, so merging "
+        "would add both deltas to the one shared weight."
+    )
     supports_gradient_checkpointing = True  # decoder layers checkpoint; encoder layers never (they write the cache)
     decode_self_conditioning: bool = False
 

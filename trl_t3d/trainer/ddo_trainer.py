@@ -62,6 +62,20 @@ def _load_model(model_id: str, args: DDOConfig):
     return auto_class.from_pretrained(model_id, **kwargs)
 
 
+def _refuse_merging(peft_model, reason: str) -> None:
+    """Make `merge_and_unload` / `merge_adapter` raise (on the PeftModel and its LoRA model) instead of merging wrong."""
+
+    def refuse(*args, **kwargs):
+        raise ValueError(
+            f"{reason} Keep the adapter unmerged: save it with `trainer.save_model()` and load it with "
+            "`PeftModel.from_pretrained(base_model, path)`."
+        )
+
+    for target in (peft_model, peft_model.base_model):
+        for method in ("merge_and_unload", "merge_adapter"):
+            object.__setattr__(target, method, refuse)
+
+
 def _checkpointing_enabled(args) -> bool:
     # transformers >= 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name mirrors it)
     return bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing)
@@ -435,7 +449,10 @@ class DDOTrainer(_BaseTrainer):
             peft_config.exclude_modules = heads
         if _is_quantized(model):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=_checkpointing_enabled(args))
-        return get_peft_model(model, peft_config)
+        model = get_peft_model(model, peft_config)
+        if self.adapter.lora_merge_unsafe_reason:
+            _refuse_merging(model, self.adapter.lora_merge_unsafe_reason)
+        return model
 
     @staticmethod
     def _frozen_copy(model, args):

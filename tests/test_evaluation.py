@@ -412,3 +412,5 @@ def test_permutation_skewed_rejects_other_lengths():
     with pytest.raises(ValueError, match="'uniform' or 'skewed'"):
         permutation_task(8, orderings="sorted")
     assert {len(p.split(":")[1]) for p in permutation_task(50, seed=2).prompts} == {4, 5}  # uniform default 4..5
+    with pytest.raises(ValueError, match="min_length"):
+        permutation_task(8, min_length=0)  # an explicit bad length is an error, not the default

@@ -282,7 +282,8 @@ def permutation_task(
         if {min_length, max_length} - {None, size}:
             raise ValueError(f"`orderings='skewed'` orders exactly {size} symbols; drop `min_length`/`max_length`.")
         min_length = max_length = size
-    min_length, max_length = min_length or 4, max_length or 5
+    min_length = 4 if min_length is None else min_length
+    max_length = 5 if max_length is None else max_length
     _check_symbols(symbols, min_length, max_length)
     skewed_orders, skewed_weights = zip(*SKEWED_ORDERINGS)
 

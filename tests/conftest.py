@@ -28,3 +28,8 @@ def dream_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sdar_dir(tmp_path_factory):
     return testing.save_sdar_like(str(tmp_path_factory.mktemp("sdar")))
+
+
+@pytest.fixture(scope="session")
+def llada2_dir(tmp_path_factory):
+    return testing.save_llada2_like(str(tmp_path_factory.mktemp("llada2")))

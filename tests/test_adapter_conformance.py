@@ -11,6 +11,7 @@ FAMILIES = {
     "llada": ("llada_dir", "AutoModel"),
     "dream": ("dream_dir", "AutoModel"),
     "sdar": ("sdar_dir", "AutoModelForCausalLM"),
+    "llada2": ("llada2_dir", "AutoModelForCausalLM"),
 }
 PROMPTS = ["12+34=", "perm:abcde", "x"]
 

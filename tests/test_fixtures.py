@@ -91,3 +91,25 @@ def test_sdar_like_is_block_causal(sdar_dir):
 def test_generic_model_builds_in_memory(tokenizer):
     model = testing.make_generic_mlm(tokenizer)
     assert model.config.vocab_size == len(tokenizer)
+
+
+def test_llada2_is_block_causal_with_bool_or_additive_masks(llada2_dir):
+    """LLaDA2 (`llada2_moe`) is block diffusion: the block-diffusion adapter drives it with LLaDA2's own mask forms."""
+    model = AutoModelForCausalLM.from_pretrained(llada2_dir, trust_remote_code=True).eval()
+    adapter = get_adapter(model)
+    assert adapter.name == "llada2" and adapter.block_causal and adapter.default_block_length == 32
+    assert adapter.resolve_lora_targets(model) == list(adapter.lora_target_modules)
+    ids = torch.tensor([[10, 11, 12, 13]])
+    blocks = block_ids(0, 4, 2)
+    allowed = (blocks[None, :] <= blocks[:, None])[None]
+    positions = torch.arange(4)[None]
+    as_bool = model(input_ids=ids, attention_mask=allowed[:, None], position_ids=positions).logits
+    additive = model(
+        input_ids=ids, attention_mask=additive_mask(allowed, torch.float32), position_ids=positions
+    ).logits
+    torch.testing.assert_close(as_bool, additive)
+    changed = model(
+        input_ids=torch.tensor([[10, 11, 12, 14]]), attention_mask=allowed[:, None], position_ids=positions
+    ).logits
+    torch.testing.assert_close(as_bool[:, :2], changed[:, :2])  # the first block does not see the second
+    assert not torch.allclose(as_bool[:, 2:], changed[:, 2:])

@@ -2,8 +2,13 @@
 
 __version__ = "0.1.0"
 
-from .adapters import DiffusionAdapter, get_adapter, register_adapter  # noqa: F401
-from .evaluation import (  # noqa: F401
+from .models import register_native_models
+
+# LLaDA, Dream and SDAR checkpoints load with our native classes through transformers' Auto classes.
+register_native_models()
+
+from .adapters import DiffusionAdapter, get_adapter, register_adapter  # noqa: E402, F401
+from .evaluation import (  # noqa: E402, F401
     Task,
     boxed_verifier,
     evaluate_few_step,
@@ -12,7 +17,7 @@ from .evaluation import (  # noqa: F401
     one_of_verifier,
     permutation_verifier,
 )
-from .generation import (  # noqa: F401
+from .generation import (  # noqa: E402, F401
     AutoModelForDiffusionLM,
     DiffusionGenerateOutput,
     DiffusionGenerationConfig,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import DiffusionAdapter, position_ids_from_mask
-from .block_diffusion import BlockDiffusionAdapter
+from .block_diffusion import BlockDiffusionAdapter, LLaDA2Adapter
 from .diffusion_gemma import DiffusionGemmaAdapter
 from .families import DreamAdapter, GenericMaskedLMAdapter, LLaDAAdapter
 from .registry import ADAPTERS, get_adapter, register_adapter, resolve_adapter_class
@@ -11,6 +11,7 @@ from .registry import ADAPTERS, get_adapter, register_adapter, resolve_adapter_c
 __all__ = [
     "ADAPTERS",
     "BlockDiffusionAdapter",
+    "LLaDA2Adapter",
     "DiffusionAdapter",
     "DiffusionGemmaAdapter",
     "DreamAdapter",

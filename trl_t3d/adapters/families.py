@@ -19,7 +19,7 @@ class LLaDAAdapter(DiffusionAdapter):
     """LLaDA / LLaDA-1.5 / LLaDA-MoE: remote code, no position ids, no gradient checkpointing in its code."""
 
     name = "llada"
-    model_types = ("llada", "lladamoe", "llada_moe", "llada2_moe")
+    model_types = ("llada", "lladamoe", "llada_moe")
     auto_class = "AutoModel"
     default_mask_token_id = 126336
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import DiffusionAdapter
-from .block_diffusion import BlockDiffusionAdapter
+from .block_diffusion import BlockDiffusionAdapter, LLaDA2Adapter
 from .diffusion_gemma import DiffusionGemmaAdapter
 from .families import DreamAdapter, GenericMaskedLMAdapter, LLaDAAdapter
 
@@ -16,7 +16,14 @@ def register_adapter(cls: type[DiffusionAdapter]) -> type[DiffusionAdapter]:
     return cls
 
 
-for _cls in (LLaDAAdapter, DreamAdapter, BlockDiffusionAdapter, DiffusionGemmaAdapter, GenericMaskedLMAdapter):
+for _cls in (
+    LLaDAAdapter,
+    DreamAdapter,
+    BlockDiffusionAdapter,
+    LLaDA2Adapter,
+    DiffusionGemmaAdapter,
+    GenericMaskedLMAdapter,
+):
     register_adapter(_cls)
 
 

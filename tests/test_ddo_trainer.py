@@ -320,3 +320,51 @@ def test_config_keeps_trls_checkpointing_default_without_a_deprecation_warning(t
         DDOConfig(output_dir=str(tmp_path), report_to="none", activation_checkpointing=False).gradient_checkpointing
         is False
     )
+
+
+def test_ntd_objective_runs_no_reference_forward_and_keeps_no_reference(tmp_path, tok):
+    args = config(tmp_path, loss_type="ntd", per_device_train_batch_size=1, gradient_accumulation_steps=2)
+    trainer = DDOTrainer(
+        testing.make_generic_mlm(tok), args=args, train_dataset=trajectories(tok), processing_class=tok
+    )
+    assert trainer.ref_model is None and trainer.loss_terms == {"ntd": 1.0}
+    policy = _Counter(trainer.model)
+    trainer.train()
+    assert policy.count == 4  # 2 optimizer steps x 2 micro-batches, policy only
+    logged = [h for h in trainer.state.log_history if "loss_ntd" in h]
+    assert logged and "loss_ddo" not in logged[0] and "logps/ref_real" not in logged[0]
+
+
+def test_weighted_terms_sum_to_the_loss(tmp_path, tok):
+    """loss = sum of weight x term, each term as its own objective computes it on the same batch."""
+    model = testing.make_generic_mlm(tok)
+    data = trajectories(tok)
+    kw = dict(random_token_ratio=0.0, mask_ratio_exponent=0.0)
+    combo = DDOTrainer(
+        model,
+        args=config(tmp_path, loss_type=["ddo", "path", "ntd", "certainty"], loss_weights=[0.5, 0.3, 2.0, 0.7], **kw),
+        train_dataset=data,
+        processing_class=tok,
+    )
+    batch = combo.data_collator([combo.train_dataset[i] for i in range(4)])
+    loss = combo.compute_loss(combo.model.train(), batch)
+    m = {k: v[-1] for k, v in combo._metrics["train"].items()}
+    expected = 0.5 * m["loss_ddo"] + 0.3 * m["loss_path"] + 2.0 * m["loss_ntd"] + 0.7 * m["loss_certainty"]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    ntd = DDOTrainer(model, args=config(tmp_path, loss_type="ntd", **kw), train_dataset=data, processing_class=tok)
+    assert ntd.compute_loss(ntd.model.train(), batch).item() == pytest.approx(m["loss_ntd"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"loss_type": ["foo"]}, "Invalid loss_type"),
+        ({"loss_type": ["ntd", "ntd"]}, "distinct"),
+        ({"loss_type": "t3d", "loss_weights": [1.0, 0.2]}, "preset"),
+        ({"loss_type": ["ntd", "path"], "loss_weights": [1.0]}, "one weight"),
+        ({"loss_type": "ntd", "ref_sync_steps": 10}, "no 'ddo' term"),
+    ],
+)
+def test_bad_loss_types_name_the_fix(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        config(tmp_path, **kwargs)

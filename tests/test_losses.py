@@ -151,3 +151,35 @@ def test_fake_tokens_argmax_and_gumbel_reproducible():
     peaked = torch.full((4, 5), -1e4)
     peaked[:, 2] = 0
     assert bool((sample_fake_tokens(peaked, 0.5, torch.Generator().manual_seed(0)) == 2).all())
+
+
+def test_ntd_loss_is_the_mean_masked_cross_entropy():
+    from trl_t3d.losses import ntd_loss, selected_token_logps
+
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]]])
+    labels = torch.tensor([[0, 2, 2]])
+    mask = torch.tensor([[True, True, False]])
+    (token_logps,) = selected_token_logps(logits, mask, labels)
+    lse0, lse1 = math.log(math.exp(2) + 2), math.log(math.exp(1) + 2)
+    expected = ((lse0 - 2.0) + (lse1 - 0.0)) / 2  # position 2 is not masked
+    assert ntd_loss(token_logps, mask).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_certainty_loss_is_the_entropy_of_correct_predictions_only():
+    from trl_t3d.losses import certainty_loss, masked_log_probs
+
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]]])
+    labels = torch.tensor([[0, 2, 2]])  # position 0 right, position 1 wrong (argmax 1), position 2 right
+    mask = torch.tensor([[True, True, True]])
+    log_probs = masked_log_probs(logits, mask)
+
+    def entropy(row):
+        p = torch.softmax(torch.tensor(row), -1)
+        return float(-(p * p.log()).sum())
+
+    expected = (entropy([2.0, 0.0, 0.0]) + entropy([0.0, 0.0, 3.0])) / 2
+    assert certainty_loss(log_probs, labels, mask).item() == pytest.approx(expected, abs=1e-6)
+    # gradient lowers the entropy of the correct rows and leaves the wrong one alone
+    leaf = logits.clone().requires_grad_(True)
+    certainty_loss(masked_log_probs(leaf, mask), labels, mask).backward()
+    assert leaf.grad[0, 1].abs().sum() == 0 and leaf.grad[0, 0, 0] < 0

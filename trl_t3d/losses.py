@@ -11,6 +11,23 @@ import torch
 import torch.nn.functional as F
 
 
+def masked_log_probs(logits: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """fp32 log-softmax of the masked rows only, (N, V) with N = |M|: N x V, never B x L x V."""
+    return logits[loss_mask.bool()].float().log_softmax(dim=-1)
+
+
+def scatter_rows(values: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Per-row values (N,) back onto (B, L), 0 outside the mask."""
+    mask = loss_mask.bool()
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
+
+
+def picked_token_logps(log_probs: torch.Tensor, loss_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(label_i) from the masked rows' log-probs, as (B, L), 0 outside the mask."""
+    picked = log_probs.gather(-1, labels[loss_mask.bool()].long().unsqueeze(-1)).squeeze(-1)
+    return scatter_rows(picked, loss_mask)
+
+
 def selected_token_logps(
     logits: torch.Tensor, loss_mask: torch.Tensor, *labels: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
@@ -19,14 +36,8 @@ def selected_token_logps(
     The masked rows are gathered first (N x V, N = |M|), so the fp32 log-softmax costs N x V, not B x L x V. Several
     label tensors (e.g. the real `y` and the fake `ŷ`) share that one log-softmax.
     """
-    mask = loss_mask.bool()
-    log_probs = logits[mask].float().log_softmax(dim=-1)  # (N, V)
-    outputs = []
-    for lab in labels:
-        picked = log_probs.gather(-1, lab[mask].long().unsqueeze(-1)).squeeze(-1)
-        full = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
-        outputs.append(full.masked_scatter(mask, picked))
-    return tuple(outputs)
+    log_probs = masked_log_probs(logits, loss_mask)
+    return tuple(picked_token_logps(log_probs, loss_mask, lab) for lab in labels)
 
 
 def mean_over_mask(token_values: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -42,6 +53,25 @@ def masked_sequence_logps(logits: torch.Tensor, labels: torch.Tensor, loss_mask:
     """
     (token_logps,) = selected_token_logps(logits, loss_mask, labels)
     return mean_over_mask(token_logps, loss_mask)
+
+
+def ntd_loss(token_logps: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Naive trajectory distillation (T3D's baseline), per example: mean cross-entropy of `y` over the masked set of a
+    trajectory state, `-mean_{i in M} log p_θ(y_i | x_t)`."""
+    return -mean_over_mask(token_logps.float(), loss_mask)
+
+
+def certainty_loss(log_probs: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Certainty forcing (dParallel, arXiv 2509.26488), per example: mean entropy of the policy's prediction at the
+    masked positions it already predicts correctly (argmax = y_i), so confident-and-right tokens become more
+    confident and threshold decoding commits more of them per forward; wrong predictions are left to the other terms.
+
+    `log_probs` are the masked rows' log-probs (N, V) as `masked_log_probs` returns them.
+    """
+    entropy = -(log_probs.exp() * log_probs).sum(-1)  # (N,)
+    correct = log_probs.argmax(-1) == labels[loss_mask.bool()]
+    per_token = scatter_rows(entropy * correct, loss_mask)
+    return mean_over_mask(per_token, scatter_rows(correct, loss_mask) & loss_mask.bool())
 
 
 def ddo_loss(

@@ -8,6 +8,10 @@ from typing import Any
 import torch
 from trl.trainer.base_config import _BaseConfig
 
+# Named objectives: T3D (the paper's), DDO alone, and the paper's naive trajectory-distillation baseline.
+LOSS_PRESETS: dict[str, tuple[str, ...]] = {"t3d": ("ddo", "path"), "ddo": ("ddo",), "ntd": ("ntd",)}
+LOSS_TERMS = ("ddo", "path", "ntd", "certainty")
+
 
 @dataclass
 class DDOConfig(_BaseConfig):
@@ -64,6 +68,16 @@ class DDOConfig(_BaseConfig):
 
         > Parameters that control the loss
 
+        loss_type (`str` or `list[str]`, *optional*, defaults to `["t3d"]`):
+            The objective: a preset, `"t3d"` (DDO + `lambda_path` x path loss, the paper's), `"ddo"` (DDO alone) or
+            `"ntd"` (naive trajectory distillation: masked cross-entropy on the same trajectory states, the paper's
+            baseline), or a list of terms among `"ddo"`, `"path"`, `"ntd"` and `"certainty"` (dParallel's certainty
+            forcing: the entropy of correct predictions on the masked positions), summed with `loss_weights`. Every
+            objective shares the states, the collator and the metrics, so one flag compares them on your data.
+            Without a `"ddo"` term no reference forward is run.
+        loss_weights (`list[float]`, *optional*):
+            Weights of the `loss_type` terms, in order. `None`: 1 for every term except `"path"`, which gets
+            `lambda_path`.
         alpha (`float`, *optional*, defaults to `0.5`):
             Weight of the DDO fake term `-log(1 - σ(β·log p_θ(ŷ)/p_ref(ŷ)))`.
         beta (`float`, *optional*, defaults to `0.1`):
@@ -151,6 +165,13 @@ class DDOConfig(_BaseConfig):
     random_token_ratio: float = field(default=0.1, metadata={"help": "Share of masked positions given random tokens."})
 
     # Loss
+    loss_type: list[str] = field(
+        default_factory=lambda: ["t3d"],
+        metadata={"help": "Objective: 't3d', 'ddo', 'ntd', or a list of ddo/path/ntd/certainty terms."},
+    )
+    loss_weights: list[float] | None = field(
+        default=None, metadata={"help": "Weights of the loss_type terms; None: 1, and lambda_path for 'path'."}
+    )
     alpha: float = field(default=0.5, metadata={"help": "Weight of the DDO fake term."})
     beta: float = field(default=0.1, metadata={"help": "Scale of the log-likelihood ratio."})
     lambda_path: float = field(default=0.2, metadata={"help": "Weight of the path loss."})
@@ -196,8 +217,41 @@ class DDOConfig(_BaseConfig):
             raise ValueError(f"`ref_sync_steps` must be >= 0, got {self.ref_sync_steps}.")
         if self.block_length is not None and self.block_length < 1:
             raise ValueError(f"`block_length` must be >= 1, got {self.block_length}.")
+        if self.ref_sync_steps > 0 and "ddo" not in self.loss_terms():  # also validates loss_type now
+            raise ValueError(
+                f"`ref_sync_steps`={self.ref_sync_steps} updates the DDO reference, but loss_type={self.loss_type} "
+                "has no 'ddo' term. Set ref_sync_steps=0 or add 'ddo' to loss_type."
+            )
+        self.loss_terms()
         if self.recollect_each_round and self.ref_sync_steps == 0:
             raise ValueError("`recollect_each_round=True` needs rounds: set `ref_sync_steps > 0`.")
+
+    def loss_terms(self) -> dict[str, float]:
+        """The objective as `{term: weight}` (see `loss_type`), validated; every error names the valid choices."""
+        loss_type = self.loss_type
+        if isinstance(loss_type, (list, tuple)) and len(loss_type) == 1 and loss_type[0] in LOSS_PRESETS:
+            loss_type = loss_type[0]
+        if isinstance(loss_type, str) and loss_type in LOSS_PRESETS:
+            if self.loss_weights is not None:
+                raise ValueError(
+                    f"`loss_weights` applies to a list of terms, not to the preset loss_type={loss_type!r}. Give "
+                    f"loss_type={list(LOSS_PRESETS[loss_type])} with loss_weights, or drop loss_weights."
+                )
+            terms = list(LOSS_PRESETS[loss_type])
+        else:
+            terms = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+        unknown = [t for t in terms if t not in LOSS_TERMS]
+        if not terms or unknown or len(set(terms)) != len(terms):
+            raise ValueError(
+                f"Invalid loss_type={loss_type!r}: use a preset {sorted(LOSS_PRESETS)} or a list of distinct terms "
+                f"among {list(LOSS_TERMS)}."
+            )
+        weights = self.loss_weights
+        if weights is None:
+            weights = [self.lambda_path if t == "path" else 1.0 for t in terms]
+        if len(weights) != len(terms) or any(w < 0 for w in weights):
+            raise ValueError(f"`loss_weights`={weights} must give one weight >= 0 per term of loss_type={terms}.")
+        return dict(zip(terms, (float(w) for w in weights)))
 
     def teacher_generation_settings(self) -> dict:
         """The teacher's decoding settings for self-collected trajectories: `generation_config`, else `generation_*`."""

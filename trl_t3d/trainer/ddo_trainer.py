@@ -27,11 +27,14 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from ..adapters import get_adapter, resolve_adapter_class
 from ..losses import (
+    certainty_loss,
     ddo_loss,
+    masked_log_probs,
     mean_over_mask,
+    ntd_loss,
     path_loss_from_token_logps,
+    picked_token_logps,
     sample_fake_tokens,
-    selected_token_logps,
 )
 from ..trajectories import dataset_metadata, prepare_trajectory_dataset, resolve_special_ids
 from .collator import DDODataCollator
@@ -291,8 +294,14 @@ class DDOTrainer(_BaseTrainer):
             model = self._wrap_peft(model, peft_config, args)
         self._use_peft = is_peft_model(model)
 
-        # 5. Reference: frozen copy (built before accelerate/deepspeed wraps the policy), or disabled adapters
-        if ref_model is None and not self._use_peft:
+        # 5. Reference: frozen copy (built before accelerate/deepspeed wraps the policy), or disabled adapters; none
+        #    when the objective has no DDO term
+        self.loss_terms = args.loss_terms()
+        if "ddo" not in self.loss_terms:
+            if ref_model is not None:
+                logger.warning("`ref_model` is unused: loss_type=%s has no 'ddo' term.", list(self.loss_terms))
+            ref_model = None
+        elif ref_model is None and not self._use_peft:
             ref_model = self._frozen_copy(model, args)
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
@@ -539,70 +548,95 @@ class DDOTrainer(_BaseTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
         mode = "train" if self.model.training else "eval"
+        terms = self.loss_terms
         loss_mask = inputs["loss_mask"].bool()
         labels = inputs["x0"]
         block_length = int(inputs["block_length"][0])
+        ddo_terms = None
 
-        # 1. One reference forward: log p_ref(y), the fake tokens ŷ (drawn once), log p_ref(ŷ)
-        with torch.no_grad(), self._reference(model) as reference:
-            ref_rows = self._completion_logits(reference, inputs)[loss_mask].float()  # (N, V): rows of M only
-            if args.reference_temperature > 0 and self._fake_generator is None:
-                self._fake_generator = torch.Generator(device=ref_rows.device).manual_seed(args.seed)
-            fake_rows = sample_fake_tokens(ref_rows, args.reference_temperature, self._fake_generator)
-            ref_log_probs = ref_rows.log_softmax(-1)
-            del ref_rows
-            zeros = torch.zeros(loss_mask.shape, dtype=torch.float32, device=loss_mask.device)
-            ref_real_tok = zeros.masked_scatter(loss_mask, ref_log_probs.gather(-1, labels[loss_mask][:, None])[:, 0])
-            ref_fake_tok = zeros.masked_scatter(loss_mask, ref_log_probs.gather(-1, fake_rows[:, None])[:, 0])
-            del ref_log_probs
-        fake = labels.masked_scatter(loss_mask, fake_rows)
+        # 1. One reference forward (only when the objective has a DDO term): log p_ref(y), the fake tokens ŷ (drawn
+        #    once), log p_ref(ŷ)
+        if "ddo" in terms:
+            with torch.no_grad(), self._reference(model) as reference:
+                ref_rows = self._completion_logits(reference, inputs)[loss_mask].float()  # (N, V): rows of M only
+                if args.reference_temperature > 0 and self._fake_generator is None:
+                    self._fake_generator = torch.Generator(device=ref_rows.device).manual_seed(args.seed)
+                fake_rows = sample_fake_tokens(ref_rows, args.reference_temperature, self._fake_generator)
+                ref_log_probs = ref_rows.log_softmax(-1)
+                del ref_rows
+                fake = labels.masked_scatter(loss_mask, fake_rows)
+                ref_real_tok = picked_token_logps(ref_log_probs, loss_mask, labels)
+                ref_fake_tok = picked_token_logps(ref_log_probs, loss_mask, fake)
+                del ref_log_probs
 
-        # 2. One policy forward: log p_θ(y), log p_θ(ŷ) and the path loss from the same logits
-        policy_logits = self._completion_logits(model, inputs)
-        policy_real_tok, policy_fake_tok = selected_token_logps(policy_logits, loss_mask, labels, fake)
-        del policy_logits
+        # 2. One policy forward gives every term: log p_θ(y), log p_θ(ŷ), path, NTD and certainty losses
+        policy_log_probs = masked_log_probs(self._completion_logits(model, inputs), loss_mask)
+        policy_real_tok = picked_token_logps(policy_log_probs, loss_mask, labels)
+        losses = {
+            "path": path_loss_from_token_logps(
+                policy_real_tok, loss_mask, inputs["decode_rank"], block_length, args.path_k_steps
+            ),
+            "ntd": ntd_loss(policy_real_tok, loss_mask),
+        }
+        if "certainty" in terms:
+            losses["certainty"] = certainty_loss(policy_log_probs, labels, loss_mask)
+        if "ddo" in terms:
+            policy_fake_tok = picked_token_logps(policy_log_probs, loss_mask, fake)
+            ddo_terms = {
+                "policy_real": mean_over_mask(policy_real_tok, loss_mask),
+                "policy_fake": mean_over_mask(policy_fake_tok, loss_mask),
+                "ref_real": mean_over_mask(ref_real_tok, loss_mask),
+                "ref_fake": mean_over_mask(ref_fake_tok, loss_mask),
+                "fake_equals_real": (fake == labels)[loss_mask].float().mean()[None],
+            }
+            losses["ddo"], ddo_terms["loss_real"], ddo_terms["loss_fake"] = ddo_loss(
+                ddo_terms["policy_real"],
+                ddo_terms["policy_fake"],
+                ddo_terms["ref_real"],
+                ddo_terms["ref_fake"],
+                args.alpha,
+                args.beta,
+            )
+        del policy_log_probs
+        loss = sum(weight * losses[term] for term, weight in terms.items()).mean()
 
-        policy_real = mean_over_mask(policy_real_tok, loss_mask)
-        policy_fake = mean_over_mask(policy_fake_tok, loss_mask)
-        ref_real = mean_over_mask(ref_real_tok, loss_mask)
-        ref_fake = mean_over_mask(ref_fake_tok, loss_mask)
-        loss_ddo, loss_real, loss_fake = ddo_loss(policy_real, policy_fake, ref_real, ref_fake, args.alpha, args.beta)
-        loss_path = path_loss_from_token_logps(
-            policy_real_tok, loss_mask, inputs["decode_rank"], block_length, args.path_k_steps
-        )
-        loss = (loss_ddo + args.lambda_path * loss_path).mean()
-
-        self._record_metrics(mode, locals())
+        self._record_metrics(mode, losses, ddo_terms, inputs)
         if return_outputs:
-            return loss, {"policy_real_logps": policy_real, "policy_fake_logps": policy_fake}
+            outputs = {"policy_real_logps": mean_over_mask(policy_real_tok, loss_mask)}
+            if ddo_terms is not None:
+                outputs["policy_fake_logps"] = ddo_terms["policy_fake"]
+            return loss, outputs
         return loss
 
-    def _record_metrics(self, mode, v):
+    def _record_metrics(self, mode, losses, ddo_terms, inputs):
         gather = self.accelerator.gather_for_metrics
-        margin_real = (v["policy_real"] - v["ref_real"]).detach()
-        margin_fake = (v["policy_fake"] - v["ref_fake"]).detach()
-        values = {
-            "loss_ddo": v["loss_ddo"],
-            "loss_real": v["loss_real"],
-            "loss_fake": v["loss_fake"],
-            "loss_path": v["loss_path"],
-            "logps/policy_real": v["policy_real"],
-            "logps/policy_fake": v["policy_fake"],
-            "logps/ref_real": v["ref_real"],
-            "logps/ref_fake": v["ref_fake"],
-            "margins/real": margin_real,
-            "margins/fake": margin_fake,
-            "accuracy/real": (margin_real > 0).float(),
-            "accuracy/fake": (margin_fake < 0).float(),
-            "accuracy": ((margin_real > 0).float() + (margin_fake < 0).float()) / 2,
-            "fake_equals_real": (v["fake"] == v["labels"])[v["loss_mask"]].float().mean()[None],
-        }
+        values = {f"loss_{term}": value for term, value in losses.items()}
+        if ddo_terms is not None:
+            margin_real = (ddo_terms["policy_real"] - ddo_terms["ref_real"]).detach()
+            margin_fake = (ddo_terms["policy_fake"] - ddo_terms["ref_fake"]).detach()
+            values.update(
+                {
+                    "loss_real": ddo_terms["loss_real"],
+                    "loss_fake": ddo_terms["loss_fake"],
+                    "logps/policy_real": ddo_terms["policy_real"],
+                    "logps/policy_fake": ddo_terms["policy_fake"],
+                    "logps/ref_real": ddo_terms["ref_real"],
+                    "logps/ref_fake": ddo_terms["ref_fake"],
+                    "margins/real": margin_real,
+                    "margins/fake": margin_fake,
+                    "accuracy/real": (margin_real > 0).float(),
+                    "accuracy/fake": (margin_fake < 0).float(),
+                    "accuracy": ((margin_real > 0).float() + (margin_fake < 0).float()) / 2,
+                    "fake_equals_real": ddo_terms["fake_equals_real"],
+                }
+            )
         stacked = gather(torch.stack([t.detach().float().mean() for t in values.values()])[None]).mean(0)
         for key, value in zip(values, stacked.tolist()):
             self._metrics[mode][key].append(value)
-        inputs_tokens = v["inputs"]["prompt_attention_mask"].sum() + v["inputs"]["xt"].numel()
+        loss_mask = inputs["loss_mask"]
+        inputs_tokens = inputs["prompt_attention_mask"].sum() + inputs["xt"].numel()
         self._tokens_since_log[mode] += int(gather(inputs_tokens.detach()[None]).sum())
-        self._metrics[mode]["masked_tokens"].append(float(gather(v["loss_mask"].sum()[None]).float().mean()))
+        self._metrics[mode]["masked_tokens"].append(float(gather(loss_mask.sum()[None]).float().mean()))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"

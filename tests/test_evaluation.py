@@ -414,3 +414,44 @@ def test_permutation_skewed_rejects_other_lengths():
     assert {len(p.split(":")[1]) for p in permutation_task(50, seed=2).prompts} == {4, 5}  # uniform default 4..5
     with pytest.raises(ValueError, match="min_length"):
         permutation_task(8, min_length=0)  # an explicit bad length is an error, not the default
+
+
+def test_phrase_task_argmax_mixes_phrases_while_one_position_at_a_time_finds_one():
+    """The "New York" + "Los Angeles" -> "New Angeles" failure, on the exact phrase distribution of every category."""
+    from trl_t3d.evaluation.tasks import PHRASE_WEIGHTS, phrase_bank, phrase_task
+
+    bank = phrase_bank(32, 8)
+    for phrases in bank:
+
+        def marginal(position, fixed):
+            alive = [(p, w) for p, w in zip(phrases, PHRASE_WEIGHTS) if all(p[i] == c for i, c in fixed.items())]
+            total = sum(w for _, w in alive)
+            counts = collections.Counter()
+            for p, w in alive:
+                counts[p[position]] += w / total
+            return counts
+
+        one_step = "".join(marginal(i, {}).most_common(1)[0][0] for i in range(8))
+        assert one_step not in phrases  # per-position argmax: A's letters and B/C's shared ones
+        fixed = {}
+        while len(fixed) < 8:  # low-confidence remasking: the most confident open position first
+            open_positions = [i for i in range(8) if i not in fixed]
+            position = max(open_positions, key=lambda i: marginal(i, fixed).most_common(1)[0][1])
+            fixed[position] = marginal(position, fixed).most_common(1)[0][0]
+        assert "".join(fixed[i] for i in range(8)) == phrases[1]  # B: valid, and learnable as a rule
+    test, train = phrase_task(200, split="test"), phrase_task(2000, split="train")
+    assert not set(test.prompts) & set(train.prompts)
+    share_a = sum(t == bank[int(p[4:6])][0] for p, t in zip(train.prompts, train.targets)) / len(train)
+    assert abs(share_a - PHRASE_WEIGHTS[0]) < 0.04
+    assert test.verify(bank[int(test.prompts[0][4:6])][2], 0) and not test.verify(
+        bank[int(test.prompts[0][4:6])][2][::-1], 0
+    )
+
+
+def test_reverse_task_is_deterministic_over_several_blocks():
+    task = get_task("reverse", num_examples=200, split="test", seed=2)
+    lengths = {len(t) for t in task.targets}
+    assert min(lengths) == 4 and max(lengths) == 10 and task.max_new_tokens == 16 and task.block_length == 4
+    for i, (prompt, target) in enumerate(zip(task.prompts, task.targets)):
+        assert target == prompt.split(":", 1)[1][::-1] and task.verify(f" {target} ", i)
+        assert not task.verify(target[:-1], i)

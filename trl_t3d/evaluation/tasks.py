@@ -369,16 +369,116 @@ def two_way_sort_task(
     )
 
 
+def reverse_task(
+    num_examples: int = 256,
+    split: str = "test",
+    seed: int = 0,
+    symbols: str = "abcdefghijklmnop",
+    min_length: int = 4,
+    max_length: int = 10,
+    test_fraction: float = 0.1,
+) -> Task:
+    """ "rev:abcdef" -> "fedcba": one right answer, fixed by the prompt token for token, of varying length that spans
+    several decoding blocks of 4. A control: parallel decoding has nothing to mix, so every budget should stay
+    accurate; a method that hurts here hurts the easy case."""
+    _check_symbols(symbols, min_length, max_length)
+
+    def make_one(rng):
+        chosen = "".join(rng.sample(symbols, rng.randint(min_length, max_length)))
+        return f"rev:{chosen}", chosen[::-1]
+
+    rows = _draw(num_examples, split, seed, test_fraction, make_one, len(symbols) ** max_length)
+    return Task(
+        name="reverse",
+        prompts=[p for p, _ in rows],
+        references=[t for _, t in rows],
+        verifier="exact",
+        targets=[t for _, t in rows],
+        max_new_tokens=16,
+        block_length=4,
+        metadata={
+            "split": split,
+            "seed": seed,
+            "symbols": symbols,
+            "min_length": min_length,
+            "max_length": max_length,
+        },
+    )
+
+
+# Weights of the three phrases of every `phrase` category: A is the joint mode (0.45), but B and C agree on half of
+# the positions (0.30 + 0.25 = 0.55 there), so the per-position argmax takes B/C's letters there and A's elsewhere.
+PHRASE_WEIGHTS = (0.45, 0.30, 0.25)
+
+
+def phrase_bank(num_categories: int = 32, length: int = 8, symbols: str = "abcdefghijklmnop", seed: int = 0):
+    """Three phrases per category (A, B, C): B and C share the letters of a random half of the positions, where A
+    differs; elsewhere all three differ. Deterministic in `seed`, independent of the split."""
+    if len(symbols) < 3 or length < 2:
+        raise ValueError(f"Need >= 3 symbols and length >= 2, got {len(symbols)} symbols and length {length}.")
+    rng = random.Random(f"phrase-bank-{seed}")
+    bank = []
+    for _ in range(num_categories):
+        shared = set(rng.sample(range(length), length // 2))
+        a, b, c = [], [], []
+        for position in range(length):
+            x, y, z = rng.sample(symbols, 3)
+            a.append(x)
+            b.append(y)
+            c.append(y if position in shared else z)
+        bank.append(("".join(a), "".join(b), "".join(c)))
+    return bank
+
+
+def phrase_task(
+    num_examples: int = 256,
+    split: str = "test",
+    seed: int = 0,
+    num_categories: int = 32,
+    length: int = 8,
+    test_fraction: float = 0.1,
+) -> Task:
+    """ "say:07.42" -> one of category 7's three fixed phrases (the ".42" is noise that only makes prompts unique):
+    many right answers, whose letters constrain each other across a whole phrase spanning two blocks of 4.
+
+    Training targets follow `PHRASE_WEIGHTS`. The per-position argmax mixes phrase A's letters with B/C's shared ones
+    into no phrase at all ("New York" + "Los Angeles" -> "New Angeles"), while decoding one position at a time commits
+    a B/C letter first (the most confident) and then follows B, which a student can learn to write in one step.
+    """
+    if not 0 < num_categories <= 100:
+        raise ValueError(f"`num_categories` must be in 1..100, got {num_categories}.")
+    bank = phrase_bank(num_categories, length)
+
+    def make_one(rng):
+        category = rng.randrange(num_categories)
+        phrase = rng.choices(bank[category], weights=PHRASE_WEIGHTS)[0]
+        return f"say:{category:02d}.{rng.randrange(100):02d}", phrase
+
+    rows = _draw(num_examples, split, seed, test_fraction, make_one, num_categories * 100)
+    return Task(
+        name="phrase",
+        prompts=[p for p, _ in rows],
+        references=[bank[int(p[4:6])] for p, _ in rows],
+        verifier="one_of",
+        targets=[t for _, t in rows],
+        max_new_tokens=16,
+        block_length=4,
+        metadata={"split": split, "seed": seed, "num_categories": num_categories, "length": length},
+    )
+
+
 BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "arithmetic": arithmetic_task,
     "permutation": permutation_task,
     "permutation_skewed": permutation_skewed_task,
     "two_way_sort": two_way_sort_task,
+    "reverse": reverse_task,
+    "phrase": phrase_task,
 }
 
 
 def get_task(name: str, **kwargs) -> Task:
-    """A built-in task by name ("arithmetic", "permutation", "permutation_skewed", "two_way_sort"); kwargs go to its generator (num_examples, split, seed)."""
+    """A built-in task by name (see `BUILTIN_TASKS`); kwargs go to its generator (num_examples, split, seed)."""
     if name not in BUILTIN_TASKS:
         raise ValueError(
             f"Unknown built-in task {name!r}. Choose one of {sorted(BUILTIN_TASKS)}, or build your own with "
@@ -391,9 +491,13 @@ __all__ = [
     "BUILTIN_TASKS",
     "SKEWED_ORDERINGS",
     "Task",
+    "PHRASE_WEIGHTS",
     "arithmetic_task",
     "get_task",
     "permutation_skewed_task",
     "permutation_task",
+    "phrase_bank",
+    "phrase_task",
+    "reverse_task",
     "two_way_sort_task",
 ]

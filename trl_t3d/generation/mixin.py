@@ -20,6 +20,18 @@ class DiffusionLMGenerationMixin:
     diffusion_generation_config: DiffusionGenerationConfig | None = None
 
     def get_diffusion_adapter(self):
+    @classmethod
+    def can_generate(cls) -> bool:
+        """Whether transformers' own `generate` applies: only for a real `GenerationMixin`, never because of us.
+
+        transformers answers by looking for "GenerationMixin" in the names of the base classes, which this mixin's
+        name matches; `save_pretrained` would then write a `generation_config` that a model loaded with `AutoModel`
+        (LLaDA, Dream) never had, and every checkpoint save would fail.
+        """
+        from transformers import GenerationMixin
+
+        return issubclass(cls, GenerationMixin)
+
         adapter = self.__dict__.get("_diffusion_adapter_instance")
         if adapter is None:
             adapter = get_adapter(

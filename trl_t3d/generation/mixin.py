@@ -6,6 +6,7 @@ import os
 
 from ..adapters import get_adapter
 from ..adapters.registry import resolve_adapter_class
+from ..models.loading import copy_original_code, native_model_type, prefer_native
 from .config import DIFFUSION_GENERATION_CONFIG_NAME, DiffusionGenerationConfig
 from .decode import diffusion_generate
 
@@ -19,7 +20,6 @@ class DiffusionLMGenerationMixin:
 
     diffusion_generation_config: DiffusionGenerationConfig | None = None
 
-    def get_diffusion_adapter(self):
     @classmethod
     def can_generate(cls) -> bool:
         """Whether transformers' own `generate` applies: only for a real `GenerationMixin`, never because of us.
@@ -32,6 +32,7 @@ class DiffusionLMGenerationMixin:
 
         return issubclass(cls, GenerationMixin)
 
+    def get_diffusion_adapter(self):
         adapter = self.__dict__.get("_diffusion_adapter_instance")
         if adapter is None:
             adapter = get_adapter(
@@ -55,6 +56,8 @@ class DiffusionLMGenerationMixin:
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if self.diffusion_generation_config is not None:
             self.diffusion_generation_config.save_pretrained(save_directory)
+        if native_model_type(self.config) is not None and kwargs.get("is_main_process", True):
+            copy_original_code(self.config, str(save_directory))
         return result
 
 
@@ -104,15 +107,19 @@ class AutoModelForDiffusionLM:
         adapter=None,
         mask_token_id=None,
         processing_class=None,
+        use_remote_code: bool = False,
         **kwargs,
     ):
         """Read the config, pick the adapter, load with its `auto_class` (or its own `load_model`), add the mixin.
 
-        `trust_remote_code` and every other keyword go to transformers' `from_pretrained`. A
+        LLaDA, Dream and SDAR checkpoints load with trl_t3d's native classes (`trl_t3d.models`), also when
+        `trust_remote_code=True` is given; `use_remote_code=True` (with `trust_remote_code=True`) runs the
+        checkpoint's own modeling code instead. Every other keyword goes to transformers' `from_pretrained`. A
         `diffusion_generation_config.json` next to the weights becomes the model's default decoding settings.
         """
         import transformers
 
+        kwargs = prefer_native(pretrained_model_name_or_path, kwargs, use_remote_code)
         config_kwargs = {
             k: kwargs[k]
             for k in ("trust_remote_code", "revision", "token", "cache_dir", "local_files_only")

@@ -11,6 +11,7 @@ from __future__ import annotations
 NATIVE_FAMILIES: dict[str, str] = {}  # model_type -> subpackage, filled by the imports below
 
 # One line per family subpackage (each defines `register()`):
+NATIVE_FAMILIES["llada"] = "llada"
 # NATIVE-FAMILY-IMPORTS
 
 

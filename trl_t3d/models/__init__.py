@@ -12,6 +12,7 @@ NATIVE_FAMILIES: dict[str, str] = {}  # model_type -> subpackage, filled by the 
 
 # One line per family subpackage (each defines `register()`):
 NATIVE_FAMILIES["llada"] = "llada"
+NATIVE_FAMILIES["Dream"] = "dream"
 # NATIVE-FAMILY-IMPORTS
 
 

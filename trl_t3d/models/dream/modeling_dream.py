@@ -1,0 +1,506 @@
+"""Dream (Dream-v0 7B, Dream-Coder, DiffuCoder) as a transformers-5 model.
+
+Dream is a Qwen2 decoder (q/k/v bias, RMSNorm, SwiGLU, RoPE) trained as a masked diffusion LM: attention is
+bidirectional and, because it was initialised from an autoregressive model, the logit at position i predicts the
+token at i + 1 (callers shift; the model returns the logits unshifted, as the original does). Parameter names,
+config keys and the attention-mask conventions are those of the published remote code, so its checkpoints load
+unchanged and a checkpoint saved here loads back into that code.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.utils import GENERATION_CONFIG_NAME, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import is_flash_attention_requested
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_dream import DreamConfig
+
+
+def dream_attention_mask(attention_mask: torch.Tensor | str | None) -> torch.Tensor | None:
+    """Dream's mask conventions as a boolean `[batch, 1 | heads, query, key]` mask (True = attend); None = full.
+
+    As the original `DreamModel.forward`: `None`, `"full"` or a mask with no zero entry mean full attention; a 2D
+    padding mask `[batch, length]` becomes the pairwise mask (a token attends to a key iff both are real, the form
+    Dream's `diffusion_generate` builds); 3D/4D masks are read as booleans (non-zero = attend; a 3D mask is
+    `[batch, query, key]`).
+    """
+    if attention_mask is None:
+        return None
+    if isinstance(attention_mask, str):
+        if attention_mask == "full":
+            return None
+        raise ValueError(f"attention_mask={attention_mask!r}: the only string Dream accepts is 'full'.")
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(
+            f"attention_mask must be None, 'full' or a tensor, got {type(attention_mask).__name__}: pass a 2D padding "
+            "mask or a boolean [batch, 1, query, key] mask."
+        )
+    if attention_mask.dim() not in (2, 3, 4):
+        raise ValueError(
+            f"Unexpected attention_mask shape {tuple(attention_mask.shape)}: Dream takes a 2D padding mask "
+            "[batch, length] or a boolean [batch, 1, query, key] mask."
+        )
+    if not torch.any(attention_mask == 0):
+        return None
+    if attention_mask.dim() == 2:
+        valid = attention_mask.bool()
+        return valid[:, None, :, None] & valid[:, None, None, :]
+    if attention_mask.is_floating_point() and torch.any(attention_mask < 0):
+        raise ValueError(
+            "Dream's 3D/4D attention masks are boolean (non-zero = attend), but this one has negative entries: it looks "
+            "like an additive mask (0 = attend, -inf = blocked), which Dream would read inverted. Pass `mask == 0` "
+            "(or a bool mask) instead."
+        )
+    mask = attention_mask.bool()
+    return mask[:, None] if mask.dim() == 3 else mask
+
+
+def flash_padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The `[batch, key]` padding mask flash attention takes, from a boolean `[batch, 1, query, key]` Dream mask.
+
+    Flash attention drops padded positions as queries too, so this is exact for every real query of a padding mask
+    (key-only or pairwise); padded queries then output zeros. Any other pattern raises.
+    """
+    if mask is None:
+        return None
+    keys = mask.any(dim=-2)  # [batch, heads, key]: a key any query may see
+    if mask.shape[1] != 1 or not bool(((mask == keys[:, :, None, :]) | ~mask.any(-1, keepdim=True)).all()):
+        raise ValueError(
+            "flash_attention_2 supports padding masks only (every query sees the same keys). Use "
+            "attn_implementation='sdpa' or 'eager' for other 4D masks."
+        )
+    return keys[:, 0].to(torch.int32)
+
+
+class DreamRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+class DreamRotaryEmbedding(nn.Module):
+    """RoPE tables from transformers' RoPE functions, fed Dream's `rope_theta` / `rope_scaling` in their v5 form."""
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, config: DreamConfig):
+        super().__init__()
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        # transformers 5's RoPE functions read `config.rope_parameters`; Dream's config keeps the published
+        # `rope_theta` / `rope_scaling` keys, so they get a copy that carries both.
+        self.config = copy.copy(config)
+        self.config.rope_parameters = config.rope_parameters_dict()
+        self.rope_type = self.config.rope_parameters["rope_type"]
+        if self.rope_type == "default":
+            rope_init_fn: Callable = self.compute_default_rope_parameters
+        elif self.rope_type in ROPE_INIT_FUNCTIONS:
+            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        else:
+            raise ValueError(
+                f"rope_scaling type {self.rope_type!r} is unknown; use one of {['default', *ROPE_INIT_FUNCTIONS]}."
+            )
+        inv_freq, self.attention_scaling = rope_init_fn(self.config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config, device=None, seq_len=None, **kwargs) -> tuple[torch.Tensor, float]:
+        """Plain RoPE (`rope_scaling: null`, the published setting): inverse frequencies of the head dimension."""
+        base = config.rope_parameters["rope_theta"]
+        dim = config.hidden_size // config.num_attention_heads
+        inv_freq = 1.0 / (
+            base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim)
+        )
+        return inv_freq, 1.0
+
+    @torch.no_grad()
+    @dynamic_rope_update
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos() * self.attention_scaling
+        sin = emb.sin() * self.attention_scaling
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim: int = 1):
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
+    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[batch, kv_heads, length, dim] -> [batch, kv_heads * n_rep, length, dim] (grouped-query attention)."""
+    batch, num_key_value_heads, length, head_dim = hidden_states.shape
+    if n_rep == 1:
+        return hidden_states
+    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, length, head_dim)
+    return hidden_states.reshape(batch, num_key_value_heads * n_rep, length, head_dim)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention in plain torch, with Dream's boolean mask; a query that may see no key outputs zeros, as in SDPA."""
+    key_states = repeat_kv(key, module.num_key_value_groups)
+    value_states = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    if attention_mask is not None:
+        attn_weights = attn_weights.masked_fill(~attention_mask.any(dim=-1, keepdim=True), 0.0)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value_states)
+    return attn_output.transpose(1, 2).contiguous(), attn_weights
+
+
+class DreamAttention(nn.Module):
+    """Qwen2 attention (q/k/v bias, grouped-query), bidirectional: `is_causal = False`."""
+
+    def __init__(self, config: DreamConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = False
+        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
+
+
+class DreamMLP(nn.Module):
+    def __init__(self, config: DreamConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DreamDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: DreamConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = DreamAttention(config=config, layer_idx=layer_idx)
+        self.mlp = DreamMLP(config)
+        self.input_layernorm = DreamRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = DreamRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        hidden_states, _ = self.self_attn(
+            hidden_states=hidden_states,
+            position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            cache=cache,
+            **kwargs,
+        )
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        return residual + self.mlp(hidden_states)
+
+
+class DreamPreTrainedModel(PreTrainedModel):
+    config: DreamConfig
+    config_class = DreamConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DreamDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _can_record_outputs = {"hidden_states": DreamDecoderLayer, "attentions": DreamAttention}
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """The original's init: normal(0, initializer_range) weights, zero biases and padding row; RMSNorm at one."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, DreamRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, DreamRotaryEmbedding):
+            fn = (
+                module.compute_default_rope_parameters
+                if module.rope_type == "default"
+                else ROPE_INIT_FUNCTIONS[module.rope_type]
+            )
+            inv_freq, _ = fn(module.config)
+            init.copy_(module.inv_freq, inv_freq)
+            init.copy_(module.original_inv_freq, inv_freq)
+
+
+class DreamBaseModel(DreamPreTrainedModel):
+    """The decoder stack (`model.` in the published parameter names): embeddings, layers, final norm."""
+
+    def __init__(self, config: DreamConfig):
+        super().__init__(config)
+        if config.pad_token_id is not None and not 0 <= config.pad_token_id < config.vocab_size:
+            raise ValueError(
+                f"pad_token_id={config.pad_token_id} is outside the vocabulary (vocab_size={config.vocab_size}); "
+                "Dream uses it as the embedding's padding row: set a pad_token_id below vocab_size (or None)."
+            )
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [DreamDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = DreamRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = DreamRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    @capture_outputs
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | str | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        r"""
+        attention_mask (`torch.Tensor` or `"full"`, *optional*):
+            Dream's conventions (see `dream_attention_mask`): `None`/`"full"` for full attention, a 2D padding mask,
+            or a boolean `[batch, 1, query, key]` mask.
+        use_cache (`bool`, *optional*):
+            Return a key/value cache. Unlike most models, `None` means no cache whatever `config.use_cache` says:
+            the original never returned one, and diffusion decoding re-reads the whole canvas each step.
+        """
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if position_ids is None:
+            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
+            position_ids = position_ids.unsqueeze(0)
+
+        mask = dream_attention_mask(attention_mask)
+        if mask is not None:
+            mask = (
+                flash_padding_mask(mask)
+                if is_flash_attention_requested(self.config)
+                else mask.to(inputs_embeds.device)
+            )
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+            hidden_states = decoder_layer(
+                hidden_states,
+                attention_mask=mask,
+                position_embeddings=position_embeddings,
+                cache=cache,
+                **kwargs,
+            )
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
+
+
+class DreamModel(DreamPreTrainedModel):
+    """Dream with its vocabulary head (the published `DreamModel`, loaded with `AutoModel`).
+
+    The logit at position i predicts the token at i + 1 (Dream was initialised from an autoregressive model); the
+    model returns them unshifted, exactly as the original, and callers shift (trl_t3d's `DreamAdapter` does).
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}  # tied only if config.tie_word_embeddings
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
+
+    def __init__(self, config: DreamConfig):
+        super().__init__(config)
+        self.model = DreamBaseModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def get_decoder(self) -> DreamBaseModel:
+        return self.model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as transformers does, plus the `generation_config.json` Dream's own `from_pretrained` requires.
+
+        Dream's remote code refuses a directory without that file, and a model without `GenerationMixin` does not
+        write one; the file written holds the special-token ids, as the published one does (an existing file is
+        kept).
+        """
+        super().save_pretrained(save_directory, *args, **kwargs)
+        path = os.path.join(save_directory, GENERATION_CONFIG_NAME)
+        if kwargs.get("is_main_process", True) and not os.path.isfile(path):
+            GenerationConfig(
+                _from_model_config=True,
+                bos_token_id=self.config.bos_token_id,
+                eos_token_id=self.config.eos_token_id,
+                pad_token_id=self.config.pad_token_id,
+            ).save_pretrained(save_directory)
+
+    def set_decoder(self, decoder: DreamBaseModel) -> None:
+        self.model = decoder
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("num_logits_to_keep", "5.0.0", new_name="logits_to_keep")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | str | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        The positional order is the original's (`model(x, attention_mask, position_ids)` is how Dream's
+        `diffusion_generate` calls it). `labels` give the original's loss: `self.loss_function` (next-token cross
+        entropy, labels shifted inside), which matches the unshifted logits.
+        """
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = ["DreamBaseModel", "DreamModel", "DreamPreTrainedModel"]

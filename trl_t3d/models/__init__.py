@@ -13,6 +13,7 @@ NATIVE_FAMILIES: dict[str, str] = {}  # model_type -> subpackage, filled by the 
 # One line per family subpackage (each defines `register()`):
 NATIVE_FAMILIES["llada"] = "llada"
 NATIVE_FAMILIES["Dream"] = "dream"
+NATIVE_FAMILIES["sdar"] = "sdar"
 # NATIVE-FAMILY-IMPORTS
 
 

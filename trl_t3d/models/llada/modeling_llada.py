@@ -6,6 +6,9 @@ Module and parameter names are those of the published checkpoints (`model.transf
 original code: positions are 0..T-1 whatever the padding (LLaDA takes no position ids), a 2D `attention_mask` only
 hides padded keys (padded queries still attend to the real tokens), RoPE rotates in float32, logits have
 `embedding_size` columns. Tests hold this file equal to the original code with golden fixtures (tests/golden/).
+
+The original has no KV cache (no cache of a bidirectional model is exact); `cache` accepts a transformers `Cache`
+anyway, for the approximate prefix/dual caches of Fast-dLLM-style decoding (`trl_t3d.generation.cache`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.cache_utils import Cache
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
@@ -200,6 +204,7 @@ class LLaDALlamaBlock(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache=None,
         **kwargs,
     ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
@@ -209,6 +214,8 @@ class LLaDALlamaBlock(GradientCheckpointingLayer):
         value = self.v_proj(normed).view(batch, length, -1, self.head_dim).transpose(1, 2)
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin, self.config.rope_full_precision)
+        if cache is not None:  # keys/values of the positions the cache holds, with this chunk's own
+            key, value = cache.update(key, value, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -303,7 +310,7 @@ class LLaDAModel(LLaDAPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.transformer.wte = value
 
-    def _attention_mask(self, inputs_embeds, attention_mask, attention_bias):
+    def _attention_mask(self, inputs_embeds, attention_mask, attention_bias, cache=None):
         """What the attention functions take, from the original's `attention_mask` (2D) and `attention_bias` (4D).
 
         A 2D mask hides padded keys only; an all-ones mask is no mask. `attention_bias` (or a 4D `attention_mask`,
@@ -318,9 +325,14 @@ class LLaDAModel(LLaDAPreTrainedModel):
                 f"attention_mask must be 2D (batch, seq_len) or 4D (batch, 1, seq_len, seq_len), got shape "
                 f"{tuple(attention_mask.shape)}."
             )
-        if attention_bias is None:
+        if attention_bias is None:  # with a cache, a 2D mask covers the cached keys and the new ones
             return create_bidirectional_mask(
-                config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
+                config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache
+            )
+        if cache is not None:
+            raise ValueError(
+                "A 4D `attention_bias` cannot be combined with a KV cache; pass a 2D padding `attention_mask` that "
+                "covers the cached positions and the new ones."
             )
         if self.config._attn_implementation not in ("eager", "sdpa"):
             raise ValueError(
@@ -351,6 +363,7 @@ class LLaDAModel(LLaDAPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         attention_bias: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        cache=None,
         **kwargs,
     ) -> BaseModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
@@ -358,17 +371,18 @@ class LLaDAModel(LLaDAPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.transformer.wte(input_ids)
         hidden_states = self.transformer.emb_drop(inputs_embeds)
-        if position_ids is None:  # the original: absolute positions 0..T-1, padding or not
-            position_ids = torch.arange(hidden_states.shape[1], device=hidden_states.device)[None]
+        if position_ids is None:  # the original: absolute positions 0..T-1, padding or not (after a cache's)
+            start = cache.get_seq_length() if cache is not None else 0
+            position_ids = torch.arange(start, start + hidden_states.shape[1], device=hidden_states.device)[None]
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
-        mask = self._attention_mask(hidden_states, attention_mask, attention_bias)
+        mask = self._attention_mask(hidden_states, attention_mask, attention_bias, cache)
 
         all_hidden_states = () if output_hidden_states else None
         for block in self.transformer.blocks:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             hidden_states = block(
-                hidden_states, attention_mask=mask, position_embeddings=position_embeddings, **kwargs
+                hidden_states, attention_mask=mask, position_embeddings=position_embeddings, cache=cache, **kwargs
             )
         hidden_states = self.transformer.ln_f(hidden_states)
         if output_hidden_states:
@@ -380,7 +394,8 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
     """LLaDA with its output projection: the class the published `auto_map` names for AutoModel / AutoModelForCausalLM.
 
     `forward` accepts what the original accepted (`input_ids`, `inputs_embeds`, `attention_mask`, `attention_bias`,
-    `labels`, `use_cache`, `output_hidden_states`, `return_dict`, ...) plus `position_ids` and `logits_to_keep`.
+    `labels`, `use_cache`, `output_hidden_states`, `return_dict`, ...) plus `position_ids`, `logits_to_keep` and a
+    `Cache` object as `cache` / `past_key_values` (approximate caching, see the module docstring).
     """
 
     _tied_weights_keys = {"model.transformer.ff_out.weight": "model.transformer.wte.weight"}
@@ -426,10 +441,17 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache or past_key_values is not None or kwargs.pop("cache", None) is not None:
+        cache = kwargs.pop("cache", None)
+        cache = past_key_values if cache is None else cache
+        if cache is not None and not isinstance(cache, Cache):
             raise ValueError(
-                "LLaDA has no KV cache (every position attends to every other): call it with `use_cache=False` and "
-                "no `past_key_values`."
+                f"LLaDA takes a transformers `Cache` object as its KV cache, got {type(cache).__name__} (legacy tuples "
+                "are not supported)."
+            )
+        if use_cache and cache is None:
+            raise ValueError(
+                "LLaDA has no KV cache of its own (every position attends to every other, so none is exact): call it "
+                "with `use_cache=False`, or pass the cache to fill (e.g. trl_t3d's DiffusionKVCache) as `cache`."
             )
         if output_attentions:
             raise ValueError("output_attentions is not supported by LLaDA (as in its original code).")
@@ -445,11 +467,14 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
             inputs_embeds=inputs_embeds,
             attention_bias=attention_bias,
             output_hidden_states=output_hidden_states,
+            cache=cache,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.model.transformer.ff_out(hidden_states)
-        return CausalLMOutputWithPast(logits=logits, hidden_states=outputs.hidden_states)
+        return CausalLMOutputWithPast(
+            logits=logits, hidden_states=outputs.hidden_states, cache=cache if use_cache else None
+        )
 
 
 __all__ = ["LLaDAModel", "LLaDAModelLM", "LLaDAPreTrainedModel"]

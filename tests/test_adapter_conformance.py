@@ -2,25 +2,27 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+import transformers
 
 from trl_t3d import diffusion_generate, get_adapter, testing
 
 FAMILIES = {
     "generic": ("generic_dir", "AutoModelForCausalLM"),
+    "generic_remote": ("remote_mlm_dir", "AutoModel"),
     "llada": ("llada_dir", "AutoModel"),
     "dream": ("dream_dir", "AutoModel"),
     "sdar": ("sdar_dir", "AutoModelForCausalLM"),
     "llada2": ("llada2_dir", "AutoModelForCausalLM"),
 }
+NATIVE = ("generic", "llada", "dream", "sdar")  # transformers or trl_t3d classes: loaded without remote code
 PROMPTS = ["12+34=", "perm:abcde", "x"]
 
 
 def load(request, family):
     fixture, auto_class = FAMILIES[family]
     directory = request.getfixturevalue(fixture)
-    if family == "generic":
-        return AutoModelForCausalLM.from_pretrained(directory).eval()
+    if family in NATIVE:
+        return getattr(transformers, auto_class).from_pretrained(directory).eval()
     return testing.load_remote(directory, auto_class)
 
 
@@ -40,7 +42,7 @@ def decode(model, tokenizer, prompts, **kwargs):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_decodes_completely(request, tokenizer, family):
     model = load(request, family)
-    assert get_adapter(model, tokenizer=tokenizer).name == family
+    assert get_adapter(model, tokenizer=tokenizer).name == family.removesuffix("_remote")
     out, prompt_length = decode(model, tokenizer, PROMPTS, stop_at_eos=False)
     completion = out.sequences[:, prompt_length:]
     assert not (completion == tokenizer.mask_token_id).any()

@@ -1,7 +1,11 @@
-"""Each tiny family stand-in behaves as the family it claims to imitate."""
+"""Each tiny family fixture behaves as the family it stands for."""
 
+import json
+import os
+
+import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 import trl_t3d
 from trl_t3d import testing
@@ -44,9 +48,12 @@ def test_generic_mlm_is_bidirectional(generic_dir):
     assert get_adapter(model).name == "generic"
 
 
-def test_llada_like_remote_code(llada_dir):
-    model = AutoModel.from_pretrained(llada_dir, trust_remote_code=True).eval()
-    assert type(model).__name__ == "LLaDALikeModelLM" and model.config.model_type == "llada"
+def test_llada_is_native_with_llada_module_names(llada_dir):
+    with open(os.path.join(llada_dir, "config.json")) as f:
+        saved = json.load(f)
+    assert saved["model_type"] == "llada" and saved["auto_map"] == testing.LLADA_AUTO_MAP  # the published layout
+    model = AutoModel.from_pretrained(llada_dir).eval()  # no trust_remote_code: our native class
+    assert type(model).__name__ == "LLaDAModelLM" and type(model).__module__.startswith("trl_t3d.models.llada")
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     assert {"q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"} <= names
     assert "o_proj" not in names  # a Llama-style target list would silently miss most layers
@@ -56,35 +63,56 @@ def test_llada_like_remote_code(llada_dir):
     assert adapter.name == "llada" and adapter.resolve_lora_targets(model) == list(adapter.lora_target_modules)
 
 
-def test_dream_like_logits_are_shifted(dream_dir):
-    dream = AutoModel.from_pretrained(dream_dir, trust_remote_code=True).eval()
-    cfg = {k: v for k, v in dream.config.to_dict().items() if k not in ("model_type", "auto_map", "architectures")}
-    plain = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
-    plain.config.is_causal = False
-    plain.load_state_dict(dream.state_dict())
+def test_remote_code_model_of_no_known_family_uses_the_generic_adapter(remote_mlm_dir):
+    model = AutoModel.from_pretrained(remote_mlm_dir, trust_remote_code=True).eval()
+    assert type(model).__name__ == "RemoteMLMModel" and model.config.model_type == "toy_remote_mlm"
+    a, b = torch.tensor([[10, 11, 12, 13]]), torch.tensor([[10, 11, 12, 14]])
+    assert not torch.allclose(_first_position_logits(model, a), _first_position_logits(model, b))
+    assert get_adapter(model).name == "generic"
+
+
+@pytest.mark.parametrize(
+    "fixture, auto_class, model_type, auto_map, class_name",
+    [
+        ("dream_dir", AutoModel, "Dream", testing.DREAM_AUTO_MAP, "DreamModel"),
+        ("sdar_dir", AutoModelForCausalLM, "sdar", testing.SDAR_AUTO_MAP, "SDARForCausalLM"),
+    ],
+)
+def test_dream_and_sdar_are_native_in_the_hub_layout(request, fixture, auto_class, model_type, auto_map, class_name):
+    directory = request.getfixturevalue(fixture)
+    with open(os.path.join(directory, "config.json")) as f:
+        saved = json.load(f)
+    assert saved["model_type"] == model_type and saved["auto_map"] == auto_map
+    model = auto_class.from_pretrained(directory).eval()  # no trust_remote_code: our native class
+    assert type(model).__name__ == class_name and type(model).__module__.startswith("trl_t3d.models.")
+
+
+def test_dream_logits_are_aligned_by_the_adapter(dream_dir):
+    """Dream's logit at i predicts token i + 1 (it was trained from an AR model); the adapter realigns them."""
+    dream = AutoModel.from_pretrained(dream_dir).eval()
+    adapter = get_adapter(dream)
+    assert adapter.name == "dream" and adapter.logits_shift == 1
     ids = torch.tensor([[10, 11, 12, 13, 14]])
-    shifted, unshifted = dream(input_ids=ids).logits, plain(input_ids=ids).logits
-    torch.testing.assert_close(shifted[:, :-1], unshifted[:, 1:])  # the logit at i predicts token i + 1
-    assert not torch.allclose(shifted[:, 1:], unshifted[:, 1:])
-    assert get_adapter(dream).name == "dream"
+    raw = dream(input_ids=ids).logits
+    aligned = adapter.forward(dream, ids)
+    torch.testing.assert_close(aligned[:, 1:], raw[:, :-1])
 
 
-def test_sdar_like_is_block_causal(sdar_dir):
-    model = AutoModelForCausalLM.from_pretrained(sdar_dir, trust_remote_code=True).eval()
+def test_sdar_is_block_causal(sdar_dir):
+    model = AutoModelForCausalLM.from_pretrained(sdar_dir).eval()
     assert model.config.model_type == "sdar"
     a, b = torch.tensor([[10, 11, 12, 13]]), torch.tensor([[10, 11, 12, 14]])
     blocks = block_ids(0, 4, 2)  # two blocks: [0, 1] and [2, 3]
     allowed = (blocks[None, :] <= blocks[:, None])[None]
-    kwargs = {"attention_mask": additive_mask(allowed, torch.float32), "position_ids": torch.arange(4)[None]}
-    # Position 0 does not see the next block, but does see its own block.
-    torch.testing.assert_close(_first_position_logits(model, a, **kwargs), _first_position_logits(model, b, **kwargs))
-    c = torch.tensor([[10, 15, 12, 13]])
-    assert not torch.allclose(_first_position_logits(model, a, **kwargs), _first_position_logits(model, c, **kwargs))
-    # With a full mask, the same model sees everything: the block structure comes from the mask.
-    full = additive_mask(torch.ones(1, 4, 4, dtype=torch.bool), torch.float32)
-    assert not torch.allclose(
-        _first_position_logits(model, a, attention_mask=full), _first_position_logits(model, b, attention_mask=full)
-    )
+    for mask in (allowed[:, None], additive_mask(allowed, torch.float32)):  # SDAR's boolean form, and additive
+        kwargs = {"attention_mask": mask, "position_ids": torch.arange(4)[None]}
+        # Position 0 does not see the next block, but does see its own block.
+        first_a = _first_position_logits(model, a, **kwargs)
+        torch.testing.assert_close(first_a, _first_position_logits(model, b, **kwargs))
+        c = torch.tensor([[10, 15, 12, 13]])
+        assert not torch.allclose(first_a, _first_position_logits(model, c, **kwargs))
+    # Without a mask SDAR attends to everything (as its original code): the block structure comes from the mask.
+    assert not torch.allclose(_first_position_logits(model, a), _first_position_logits(model, b))
     assert get_adapter(model).block_causal
 
 

@@ -1,13 +1,15 @@
-"""Tiny, offline stand-ins for every diffusion-LM family in DESIGN.md's table.
+"""Tiny, offline models of every diffusion-LM family in DESIGN.md's table, the classes users load.
 
-The Hub is not reachable on our machines, so tests, examples and benchmarks build these in code and
-load them back through the same `from_pretrained` paths a user takes (remote code included):
+The Hub is not reachable on our machines, so tests, examples and benchmarks build these in code and load them
+back through the same `from_pretrained` paths a user takes:
 
 - `make_tokenizer`: character-level `WordLevel` tokenizer with pad/eos/mask and a chat template.
+- `save_llada` / `save_dream` / `save_sdar`: tiny configs of our native classes (`trl_t3d.models`, held equal to
+  the families' original code by the golden fixtures in tests/golden/), saved in the Hub layout with the published
+  `model_type` and `auto_map`, loaded without remote code.
 - `save_generic_mlm`: `LlamaForCausalLM` with `is_causal=False` and `config.mask_token_id` (generic adapter).
-- `save_llada_like`: remote-code bidirectional transformer with LLaDA's module names (`attn_out`, `ff_proj`, ...).
-- `save_dream_like`: remote-code bidirectional Llama whose logits are shifted by one position, as Dream's.
-- `save_sdar_like`: remote-code Llama that takes an explicit 4D additive mask and position ids (block diffusion).
+- `save_remote_mlm`: a remote-code bidirectional model of no known family ("any other diffusion LM").
+- `save_llada2_like`: remote code with LLaDA2's calling convention (block diffusion), until a native port exists.
 - `make_diffusion_gemma`: a tiny native `DiffusionGemmaForBlockDiffusion`.
 """
 
@@ -89,18 +91,144 @@ def save_generic_mlm(save_directory: str, **kwargs) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# Native families (trl_t3d.models): tiny configs of the classes users load, saved in the Hub layout (config.json with
+# the published `model_type` and `auto_map`), loaded back without remote code.
+# --------------------------------------------------------------------------------------------------
+
+LLADA_AUTO_MAP = {
+    "AutoConfig": "configuration_llada.LLaDAConfig",
+    "AutoModel": "modeling_llada.LLaDAModelLM",
+    "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+}
+
+
+def make_llada(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0):
+    """A tiny native `LLaDAModelLM` with the published 8B checkpoints' settings (llama blocks, RMSNorm, RoPE, SwiGLU,
+    untied output) over the char tokenizer's vocabulary."""
+    from .models.llada import LLaDAConfig, LLaDAModelLM
+
+    tokenizer = tokenizer or make_tokenizer()
+    config = LLaDAConfig(
+        d_model=hidden_size,
+        n_heads=num_heads,
+        n_kv_heads=num_heads,
+        n_layers=num_layers,
+        mlp_hidden_size=2 * hidden_size,
+        block_type="llama",
+        activation_type="silu",
+        layer_norm_type="rms",
+        rope=True,
+        rope_theta=10000.0,
+        attention_dropout=0.0,
+        residual_dropout=0.0,
+        embedding_dropout=0.0,
+        vocab_size=len(tokenizer),
+        embedding_size=len(tokenizer),
+        weight_tying=False,
+        include_bias=False,
+        include_qkv_bias=False,
+        max_sequence_length=1024,
+        mask_token_id=tokenizer.mask_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        auto_map=dict(LLADA_AUTO_MAP),
+    )
+    torch.manual_seed(seed)
+    return LLaDAModelLM(config).eval()
+
+
+def save_llada(save_directory: str, **kwargs) -> str:
+    """A tiny native LLaDA and the char tokenizer in the Hub layout; `AutoModel.from_pretrained(dir)` loads it."""
+    tokenizer = make_tokenizer(save_directory)
+    make_llada(tokenizer, **kwargs).save_pretrained(save_directory)
+    return save_directory
+
+
+DREAM_AUTO_MAP = {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"}
+SDAR_AUTO_MAP = {
+    "AutoConfig": "configuration_sdar.SDARConfig",
+    "AutoModel": "modeling_sdar.SDARModel",
+    "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM",
+}
+
+
+def _qwen_kwargs(tokenizer, hidden_size: int, num_layers: int, num_heads: int) -> dict:
+    """Qwen2/Qwen3-style keys shared by the tiny Dream and SDAR configs (GQA with half the heads)."""
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),
+        max_position_embeddings=1024,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+
+
+def make_dream(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0):
+    """A tiny native `DreamModel` (Qwen2 layers, bidirectional, logits shifted by one as Dream's) over the char
+    tokenizer's vocabulary."""
+    from .models.dream import DreamConfig, DreamModel
+
+    tokenizer = tokenizer or make_tokenizer()
+    config = DreamConfig(
+        **_qwen_kwargs(tokenizer, hidden_size, num_layers, num_heads),
+        mask_token_id=tokenizer.mask_token_id,
+        auto_map=dict(DREAM_AUTO_MAP),
+    )
+    torch.manual_seed(seed)
+    return DreamModel(config).eval()
+
+
+def save_dream(save_directory: str, **kwargs) -> str:
+    """A tiny native Dream and the char tokenizer in the Hub layout; `AutoModel.from_pretrained(dir)` loads it."""
+    tokenizer = make_tokenizer(save_directory)
+    make_dream(tokenizer, **kwargs).save_pretrained(save_directory)
+    return save_directory
+
+
+def make_sdar(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0):
+    """A tiny native `SDARForCausalLM` (Qwen3 layers with q/k norms, block diffusion through the caller's 4D mask)
+    over the char tokenizer's vocabulary."""
+    from .models.sdar import SDARConfig, SDARForCausalLM
+
+    tokenizer = tokenizer or make_tokenizer()
+    config = SDARConfig(
+        **_qwen_kwargs(tokenizer, hidden_size, num_layers, num_heads),
+        head_dim=hidden_size // num_heads,
+        mask_token_id=tokenizer.mask_token_id,  # not a published SDAR key (its tokenizer names <|MASK|>): a convenience
+        auto_map=dict(SDAR_AUTO_MAP),
+    )
+    torch.manual_seed(seed)
+    return SDARForCausalLM(config).eval()
+
+
+def save_sdar(save_directory: str, **kwargs) -> str:
+    """A tiny native SDAR and the char tokenizer in the Hub layout; `AutoModelForCausalLM.from_pretrained(dir)` loads
+    it."""
+    tokenizer = make_tokenizer(save_directory)
+    make_sdar(tokenizer, **kwargs).save_pretrained(save_directory)
+    return save_directory
+
+
+# --------------------------------------------------------------------------------------------------
 # Remote-code families: the modeling files are written next to the weights, as on the Hub.
 # --------------------------------------------------------------------------------------------------
 
-_LLADA_CONFIG = """
+_REMOTE_MLM_CONFIG = """
 from transformers import PretrainedConfig
 
 
-class LLaDALikeConfig(PretrainedConfig):
-    model_type = "llada"
+class RemoteMLMConfig(PretrainedConfig):
+    model_type = "toy_remote_mlm"
 
     def __init__(self, vocab_size=128, d_model=32, n_layers=2, n_heads=4, mlp_hidden_size=64,
-                 max_sequence_length=1024, rope_theta=10000.0, mask_token_id=None, **kwargs):
+                 max_sequence_length=1024, rope_theta=10000.0, mask_token_id=None, is_causal=False, **kwargs):
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.n_layers = n_layers
@@ -109,17 +237,18 @@ class LLaDALikeConfig(PretrainedConfig):
         self.max_sequence_length = max_sequence_length
         self.rope_theta = rope_theta
         self.mask_token_id = mask_token_id
+        self.is_causal = is_causal
         super().__init__(**kwargs)
 """
 
-_LLADA_MODELING = """
+_REMOTE_MLM_MODELING = """
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .configuration_llada_like import LLaDALikeConfig
+from .configuration_remote_mlm import RemoteMLMConfig
 
 
 def _rope(x, theta):
@@ -132,7 +261,7 @@ def _rope(x, theta):
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
-class LLaDALikeBlock(nn.Module):
+class RemoteMLMBlock(nn.Module):
     def __init__(self, config):
         super().__init__()
         d, h = config.d_model, config.mlp_hidden_size
@@ -158,16 +287,16 @@ class LLaDALikeBlock(nn.Module):
         return x + self.ff_out(F.silu(self.ff_proj(y)) * self.up_proj(y))
 
 
-class LLaDALikeModelLM(PreTrainedModel):
-    config_class = LLaDALikeConfig
+class RemoteMLMModel(PreTrainedModel):
+    config_class = RemoteMLMConfig
     base_model_prefix = "model"
-    supports_gradient_checkpointing = False  # as LLaDA's own remote code
+    supports_gradient_checkpointing = False
 
     def __init__(self, config):
         super().__init__(config)
         self.model = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.d_model),
-            blocks=nn.ModuleList(LLaDALikeBlock(config) for _ in range(config.n_layers)),
+            blocks=nn.ModuleList(RemoteMLMBlock(config) for _ in range(config.n_layers)),
             ln_f=nn.RMSNorm(config.d_model, eps=1e-5),
             ff_out=nn.Linear(config.d_model, config.vocab_size, bias=False),
         ))
@@ -190,57 +319,6 @@ class LLaDALikeModelLM(PreTrainedModel):
         logits = self.model.ff_out(self.model.ln_f(x))
         return CausalLMOutputWithPast(logits=logits)
 """
-
-_DREAM_CONFIG = """
-from transformers import LlamaConfig
-
-
-class DreamLikeConfig(LlamaConfig):
-    model_type = "Dream"
-"""
-
-_DREAM_MODELING = '''
-import torch
-from transformers import LlamaForCausalLM
-
-from .configuration_dream_like import DreamLikeConfig
-
-
-class DreamLikeModel(LlamaForCausalLM):
-    """Bidirectional Llama whose logit at position i predicts token i + 1, like Dream (trained from an AR model)."""
-
-    config_class = DreamLikeConfig
-
-    def __init__(self, config):
-        config.is_causal = False
-        super().__init__(config)
-
-    def forward(self, *args, **kwargs):
-        out = super().forward(*args, **kwargs)
-        out.logits = torch.cat([out.logits[:, 1:], out.logits[:, -1:]], dim=1)
-        return out
-'''
-
-_SDAR_CONFIG = """
-from transformers import LlamaConfig
-
-
-class SDARLikeConfig(LlamaConfig):
-    model_type = "sdar"
-"""
-
-_SDAR_MODELING = '''
-from transformers import LlamaForCausalLM
-
-from .configuration_sdar_like import SDARLikeConfig
-
-
-class SDARLikeForCausalLM(LlamaForCausalLM):
-    """Block-diffusion LM: the caller gives a 4D additive attention mask and explicit position ids."""
-
-    config_class = SDARLikeConfig
-'''
-
 
 _LLADA2_CONFIG = """
 from transformers import PretrainedConfig
@@ -404,13 +482,15 @@ def _materialize_remote_model(save_directory: str, auto_class: str, seed: int):
     return save_directory
 
 
-def save_llada_like(
+def save_remote_mlm(
     save_directory: str, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0
 ):
-    """Remote-code model with model_type "llada", LLaDA's module names and no position ids / grad checkpointing."""
+    """Remote-code bidirectional model of no known family (`toy_remote_mlm`, `is_causal=False`, a mask id in its
+    config): the "any other diffusion LM" path, loaded with `trust_remote_code=True` through the generic adapter.
+    Module names are LLaDA's (`attn_out`, `ff_proj`, `ff_out`), so Llama-style LoRA targets would miss them."""
     tokenizer = make_tokenizer(save_directory)
     config = dict(
-        model_type="llada",
+        model_type="toy_remote_mlm",
         vocab_size=len(tokenizer),
         d_model=hidden_size,
         n_layers=num_layers,
@@ -419,69 +499,16 @@ def save_llada_like(
         mask_token_id=tokenizer.mask_token_id,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        architectures=["LLaDALikeModelLM"],
+        is_causal=False,
+        architectures=["RemoteMLMModel"],
     )
     _write_remote_code(
         save_directory,
-        {"configuration_llada_like.py": _LLADA_CONFIG, "modeling_llada_like.py": _LLADA_MODELING},
-        {
-            "AutoConfig": "configuration_llada_like.LLaDALikeConfig",
-            "AutoModel": "modeling_llada_like.LLaDALikeModelLM",
-            "AutoModelForCausalLM": "modeling_llada_like.LLaDALikeModelLM",
-        },
+        {"configuration_remote_mlm.py": _REMOTE_MLM_CONFIG, "modeling_remote_mlm.py": _REMOTE_MLM_MODELING},
+        {"AutoConfig": "configuration_remote_mlm.RemoteMLMConfig", "AutoModel": "modeling_remote_mlm.RemoteMLMModel"},
         config,
     )
     return _materialize_remote_model(save_directory, "AutoModel", seed)
-
-
-def _save_llama_remote(
-    save_directory, model_type, files, auto_map, auto_class, hidden_size, num_layers, num_heads, seed, is_causal
-):
-    from transformers import LlamaConfig
-
-    tokenizer = make_tokenizer(save_directory)
-    config = LlamaConfig(**_llama_kwargs(tokenizer, hidden_size, num_layers, num_heads, is_causal=is_causal)).to_dict()
-    config["model_type"] = model_type
-    config["architectures"] = [auto_map[auto_class].split(".")[-1]]
-    _write_remote_code(save_directory, files, auto_map, config)
-    return _materialize_remote_model(save_directory, auto_class, seed)
-
-
-def save_dream_like(
-    save_directory: str, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0
-):
-    """Remote-code bidirectional Llama with Dream's shifted logits, loaded with AutoModel."""
-    return _save_llama_remote(
-        save_directory,
-        "Dream",
-        {"configuration_dream_like.py": _DREAM_CONFIG, "modeling_dream_like.py": _DREAM_MODELING},
-        {"AutoConfig": "configuration_dream_like.DreamLikeConfig", "AutoModel": "modeling_dream_like.DreamLikeModel"},
-        "AutoModel",
-        hidden_size,
-        num_layers,
-        num_heads,
-        seed,
-        is_causal=False,
-    )
-
-
-def save_sdar_like(save_directory: str, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0):
-    """Remote-code block-diffusion Llama (model_type "sdar"), loaded with AutoModelForCausalLM."""
-    return _save_llama_remote(
-        save_directory,
-        "sdar",
-        {"configuration_sdar_like.py": _SDAR_CONFIG, "modeling_sdar_like.py": _SDAR_MODELING},
-        {
-            "AutoConfig": "configuration_sdar_like.SDARLikeConfig",
-            "AutoModelForCausalLM": "modeling_sdar_like.SDARLikeForCausalLM",
-        },
-        "AutoModelForCausalLM",
-        hidden_size,
-        num_layers,
-        num_heads,
-        seed,
-        is_causal=True,
-    )
 
 
 def save_llada2_like(

@@ -2,7 +2,8 @@
 
 Blocks are counted from the start of the completion: the completion's first block starts right after
 the (left-padded) prompt, and the prompt is cut into blocks backwards from there. The caller passes an
-explicit 4D additive mask and position ids, as SDAR's remote code expects.
+explicit 4D boolean mask (True = visible, SDAR's and LLaDA2's convention; SDAR's code reads any value > 0 as
+visible, so an additive 0/-inf mask would hide everything there) and position ids.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ def block_ids(prompt_length: int, completion_length: int, block_length: int, dev
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Boolean (B, Q, K) -> additive float (B, 1, Q, K); rows never fully masked so no NaN appears."""
+    """Boolean (B, Q, K) -> additive float (B, 1, Q, K), for models that take additive masks; rows never fully masked
+    so no NaN appears."""
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
@@ -34,16 +36,12 @@ class BlockDiffusionAdapter(DiffusionAdapter):
     mask_token_names = ("<|MASK|>", "<|mask|>", "[MASK]", "<mask>")
     default_block_length = 4
 
-    def _dtype(self, model) -> torch.dtype:
-        return next(model.parameters()).dtype if model is not None else torch.float32
-
     def block_causal_inputs(
         self,
         input_ids: torch.Tensor,
         key_valid: torch.Tensor,
         prompt_length: int,
         block_length: int,
-        dtype: torch.dtype,
     ) -> dict:
         """Forward kwargs for `[prompt, completion]` under the block-causal mask."""
         total = input_ids.shape[1]
@@ -51,7 +49,7 @@ class BlockDiffusionAdapter(DiffusionAdapter):
         allowed = (blocks[None, :] <= blocks[:, None])[None] & key_valid[:, None, :].bool()
         return {
             "input_ids": input_ids,
-            "attention_mask": additive_mask(allowed, dtype),
+            "attention_mask": allowed[:, None],
             "position_ids": position_ids_from_mask(key_valid),
             "use_cache": False,
         }
@@ -61,7 +59,7 @@ class BlockDiffusionAdapter(DiffusionAdapter):
         if prompt_length is None or block_length is None:
             raise ValueError("Block-causal forwards need `prompt_length` and `block_length`.")
         key_valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        out = model(**self.block_causal_inputs(input_ids, key_valid, prompt_length, block_length, self._dtype(model)))
+        out = model(**self.block_causal_inputs(input_ids, key_valid, prompt_length, block_length))
         return self.align_logits(out.logits)
 
     def completion_logits(
@@ -103,7 +101,7 @@ class BlockDiffusionAdapter(DiffusionAdapter):
         positions = torch.cat([ctx_positions, ctx_positions[:, prompt_length:]], dim=1)
         out = model(
             input_ids=torch.cat([prompt_ids, clean, noisy], dim=1),
-            attention_mask=additive_mask(allowed, self._dtype(model)),
+            attention_mask=allowed[:, None],
             position_ids=positions,
             use_cache=False,
         )
@@ -148,7 +146,7 @@ class BlockDiffusionAdapter(DiffusionAdapter):
         allowed = (blocks[None, :] <= blocks[start:, None])[None] & key_valid[:, None, :]
         out = model(
             input_ids=chunk_ids,
-            attention_mask=additive_mask(allowed, self._dtype(model)),
+            attention_mask=allowed[:, None],
             position_ids=position_ids_from_mask(key_valid)[:, start:],
             past_key_values=cache,
             use_cache=True,

@@ -16,14 +16,15 @@ class GenericMaskedLMAdapter(DiffusionAdapter):
 
 
 class LLaDAAdapter(DiffusionAdapter):
-    """LLaDA / LLaDA-1.5 / LLaDA-MoE: remote code, no position ids, no gradient checkpointing in its code."""
+    """LLaDA / LLaDA-1.5 (native `trl_t3d.models.llada`) and LLaDA-MoE: no position ids (the original counts
+    positions from 0 whatever the padding; RoPE is relative, so left padding changes nothing)."""
 
     name = "llada"
     model_types = ("llada", "lladamoe", "llada_moe")
     auto_class = "AutoModel"
     default_mask_token_id = 126336
+    mask_token_names = ("<|mdm_mask|>", *DiffusionAdapter.mask_token_names)
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
-    supports_gradient_checkpointing = False
     accepts_position_ids = False
     extra_eos_token_names = ("<|eot_id|>",)  # LLaDA-Instruct ends turns with EoT (126348) as well as EOS (126081)
 

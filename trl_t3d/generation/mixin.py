@@ -6,7 +6,7 @@ import os
 
 from ..adapters import get_adapter
 from ..adapters.registry import resolve_adapter_class
-from ..models.loading import copy_original_code, native_model_type, prefer_native
+from ..models.loading import copy_original_code, native_model_type, prefer_native, remote_code_class
 from .config import DIFFUSION_GENERATION_CONFIG_NAME, DiffusionGenerationConfig
 from .decode import diffusion_generate
 
@@ -125,9 +125,12 @@ class AutoModelForDiffusionLM:
             for k in ("trust_remote_code", "revision", "token", "cache_dir", "local_files_only")
             if k in kwargs
         }
-        config = kwargs.pop("config", None) or transformers.AutoConfig.from_pretrained(
-            pretrained_model_name_or_path, **config_kwargs
-        )
+        config = kwargs.pop("config", None)
+        if config is None and use_remote_code:
+            config_class = remote_code_class(pretrained_model_name_or_path, "AutoConfig", **kwargs)
+            config = config_class.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
+        elif config is None:
+            config = transformers.AutoConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
         if adapter is None and mask_token_id is not None:
             from ..adapters import ADAPTERS
 
@@ -141,6 +144,9 @@ class AutoModelForDiffusionLM:
         loader = getattr(adapter_cls, "load_model", None)
         if loader is not None:
             model = loader(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        elif use_remote_code:
+            model_class = remote_code_class(pretrained_model_name_or_path, adapter_cls.auto_class, **kwargs)
+            model = model_class.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
         else:
             auto = getattr(transformers, adapter_cls.auto_class, None)
             if auto is None:

@@ -66,6 +66,24 @@ def prefer_native(name_or_path, kwargs: dict, use_remote_code: bool = False) -> 
     return kwargs
 
 
+def remote_code_class(name_or_path, auto_class: str, **kwargs):
+    """The checkpoint's own class for `auto_class` (e.g. "AutoConfig", "AutoModel") from its `auto_map`, imported from
+    its files: `use_remote_code=True` must run that code even where a native class is registered for the type."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    auto_map = read_config_dict(name_or_path, **kwargs).get("auto_map") or {}
+    if auto_class not in auto_map:
+        raise ValueError(
+            f"`use_remote_code=True`, but {name_or_path}'s config.json names no {auto_class} in its `auto_map` "
+            f"({sorted(auto_map)}): load it without `use_remote_code`."
+        )
+    reference = auto_map[auto_class]
+    reference = reference[0] if isinstance(reference, (list, tuple)) else reference
+    return get_class_from_dynamic_module(
+        reference, str(name_or_path), **{k: v for k, v in kwargs.items() if k in CONFIG_KWARGS}
+    )
+
+
 def original_code_files(config) -> list[str]:
     """The `.py` files the config's `auto_map` names (e.g. `modeling_llada.py`), in a stable order."""
     files = []

@@ -2,13 +2,19 @@
 
 Both pushes build the exact folder that is uploaded first (`prepare_*_upload`), then make two `huggingface_hub`
 calls: `HfApi.create_repo(..., exist_ok=True)` and `HfApi.upload_folder(...)`. Tests check the folder and the
-calls without a network.
+calls without a network. A Hub that cannot be reached raises `HubUnreachableError`, never a raw transport error.
+
+The student's model card is TRL's (`trl.trainer.utils.generate_model_card`: metadata, framework versions,
+citations) with its "Quick start" replaced by code that loads the student as saved: a full model with
+`AutoModelForDiffusionLM`, a LoRA adapter with `PeftModel.from_pretrained` on the base.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import tempfile
 
 from .trajectories import dataset_metadata
@@ -124,10 +130,179 @@ def push_trajectories_to_hub(
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as folder:
         prepare_dataset_upload(dataset, folder, repo_id, **card_kwargs)
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        return api.upload_folder(
-            folder_path=folder, repo_id=repo_id, repo_type="dataset", commit_message=commit_message
+        with reaching_the_hub(f"push the trajectories to the dataset repo '{repo_id}'"):
+            api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+            return api.upload_folder(
+                folder_path=folder, repo_id=repo_id, repo_type="dataset", commit_message=commit_message
+            )
+
+
+class HubUnreachableError(ConnectionError):
+    """The Hugging Face Hub could not be reached (no network, offline mode, proxy or DNS failure)."""
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Transport errors of whichever HTTP client `huggingface_hub` uses (httpx2, httpx or requests)."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+        with contextlib.suppress(ImportError):
+            errors.append(getattr(__import__(module), name))
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def reaching_the_hub(action: str):
+    """Turn a failed connection during `action` into a `HubUnreachableError` that says so and what to do."""
+    try:
+        yield
+    except HubUnreachableError:
+        raise
+    except _network_errors() as err:
+        from huggingface_hub import constants
+
+        raise HubUnreachableError(
+            f"Could not reach the Hugging Face Hub at {constants.ENDPOINT} to {action} ({type(err).__name__}: {err}). "
+            "Nothing was uploaded. Check the network connection (proxy, `HF_ENDPOINT`; `HF_HUB_OFFLINE=1` forbids "
+            "any upload) and retry; a saved student folder can be pushed later with "
+            "`trl_t3d.hub.push_student_to_hub(folder, repo_id)`."
+        ) from err
+
+
+# ------------------------------------------------------------------------------------------------ student card
+REPO_ID_LINE = re.compile(r'^repo_id = "[^"\n]*"', re.MULTILINE)
+
+
+def student_quick_start(
+    repo_id: str,
+    *,
+    base_model: str | None = None,
+    trust_remote_code: bool = False,
+    chat_template: bool = True,
+    block_length: int | None = None,
+    tokens_per_step: int | None = None,
+) -> str:
+    """The card's "Quick start": code that loads the student as it is saved and decodes one prompt.
+
+    `base_model` set means the repository holds a LoRA adapter of that model (loaded with `PeftModel`); otherwise it
+    holds a full model. The saved `diffusion_generation_config.json` carries the recommended few-step settings.
+    """
+    remote = ", trust_remote_code=True" if trust_remote_code else ""
+    settings = ""
+    if block_length and tokens_per_step:
+        settings = f"  # few-step decoding: block {block_length}, {tokens_per_step} tokens per step"
+    lines = []
+    if base_model:
+        lines += ["from peft import PeftModel"]
+    lines += ["from transformers import AutoTokenizer", "from trl_t3d import AutoModelForDiffusionLM"]
+    if base_model:
+        lines[-1] += ", DiffusionGenerationConfig"
+    lines += ["", f'repo_id = "{repo_id}"']
+    if base_model:
+        lines += [
+            f'base_model = "{base_model}"',
+            f'tokenizer = AutoTokenizer.from_pretrained(repo_id, padding_side="left"{remote})',
+            f"model = AutoModelForDiffusionLM.from_pretrained(base_model{remote})",
+            "model = PeftModel.from_pretrained(model, repo_id)  # the T3D LoRA adapter",
+            f"generation_config = DiffusionGenerationConfig.from_pretrained(repo_id){settings}",
+        ]
+    else:
+        lines += [
+            f'tokenizer = AutoTokenizer.from_pretrained(repo_id, padding_side="left"{remote})',
+            f"model = AutoModelForDiffusionLM.from_pretrained(repo_id{remote})",
+            f"generation_config = model.diffusion_generation_config{settings}",
+        ]
+    lines.append("")
+    if chat_template:
+        lines += [
+            'messages = [{"role": "user", "content": "What is 12 + 30?"}]',
+            "inputs = tokenizer.apply_chat_template(",
+            '    messages, add_generation_prompt=True, return_tensors="pt", return_dict=True',
+            ")",
+        ]
+    else:
+        lines += ['inputs = tokenizer(["What is 12 + 30?"], return_tensors="pt")']
+    lines += [
+        'output = model.diffusion_generate(inputs["input_ids"], inputs["attention_mask"], generation_config)',
+        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
+    ]
+    return "## Quick start\n\n```python\n" + "\n".join(lines) + "\n```\n"
+
+
+def student_model_card(
+    *,
+    model_name: str,
+    repo_id: str,
+    quick_start: str,
+    training_details: str,
+    teacher: str | None = None,
+    base_model: str | None = None,
+    is_adapter: bool = False,
+    dataset_name: str | None = None,
+    tags=(),
+    trainer_name: str = "T3D-DDO",
+    paper: dict | None = None,
+):
+    """TRL's model card (`generate_model_card`) for a T3D student: our quick start, training details and versions.
+
+    Returns a `huggingface_hub.ModelCard`; `card.save(path)` writes it.
+    """
+    from importlib.metadata import version
+
+    from trl.trainer.utils import generate_model_card
+
+    paper = paper or {}
+    card = generate_model_card(
+        base_model=base_model,
+        model_name=model_name,
+        hub_model_id=repo_id,
+        dataset_name=dataset_name,
+        tags=list(tags),
+        wandb_url=None,
+        trackio_url=None,
+        trainer_name=trainer_name,
+        trainer_citation=paper.get("citation"),
+        paper_title=paper.get("title"),
+        paper_id=paper.get("id"),
+    )
+    if is_adapter:
+        card.data.library_name = "peft"  # the Hub's convention for adapter repositories
+    text = card.text
+    if base_model is None:  # TRL links "None" when the teacher is a local directory
+        text = text.replace(
+            "This model is a fine-tuned version of [None](https://huggingface.co/None)",
+            f"This model is a few-step student of `{teacher or 'a local model'}`",
         )
+    text = _replace_section(text, "## Quick start", quick_start)
+    text = text.replace("### Framework versions", f"{training_details.strip()}\n\n### Framework versions", 1)
+    text = text.replace("- TRL: ", f"- trl-t3d: {version('trl-t3d')}\n- TRL: ", 1)
+    card.text = text
+    return card
+
+
+def _replace_section(text: str, heading: str, section: str) -> str:
+    """`text` with the markdown section starting at `heading` (up to the next `## `) replaced by `section`."""
+    start = text.find(heading + "\n")
+    if start < 0:  # another template: put it before the first section
+        start = text.find("\n## ") + 1 if "\n## " in text else len(text)
+        return text[:start] + section.rstrip() + "\n\n" + text[start:]
+    end = text.find("\n## ", start + len(heading))
+    end = len(text) if end < 0 else end + 1
+    return text[:start] + section.rstrip() + "\n\n" + text[end:]
+
+
+def set_card_repo_id(folder: str, repo_id: str) -> bool:
+    """Point the quick start of `folder/README.md` at `repo_id` (the repository it is pushed to); True if changed."""
+    path = os.path.join(folder, "README.md")
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    new = REPO_ID_LINE.sub(lambda _: f'repo_id = "{repo_id}"', text, count=1)
+    if new == text:
+        return False
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(new)
+    return True
 
 
 def check_student_folder(folder: str) -> list[str]:
@@ -157,19 +332,24 @@ def push_student_to_hub(
     token: str | None = None,
     commit_message: str = "Upload T3D few-step student with trl-t3d",
 ):
-    """Push a saved student folder (weights, tokenizer, `diffusion_generation_config.json`, model card)."""
+    """Push a saved student folder (weights, tokenizer, `diffusion_generation_config.json`, model card).
+
+    The card's quick start is pointed at `repo_id` first, so its code loads what was pushed.
+    """
     from huggingface_hub import HfApi
 
     check_student_folder(folder)
+    set_card_repo_id(folder, repo_id)
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    return api.upload_folder(
-        folder_path=folder,
-        repo_id=repo_id,
-        repo_type="model",
-        commit_message=commit_message,
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "trajectories/**"],
-    )
+    with reaching_the_hub(f"push the student in {folder} to '{repo_id}'"):
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        return api.upload_folder(
+            folder_path=folder,
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=commit_message,
+            ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "trajectories/**"],
+        )
 
 
 def _list_files(folder: str) -> list[str]:

@@ -711,30 +711,55 @@ class DDOTrainer(_BaseTrainer):
         self.create_model_card(model_name=name)
         super()._save_checkpoint(model, trial)
 
+    def init_hf_repo(self, token=None, private=None):
+        from ..hub import reaching_the_hub
+
+        with reaching_the_hub(f"create the repository '{self.args.hub_model_id or Path(self.args.output_dir).name}'"):
+            return super().init_hf_repo(token=token, private=private)
+
+    def push_to_hub(self, *args, **kwargs):
+        """Save the student (weights, tokenizer, decoding config, card) and upload it; an unreachable Hub is said so."""
+        from ..hub import reaching_the_hub
+
+        with reaching_the_hub(f"push the student in {self.args.output_dir}"):
+            return super().push_to_hub(*args, **kwargs)
+
     def create_model_card(self, model_name=None, dataset_name=None, tags=None, output_dir=None, **kwargs):
-        """README.md with the teacher, the trajectory data, the DDO settings and recommended few-step decoding."""
+        """README.md from TRL's card machinery: teacher, trajectory data, DDO settings, and a quick start that loads
+        the student as saved (full model, or LoRA adapter on its base) with its recommended few-step decoding."""
         if not self.is_world_process_zero():
             return
+        from ..hub import student_model_card, student_quick_start
+
         args, meta = self.args, self._trajectory_metadata
+        output_dir = output_dir or args.output_dir
         teacher = self._teacher_id or meta.get("teacher") or "unknown"
-        base_model = teacher if teacher and not os.path.isdir(teacher) else None
+        hub_teacher = teacher if teacher != "unknown" and not os.path.isdir(teacher) else None
         tags = sorted(set(self._tag_names) | ({tags} if isinstance(tags, str) else set(tags or [])))
         gen = self._student_generation_settings()
-        dataset_name = dataset_name or meta.get("dataset_name") or meta.get("dataset")
-        front = ["---", "library_name: transformers", "tags:"] + [f"- {t}" for t in tags]
-        if base_model:
-            front += [f"base_model: {base_model}"]
-        if dataset_name:
-            front += ["datasets:", f"- {dataset_name}"]
-        front += ["---", ""]
+        dataset_name = dataset_name or meta.get("dataset_name")
         stats = self.__dict__.get("_dataset_stats", {}).get("train", {})
-        name = model_name or Path(args.output_dir).name
-        body = f"""# {name}
+        name = model_name or Path(output_dir).name
+        repo_id = self.hub_model_id or args.hub_model_id or name
+        base = self.accelerator.unwrap_model(self.model)
+        base = base.get_base_model() if self._use_peft else base
+        config = getattr(base, "config", None)
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-A few-step student of **{teacher}**, trained with trl-t3d — T3D trajectory
-self-distillation with Direct Discriminative Optimization ([arXiv:2602.12262](https://huggingface.co/papers/2602.12262)).
-
-## Training
+        remote_code = (
+            bool(getattr(config, "auto_map", None)) and getattr(config, "model_type", None) not in CONFIG_MAPPING
+        )
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        quick_start = student_quick_start(
+            repo_id,
+            base_model=teacher if self._use_peft else None,
+            trust_remote_code=remote_code,
+            chat_template=getattr(tokenizer, "chat_template", None) is not None,
+            block_length=gen["block_length"],
+            tokens_per_step=gen["tokens_per_step"],
+        )
+        rounds = f"every {args.ref_sync_steps} optimizer steps" if args.ref_sync_steps else "never (one round)"
+        training_details = f"""### T3D training
 
 - Teacher / reference: `{teacher}` ({self.adapter.name} family; {"LoRA adapters" if self._use_peft else "full fine-tuning"})
 - Trajectory data: {dataset_name or "self-collected or user trajectories"}; {stats.get("num_kept", "?")} trajectories
@@ -742,28 +767,23 @@ self-distillation with Direct Discriminative Optimization ([arXiv:2602.12262](ht
   {stats.get("num_dropped_empty_completions", 0)} empty completions dropped); teacher decoding: `{json.dumps(meta.get("generation_config", {}))}`
 - DDO: alpha = {args.alpha}, beta = {args.beta}; path loss lambda = {args.lambda_path}, k = {args.path_k_steps}
 - States: mask ratios {list(args.mask_ratios)} (p ∝ r^{args.mask_ratio_exponent}), random-token ratio {args.random_token_ratio}
-- Optimizer steps: {self.state.global_step}; learning rate {args.learning_rate}; reference ← policy
-  {f"every {args.ref_sync_steps} optimizer steps" if args.ref_sync_steps else "never (one round)"}
+- Optimizer steps: {self.state.global_step}; learning rate {args.learning_rate}; reference ← policy {rounds}
 
-## Recommended decoding
-
-Few-step semi-autoregressive decoding: block length {gen["block_length"]}, {gen["tokens_per_step"]} tokens per step
-({gen["block_length"] // gen["tokens_per_step"]} steps per block), low-confidence remasking, temperature 0. These
-settings are saved as `diffusion_generation_config.json` next to the weights and used by default:
-
-```python
-from trl_t3d import AutoModelForDiffusionLM
-
-model = AutoModelForDiffusionLM.from_pretrained("{name}", trust_remote_code=True)
-out = model.diffusion_generate(input_ids, attention_mask)  # block {gen["block_length"]}, {gen["tokens_per_step"]} tokens per step
-```
-
-## Citation
-
-```bibtex
-{self._paper["citation"]}
-```
-"""
-        os.makedirs(output_dir or args.output_dir, exist_ok=True)
-        with open(os.path.join(output_dir or args.output_dir, "README.md"), "w") as f:
-            f.write("\n".join(front) + body)
+Recommended decoding (saved as `diffusion_generation_config.json`, the default of `diffusion_generate`):
+semi-autoregressive, block length {gen["block_length"]}, {gen["tokens_per_step"]} tokens per step
+({-(-gen["block_length"] // gen["tokens_per_step"])} steps per block), low-confidence remasking, temperature 0."""
+        card = student_model_card(
+            model_name=name,
+            repo_id=repo_id,
+            quick_start=quick_start,
+            training_details=training_details,
+            teacher=teacher,
+            base_model=hub_teacher,
+            is_adapter=self._use_peft,
+            dataset_name=dataset_name,
+            tags=tags,
+            trainer_name=self._name,
+            paper=self._paper,
+        )
+        os.makedirs(output_dir, exist_ok=True)
+        card.save(os.path.join(output_dir, "README.md"))

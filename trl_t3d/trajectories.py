@@ -75,9 +75,35 @@ def resolve_special_ids(processing_class, mask_token_id: int | None = None, pad_
     return int(mask_token_id), (int(pad_token_id) if pad_token_id is not None else None)
 
 
+PROMPT_COLUMNS = ("prompt", "messages", "prompt_ids")
+COMPLETION_COLUMNS = ("completion_ids", "completion")
+
+
+def is_prompt_only(dataset, prompt_column: str = "prompt") -> bool:
+    """True for prompts the teacher should decode first; False for trajectories (a `step_map` column).
+
+    Completions without a `step_map` are refused rather than silently thrown away and re-collected: either a
+    trajectory dataset lost its step map, or the completions are reference answers, which T3D does not train on.
+    """
+    columns = set(getattr(dataset, "column_names", None) or [])
+    if "step_map" in columns or not columns & {prompt_column, *PROMPT_COLUMNS}:
+        return False
+    completions = sorted(columns & set(COMPLETION_COLUMNS))
+    if completions:
+        raise ValueError(
+            f"The dataset has {completions} but no `step_map` column (columns: {sorted(columns)}), so it is neither "
+            "trajectories nor prompts only. If these are trajectories, restore their `step_map` (it is dropped by "
+            "e.g. `select_columns`). To let the teacher collect fresh trajectories from the prompts instead, drop the "
+            f"completions: `dataset = dataset.remove_columns({completions})`."
+        )
+    return True
+
+
 def _as_int_list(value, name: str, index) -> list[int]:
     if value is None:
         raise ValueError(f"Example {index}: `{name}` is missing.")
+    if isinstance(value, (str, bytes)):  # "0123" would otherwise read as [0, 1, 2, 3] and "10" as [1, 0]
+        raise ValueError(f"Example {index}: `{name}` must be a list of ints, got the string {value[:40]!r}.")
     try:
         return [int(v) for v in value]
     except (TypeError, ValueError) as err:
@@ -202,10 +228,17 @@ def prepare_trajectory_dataset(
     mask_token_id, _ = resolve_special_ids(processing_class, mask_token_id, pad_token_id)
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     columns = set(dataset.column_names)
+    if len(dataset) == 0:
+        raise ValueError(
+            f"The trajectory dataset is empty (0 rows; columns: {sorted(columns)}). Check the split, filters and "
+            "`max_samples`, or collect trajectories first with `collect_trajectories`."
+        )
     if "step_map" not in columns:
         raise ValueError(
-            f"Not a trajectory dataset: no `step_map` column (columns: {sorted(columns)}). Collect trajectories "
-            "with `trl_t3d.collect.collect_trajectories`, or pass a prompt-only dataset to `DDOTrainer`."
+            f"Not a trajectory dataset: no `step_map` column (columns: {sorted(columns)}). Give trajectories "
+            "(`prompt_ids`, `completion_ids`, `step_map`, `block_length`; see `trl_t3d.collect_trajectories`), or "
+            "prompts only in a `prompt`, `messages` or `prompt_ids` column for `DDOTrainer` to collect from (e.g. "
+            "`dataset.rename_column('question', 'prompt')`)."
         )
     meta = dataset_metadata(dataset)
     if block_length is None and "block_length" not in columns:

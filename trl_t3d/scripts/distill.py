@@ -66,8 +66,14 @@ def teacher_generation_config(training_args, mask_token_id=None):
     return make_generation_config(**settings)
 
 
-def _is_trajectory_dataset(dataset) -> bool:
-    return "step_map" in dataset.column_names
+def _is_trajectory_dataset(dataset, prompt_column: str) -> bool:
+    """A `step_map` column means trajectories; completions without one are an error (see `is_prompt_only`)."""
+    from ..trajectories import is_prompt_only
+
+    if "step_map" in dataset.column_names:
+        return True
+    is_prompt_only(dataset, prompt_column)  # raises for completions that lost their step map
+    return False
 
 
 def load_or_collect_trajectories(script_args: DistillArguments, training_args, model, tokenizer, model_id: str):
@@ -78,7 +84,7 @@ def load_or_collect_trajectories(script_args: DistillArguments, training_args, m
     from ..trajectories import dataset_metadata
 
     dataset = load_prompt_dataset(script_args)
-    if _is_trajectory_dataset(dataset):
+    if _is_trajectory_dataset(dataset, script_args.prompt_column):
         return dataset, False
     trajectory_dir = script_args.trajectory_dir or os.path.join(training_args.output_dir, "trajectories")
     if os.path.exists(os.path.join(trajectory_dir, "dataset_info.json")):

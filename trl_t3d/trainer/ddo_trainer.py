@@ -36,7 +36,7 @@ from ..losses import (
     picked_token_logps,
     sample_fake_tokens,
 )
-from ..trajectories import dataset_metadata, prepare_trajectory_dataset, resolve_special_ids
+from ..trajectories import dataset_metadata, is_prompt_only, prepare_trajectory_dataset, resolve_special_ids
 from .collator import DDODataCollator
 from .ddo_config import DDOConfig
 
@@ -360,8 +360,7 @@ class DDOTrainer(_BaseTrainer):
     # -------------------------------------------------------------------------------------- data
     @staticmethod
     def _is_prompt_only(dataset) -> bool:
-        columns = set(dataset.column_names or [])
-        return "step_map" not in columns and bool(columns & {"prompt", "messages", "prompt_ids"})
+        return is_prompt_only(dataset)
 
     def _prepare(self, dataset, processing_class, args, name):
         if isinstance(dataset, dict):

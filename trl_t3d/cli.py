@@ -42,7 +42,9 @@ def make_parser(command: str):
 
 def parse_args(command: str, argv: list[str]):
     """Parse a command's arguments (recipe + overrides) into its dataclasses."""
-    return make_parser(command).parse_args_and_config(argv)
+    from .scripts.utils import parse_command_line
+
+    return parse_command_line(make_parser(command), argv)
 
 
 def run(command: str, argv: list[str]):

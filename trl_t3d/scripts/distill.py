@@ -25,6 +25,7 @@ from .utils import (
     load_diffusion_model,
     load_prompt_dataset,
     load_tokenizer,
+    parse_command_line,
 )
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def parse_args_with_defaults(defaults: dict, argv: list[str] | None = None):
         raise ValueError(
             f"Unknown default arguments {unknown[::2]}: not fields of DistillArguments/DDOConfig/ModelConfig."
         )
-    return parser.parse_args_and_config(argv)
+    return parse_command_line(parser, argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """`trl-t3d eval`: accuracy and speed of a diffusion LM per tokens-per-step (JSON report + PNG frontier plot).
 
 ```bash
-trl-t3d eval --model_name_or_path SDAR-4B-Chat-T3D --trust_remote_code --task gsm8k --tokens_per_step 1 2 4 8
+trl-t3d eval --model_name_or_path SDAR-4B-Chat-T3D --trust_remote_code --task arithmetic --tokens_per_step 1 2 4 8
 trl-t3d eval --model_name_or_path student --dataset_name my_qa.jsonl --answer_column answer --verifier number
 ```
+
+Prints a table (accuracy and forward passes per budget, AUP) and writes the JSON report and the PNG plot. A LoRA
+student (a folder with `adapter_config.json`) is loaded on its base model.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ class EvalArguments(DatasetArguments):
             How answers are checked: a verifier name of `trl_t3d.evaluation` (e.g. "number", "boxed", "exact").
         tokens_per_step (`list[int]`, *optional*, defaults to `[1, 2, 4, 8]`):
             Budgets to evaluate (the x axis of the frontier plot).
-        max_new_tokens (`int`, *optional*, defaults to `256`):
-            Completion budget.
-        block_length (`int`, *optional*, defaults to `4`):
-            Decoding block length.
+        max_new_tokens (`int`, *optional*):
+            Completion budget. `None`: the built-in task's own (8 tokens), else 256.
+        block_length (`int`, *optional*):
+            Decoding block length; it must be >= every `tokens_per_step`. `None`: the built-in task's own (8), else
+            the largest `tokens_per_step`.
         batch_size (`int`, *optional*, defaults to `8`):
             Prompts decoded together.
         output_dir (`str`, *optional*, defaults to `"eval"`):
@@ -45,8 +49,15 @@ class EvalArguments(DatasetArguments):
     answer_column: str = field(default="answer", metadata={"help": "Reference answers of a custom task."})
     verifier: str = field(default="number", metadata={"help": "Verifier name for a custom task."})
     tokens_per_step: list[int] = field(default_factory=lambda: [1, 2, 4, 8], metadata={"help": "Budgets."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Completion budget."})
-    block_length: int = field(default=4, metadata={"help": "Decoding block length."})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Completion budget; None: the built-in task's own, else 256."}
+    )
+    block_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Decoding block length (>= every tokens_per_step); None: the task's, else the largest budget."
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "Prompts decoded together."})
     output_dir: str = field(default="eval", metadata={"help": "Where the JSON report and PNG plot go."})
 
@@ -54,7 +65,12 @@ class EvalArguments(DatasetArguments):
 def build_task(script_args: EvalArguments):
     """A built-in task by name, or `Task(dataset prompts, answers, verifier)` for your own data."""
     if script_args.task:
-        return evaluation.get_task(script_args.task)
+        if script_args.dataset_name:
+            raise ValueError(
+                "Give either `--task` (a built-in task) or `--dataset_name` (your own prompts and answers), not both."
+            )
+        kwargs = {"num_examples": script_args.max_samples} if script_args.max_samples is not None else {}
+        return evaluation.get_task(script_args.task, **kwargs)
     if not script_args.dataset_name:
         raise ValueError("Give `--task <built-in name>` or `--dataset_name` with `--answer_column` and `--verifier`.")
     dataset = load_prompt_dataset(script_args)
@@ -77,9 +93,31 @@ def build_task(script_args: EvalArguments):
     )
 
 
+def decoding_lengths(script_args: EvalArguments, task) -> tuple[int, int]:
+    """(max_new_tokens, block_length): explicit values, else the task's, else 256 and the largest budget."""
+    budgets = script_args.tokens_per_step
+    if not budgets or any(k < 1 for k in budgets):
+        raise ValueError(f"`--tokens_per_step` must be positive ints, got {budgets}.")
+    block = script_args.block_length or task.block_length or max(budgets)
+    if block < max(budgets):
+        given = "--block_length" if script_args.block_length else f"the task's block length ({block})"
+        raise ValueError(
+            f"`--tokens_per_step` {[k for k in budgets if k > block]} exceed {given}: a step commits at most one "
+            f"block. Pass `--block_length {max(budgets)}` (or larger), or drop those budgets."
+        )
+    max_new_tokens = script_args.max_new_tokens or task.max_new_tokens or 256
+    if max_new_tokens % block:
+        raise ValueError(
+            f"`--max_new_tokens` {max_new_tokens} is not a multiple of the block length {block}: pass "
+            f"`--max_new_tokens {-(-max_new_tokens // block) * block}` or another `--block_length`."
+        )
+    return max_new_tokens, block
+
+
 def main(script_args: EvalArguments, model_args: TeacherArguments):
-    """Evaluate, write `few_step_eval.json` + `few_step_eval.png` to `output_dir`; returns the report."""
+    """Evaluate, print a table, write `few_step_eval.json` + `few_step_eval.png` to `output_dir`; returns the report."""
     task = build_task(script_args)
+    max_new_tokens, block_length = decoding_lengths(script_args, task)
     model, tokenizer = load_model_and_tokenizer(model_args)
     os.makedirs(script_args.output_dir, exist_ok=True)
     report = evaluation.evaluate_few_step(
@@ -87,12 +125,17 @@ def main(script_args: EvalArguments, model_args: TeacherArguments):
         tokenizer,
         task,
         tokens_per_step=script_args.tokens_per_step,
-        max_new_tokens=script_args.max_new_tokens,
-        block_length=script_args.block_length,
+        max_new_tokens=max_new_tokens,
+        block_length=block_length,
         batch_size=script_args.batch_size,
         output_dir=script_args.output_dir,
+        model_name=model_args.model_name_or_path,
     )
-    print(f"Few-step evaluation written to {script_args.output_dir}.")
+    print(
+        f"\n{task.name}: {report['num_examples']} prompts, {max_new_tokens} new tokens in blocks of {block_length}.\n"
+    )
+    print(evaluation.markdown_table({report["model_name"]: report}))
+    print(f"\nReport and plot written to {script_args.output_dir}.")
     return report
 
 

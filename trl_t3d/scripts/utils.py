@@ -160,6 +160,12 @@ def load_prompt_dataset(args: DatasetArguments):
         if ext not in DATA_FILE_BUILDERS:
             raise ValueError(f"Unsupported data file {name}: use one of {sorted(DATA_FILE_BUILDERS)}.")
         dataset = datasets.load_dataset(DATA_FILE_BUILDERS[ext], data_files={args.dataset_split: name})
+    elif not os.path.exists(name) and (
+        os.path.splitext(name)[1].lower() in DATA_FILE_BUILDERS or name.startswith((".", "/", "~"))
+    ):  # a path, not a Hub id: say so instead of asking the Hub for it
+        raise FileNotFoundError(
+            f"No such data file or directory: {name} (from {os.getcwd()}). Check the path, or give a Hub dataset id."
+        )
     else:
         dataset = datasets.load_dataset(name, name=args.dataset_config)
     if isinstance(dataset, datasets.DatasetDict):
@@ -167,6 +173,8 @@ def load_prompt_dataset(args: DatasetArguments):
             raise ValueError(f"Split '{args.dataset_split}' not in {name}; its splits: {sorted(dataset)}.")
         dataset = dataset[args.dataset_split]
     if args.max_samples is not None:
+        if args.max_samples < 1:
+            raise ValueError(f"`--max_samples` must be >= 1 (or unset for all rows), got {args.max_samples}.")
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     return dataset
 
@@ -241,7 +249,10 @@ def make_generation_config(**kwargs):
 
 
 def load_model_and_tokenizer(model_args: TeacherArguments):
-    """Tokenizer and diffusion model named by `--model_name_or_path` (shared by `collect` and `eval`)."""
+    """Tokenizer and diffusion model named by `--model_name_or_path` (shared by `collect` and `eval`).
+
+    A folder with `adapter_config.json` (a LoRA student) loads its base model with the adapter on top.
+    """
     if not model_args.model_name_or_path:
         raise ValueError("`--model_name_or_path` is required (a Hub id or a local directory).")
     tokenizer = load_tokenizer(
@@ -249,15 +260,90 @@ def load_model_and_tokenizer(model_args: TeacherArguments):
         trust_remote_code=model_args.trust_remote_code,
         revision=model_args.model_revision,
     )
+    adapter_config = os.path.join(model_args.model_name_or_path, "adapter_config.json")
+    lora_base = None
+    if os.path.isfile(adapter_config):  # a LoRA student: its base model + the adapter
+        import json
+
+        with open(adapter_config) as f:
+            lora_base = json.load(f).get("base_model_name_or_path")
+        if not lora_base:
+            raise ValueError(f"{adapter_config} names no `base_model_name_or_path`: cannot tell which model to load.")
     model = load_diffusion_model(
-        model_args.model_name_or_path,
+        lora_base or model_args.model_name_or_path,
         adapter=model_args.adapter,
         trust_remote_code=model_args.trust_remote_code,
-        revision=model_args.model_revision,
+        revision=None if lora_base else model_args.model_revision,
         dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation,
     )
+    if lora_base:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, model_args.model_name_or_path).eval()
     return model, tokenizer
+
+
+HELP_SECTIONS = {
+    "DDOConfig": "T3D / DDO: loss, training states, reference, teacher decoding, student (DDOConfig)",
+    "DistillArguments": "data (DistillArguments)",
+    "CollectArguments": "data and output (CollectArguments)",
+    "EvalArguments": "task, budgets and output (EvalArguments)",
+    "TeacherArguments": "model (TeacherArguments)",
+    "DecodingArguments": "decoding (DecodingArguments)",
+    "ModelConfigForT3D": "model, LoRA and 4-bit loading (trl.ModelConfig)",
+}
+TRAINING_SECTION = "training (transformers.TrainingArguments: optimizer, schedule, precision, saving, logging, hub)"
+CONFIG_HELP = (
+    "YAML recipe: keys are the argument names below (e.g. recipes/llada/t3d/config_lora.yaml); arguments given on "
+    "the command line override it. A key no argument knows is an error."
+)
+
+
+def _arrange_help(parser, dataclass_types) -> None:
+    """One help section per dataclass in the command's order; a config's own fields before the TrainingArguments
+    it inherits, so `--help` starts with what is specific to T3D instead of 700 lines of transformers options."""
+    import argparse
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    section_of, titles = {}, []
+    for dtype in dataclass_types:
+        title = HELP_SECTIONS.get(dtype.__name__, dtype.__name__)
+        titles.append(title)
+        for field_ in dataclasses.fields(dtype):
+            own = not issubclass(dtype, TrainingArguments) or field_.name not in inherited
+            section_of[field_.name] = title if own else TRAINING_SECTION
+    if any(issubclass(d, TrainingArguments) for d in dataclass_types):
+        titles.append(TRAINING_SECTION)
+    groups = {title: parser.add_argument_group(title) for title in titles}
+    default = parser._optionals
+    for action in list(default._group_actions):
+        title = section_of.get(action.dest)
+        if title is not None:
+            default._group_actions.remove(action)
+            groups[title]._group_actions.append(action)
+    default.add_argument("--config", metavar="RECIPE.yaml", dest="config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+
+
+BF16_ON_CPU_HINT = (
+    "This machine has no GPU with bf16 support, and the recipes ask for `bf16: true` (they target GPUs): add "
+    "`--bf16 false` to train in fp32 on the CPU, or `--use_cpu true` to keep bf16 autocast on the CPU (slower)."
+)
+
+
+def parse_command_line(parser, argv=None):
+    """`parser.parse_args_and_config(argv)`, with the fix spelled out for errors a recipe meets on another machine."""
+    try:
+        return parser.parse_args_and_config(argv)
+    except ValueError as err:
+        import torch
+
+        if "bf16" in str(err) and not torch.cuda.is_available():
+            raise ValueError(f"{err} {BF16_ON_CPU_HINT}") from err
+        raise
 
 
 def build_parser(command: str, dataclass_types: tuple, description: str, subparsers=None, prog: str | None = None):
@@ -265,7 +351,11 @@ def build_parser(command: str, dataclass_types: tuple, description: str, subpars
     from trl import TrlParser
 
     if subparsers is not None:
-        return subparsers.add_parser(
+        parser = subparsers.add_parser(
             command, help=description, description=description, dataclass_types=dataclass_types
         )
-    return TrlParser(dataclass_types, prog=prog, description=description)
+    else:
+        parser = TrlParser(dataclass_types, prog=prog, description=description)
+    parser.usage = "%(prog)s [-h] [--config RECIPE.yaml] [--<argument> VALUE ...]"  # the full list is below
+    _arrange_help(parser, dataclass_types)
+    return parser

@@ -1,7 +1,10 @@
-"""Few-step evaluation: tasks + verifiers, `evaluate_few_step`, AUP, frontier plots and tables."""
+"""Few-step evaluation: tasks + verifiers, `evaluate_few_step`, AUP, frontier plots and tables.
+
+lm-evaluation-harness tasks run through `trl_t3d.evaluation.lm_eval_backend` (optional extra `eval`; not imported
+here, so the package works without lm-eval)."""
 
 from .evaluate import evaluate_few_step
-from .report import aup, aup_of_report, markdown_table, plot_frontier, rows_markdown_table
+from .report import aup, aup_of_report, markdown_table, plot_frontier, rows_markdown_table, write_report
 from .tasks import BUILTIN_TASKS, Task, arithmetic_task, get_task, permutation_task, two_way_sort_task
 from .verifiers import (
     VERIFIERS,
@@ -36,6 +39,7 @@ __all__ = [
     "one_of_verifier",
     "permutation_task",
     "two_way_sort_task",
+    "write_report",
     "permutation_verifier",
     "plot_frontier",
     "rows_markdown_table",

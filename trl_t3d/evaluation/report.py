@@ -167,3 +167,26 @@ def rows_markdown_table(rows: Sequence[Mapping]) -> str:
                 cells.append(f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def write_report(reports: Sequence[Mapping], output_dir: str, *, name: str = "eval_report") -> dict[str, str]:
+    """One report for several tasks of one model (e.g. built-in and lm-eval tasks): `{name}.json` (the reports and
+    their table), `{name}.md` (the table) and `{name}.png` (accuracy vs tokens per step, one panel per task).
+
+    Returns the three paths. Every report is an `evaluate_few_step`-style dict of the same `model_name`.
+    """
+    import json
+    import os
+
+    if not reports:
+        raise ValueError("`reports` is empty: nothing to write.")
+    model_name = reports[0]["model_name"]
+    table = markdown_table({model_name: list(reports)})
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {ext: os.path.join(output_dir, f"{name}.{ext}") for ext in ("json", "md", "png")}
+    with open(paths["json"], "w") as f:
+        json.dump({"model_name": model_name, "reports": list(reports), "table": table}, f, indent=2)
+    with open(paths["md"], "w") as f:
+        f.write(table + "\n")
+    plot_frontier({model_name: list(reports)}, paths["png"])
+    return paths

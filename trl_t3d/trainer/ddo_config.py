@@ -225,6 +225,30 @@ class DDOConfig(_BaseConfig):
         self.loss_terms()
         if self.recollect_each_round and self.ref_sync_steps == 0:
             raise ValueError("`recollect_each_round=True` needs rounds: set `ref_sync_steps > 0`.")
+        self._check_sizes_and_teacher_decoding()
+
+    def _check_sizes_and_teacher_decoding(self):
+        """Sizes must be positive, and the teacher's decoding settings valid now, not at the first collection."""
+        for name in ("max_prompt_length", "max_completion_length", "generation_max_new_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1 (or None), got {getattr(self, name)}.")
+        for name in ("generation_batch_size", "student_tokens_per_step"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        if self.mask_token_id is not None and self.mask_token_id < 0:
+            raise ValueError(f"`mask_token_id` must be a token id (>= 0), got {self.mask_token_id}.")
+        from ..generation import DiffusionGenerationConfig
+
+        settings = self.teacher_generation_settings()
+        if not self.generation_config and self.generation_max_new_tokens is None and self.generation_block_length:
+            # derived from max_completion_length, which trajectories given as data never decode with
+            settings["max_new_tokens"] = self.generation_block_length
+        try:
+            DiffusionGenerationConfig(**settings)
+        except ValueError as err:
+            raise ValueError(
+                f"Invalid teacher decoding settings (the `generation_*` fields, or `generation_config`): {err}"
+            ) from err
 
     def loss_terms(self) -> dict[str, float]:
         """The objective as `{term: weight}` (see `loss_type`), validated; every error names the valid choices."""

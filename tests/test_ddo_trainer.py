@@ -212,14 +212,16 @@ def test_lora_targets_resolve_to_llada_names(tmp_path, tok, llada_dir, caplog):
         )
 
 
-def test_qlora_4bit_on_cpu(tmp_path, tok, generic_dir):
+def test_qlora_4bit_on_cpu(tmp_path, tok):
     pytest.importorskip("bitsandbytes")
     from peft import LoraConfig
 
+    # Widths are multiples of 64: bitsandbytes' CPU 4-bit kernels (AVX512-BF16 CPUs) quantize in blocks of 64.
+    model_dir = testing.save_generic_mlm(str(tmp_path / "generic64"), hidden_size=64)
     quant = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "float32"}
     args = config(tmp_path, model_init_kwargs={"quantization_config": quant, "dtype": "float32"})
     trainer = DDOTrainer(
-        generic_dir,
+        model_dir,
         args=args,
         train_dataset=trajectories(tok),
         processing_class=tok,

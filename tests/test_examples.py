@@ -135,11 +135,15 @@ def test_lora_example_saves_family_targets_and_reloads(llada_dir, prompts_file, 
     assert len(completion) == 8
 
 
-def test_qlora_example_loads_the_base_in_4bit(llada_dir, prompts_file, tmp_path):
+def test_qlora_example_loads_the_base_in_4bit(prompts_file, tmp_path):
     bnb = pytest.importorskip("bitsandbytes")
+    from trl_t3d import testing
+
+    # Widths are multiples of 64: bitsandbytes' CPU 4-bit kernels (AVX512-BF16 CPUs) quantize in blocks of 64.
+    model_dir = testing.save_llada(str(tmp_path / "llada64"), hidden_size=64)
     module = load_example("distill_llada")
     out = tmp_path / "qlora"
-    trainer = module.main(*module.parse_args(tiny_args(llada_dir, prompts_file, out, "--use_peft", "--load_in_4bit")))
+    trainer = module.main(*module.parse_args(tiny_args(model_dir, prompts_file, out, "--use_peft", "--load_in_4bit")))
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.modules())
     assert trainer.state.global_step == 2 and (out / "adapter_model.safetensors").exists()
 

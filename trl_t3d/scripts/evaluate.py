@@ -42,7 +42,21 @@ class EvalArguments(DatasetArguments):
         batch_size (`int`, *optional*, defaults to `8`):
             Prompts decoded together.
         output_dir (`str`, *optional*, defaults to `"eval"`):
-            Where `few_step_eval.json` and `few_step_eval.png` are written.
+            Where `few_step_eval.json` and `few_step_eval.png` are written (with `lm_eval_tasks`: one report of all
+            tasks, `eval_report.json` / `.md` / `.png`).
+        lm_eval_tasks (`str`, *optional*):
+            lm-evaluation-harness tasks, comma-separated (e.g. `gsm8k,humaneval`), run at every `tokens_per_step`
+            through the `diffusion_lm` backend (`pip install 'trl-t3d[eval]'`); with or without `task`.
+        lm_eval_include_path (`str`, *optional*):
+            Folder of your own lm-eval task YAMLs.
+        lm_eval_num_fewshot (`int`, *optional*):
+            Few-shot examples (default: each task's own).
+        lm_eval_limit (`float`, *optional*):
+            Evaluate only the first N examples of each task (a fraction when < 1).
+        lm_eval_metric (`str`, *optional*):
+            lm-eval's `metric,filter` reported as accuracy (default: each task's first, e.g. `exact_match,strict-match`).
+        lm_eval_confirm_run_unsafe_code (`bool`, *optional*, defaults to `False`):
+            Allow tasks that execute generated code (HumanEval, MBPP; also set `HF_ALLOW_CODE_EVAL=1`).
     """
 
     task: str | None = field(default=None, metadata={"help": "Built-in task name; else a dataset + verifier."})
@@ -60,6 +74,20 @@ class EvalArguments(DatasetArguments):
     )
     batch_size: int = field(default=8, metadata={"help": "Prompts decoded together."})
     output_dir: str = field(default="eval", metadata={"help": "Where the JSON report and PNG plot go."})
+    lm_eval_tasks: str | None = field(
+        default=None, metadata={"help": "lm-eval tasks, comma-separated (e.g. gsm8k,humaneval); needs the eval extra."}
+    )
+    lm_eval_include_path: str | None = field(default=None, metadata={"help": "Folder of your own lm-eval task YAMLs."})
+    lm_eval_num_fewshot: int | None = field(
+        default=None, metadata={"help": "Few-shot examples (default: the task's)."}
+    )
+    lm_eval_limit: float | None = field(default=None, metadata={"help": "Only the first N examples of each task."})
+    lm_eval_metric: str | None = field(
+        default=None, metadata={"help": "lm-eval `metric,filter` reported as accuracy (default: the task's first)."}
+    )
+    lm_eval_confirm_run_unsafe_code: bool = field(
+        default=False, metadata={"help": "Allow tasks that run generated code (HumanEval, MBPP)."}
+    )
 
 
 def build_task(script_args: EvalArguments):
@@ -116,6 +144,8 @@ def decoding_lengths(script_args: EvalArguments, task) -> tuple[int, int]:
 
 def main(script_args: EvalArguments, model_args: TeacherArguments):
     """Evaluate, print a table, write `few_step_eval.json` + `few_step_eval.png` to `output_dir`; returns the report."""
+    if script_args.lm_eval_tasks:
+        return evaluate_with_lm_eval(script_args, model_args)
     task = build_task(script_args)
     max_new_tokens, block_length = decoding_lengths(script_args, task)
     model, tokenizer = load_model_and_tokenizer(model_args)
@@ -137,6 +167,57 @@ def main(script_args: EvalArguments, model_args: TeacherArguments):
     print(evaluation.markdown_table({report["model_name"]: report}))
     print(f"\nReport and plot written to {script_args.output_dir}.")
     return report
+
+
+def evaluate_with_lm_eval(script_args: EvalArguments, model_args: TeacherArguments):
+    """`--lm_eval_tasks`: lm-eval tasks (and `--task` / `--dataset_name` when given) at every budget, one report.
+
+    Returns the reports (`None` on the other processes of an `accelerate launch` run: the main one writes).
+    """
+    from ..evaluation.lm_eval_backend import evaluate_lm_eval_tasks
+
+    model, tokenizer = load_model_and_tokenizer(model_args)
+    name = model_args.model_name_or_path
+    reports = []
+    if script_args.task or script_args.dataset_name:
+        task = build_task(script_args)
+        max_new_tokens, block_length = decoding_lengths(script_args, task)
+        reports.append(
+            evaluation.evaluate_few_step(
+                model,
+                tokenizer,
+                task,
+                tokens_per_step=script_args.tokens_per_step,
+                max_new_tokens=max_new_tokens,
+                block_length=block_length,
+                batch_size=script_args.batch_size,
+                model_name=name,
+                show_progress=False,
+            )
+        )
+    lm_eval_reports = evaluate_lm_eval_tasks(
+        model,
+        tokenizer,
+        script_args.lm_eval_tasks,
+        script_args.tokens_per_step,
+        include_path=script_args.lm_eval_include_path,
+        num_fewshot=script_args.lm_eval_num_fewshot,
+        limit=script_args.lm_eval_limit,
+        metric=script_args.lm_eval_metric,
+        apply_chat_template=bool(script_args.apply_chat_template),
+        confirm_run_unsafe_code=script_args.lm_eval_confirm_run_unsafe_code,
+        batch_size=script_args.batch_size,
+        model_name=name,
+        max_new_tokens=script_args.max_new_tokens,
+        block_length=script_args.block_length or max(script_args.tokens_per_step),
+    )
+    if lm_eval_reports is None:
+        return None
+    reports += lm_eval_reports
+    paths = evaluation.write_report(reports, script_args.output_dir)
+    print("\n" + evaluation.markdown_table({name: reports}))
+    print(f"\nReport written to {paths['json']} (table: {paths['md']}, plot: {paths['png']}).")
+    return reports
 
 
 DATACLASSES = (EvalArguments, TeacherArguments)

@@ -3,6 +3,7 @@
 Writes benchmarks/results/train_step.json. Usage:
 
     OMP_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/train_step.py [--steps 5]
+    OMP_NUM_THREADS=1 python benchmarks/train_step.py --states_only   # only the trailing-EOS measurement below
 
 Both sides run the same tiny bidirectional Llama (fp32), the same batch of states x_t and the same loss definition
 (DDO with mean masked log-probs + level-averaged path loss restricted to the masked set). The baseline follows the
@@ -17,6 +18,14 @@ the live tensor bytes over time, and its maximum is
 the step's *dynamic* peak (activations, logits, log-softmax buffers, gradients). The *static* bytes live before the
 step (policy, reference, grads, AdamW state: all tensors counted once) are added for the total peak. Both are
 reported; the optimizer state is materialized by a warm-up step first, so the measured step is a steady-state one.
+
+Trailing EOS (`trailing_eos` in the JSON): bidirectional families train on the whole decoded canvas, which past the
+answer is EOS padding. The collator's states are measured with `max_trailing_eos_tokens=None` (before: any block may
+be drawn) and with the default 2 (T3D's `post_num`): loss tokens per forward token (forward = the real prompt
+tokens + the canvas), the same counting only tokens that are not padding past the cap ("informative"), and the share
+of forwards whose trained block holds nothing else. Two shapes: this benchmark's (canvas 64, block 8) and the shipped
+LLaDA recipe's (canvas 1024, block 4, prompts of 160 tokens); the answer lengths (uniform, stated in the JSON) are
+assumptions, not measured LLaDA outputs.
 """
 
 from __future__ import annotations
@@ -135,6 +144,84 @@ def four_forward_loss(trainer, model, ref_model, batch):
     return (loss_ddo + args.lambda_path * path).mean()
 
 
+# ---------------------------------------------------------------------------------------------- trailing EOS
+def padded_trajectories(tok, n, prompt_length, canvas, block_length, answer_range, seed=0):
+    """Canvases as bidirectional collection keeps them: an answer, its EOS, then EOS to the end (semi-AR steps)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        answer = int(torch.randint(answer_range[0], answer_range[1] + 1, (1,), generator=g))
+        completion = torch.randint(10, len(tok), (answer,), generator=g).tolist()
+        completion += [tok.eos_token_id] * (canvas - answer)
+        steps = []
+        for start in range(0, canvas, block_length):
+            steps += [start + int(p) for p in torch.randperm(block_length, generator=g)]
+        rows.append(
+            {
+                "prompt_ids": torch.randint(10, len(tok), (prompt_length,), generator=g).tolist(),
+                "completion_ids": completion,
+                "step_map": steps,
+                "block_length": block_length,
+            }
+        )
+    return rows
+
+
+def trailing_eos_states(tok, rows, cap=2, seed=0):
+    """Loss tokens per forward token of the collator's states, without and with the trailing-EOS cap."""
+    from trl_t3d.trainer.collator import DDODataCollator, capped_trailing_eos
+
+    defaults = DDOConfig("/tmp/ddo-bench", use_cpu=True, report_to="none")
+    out = {}
+    for name, value in (("before_no_cap", None), (f"after_cap_{cap}", cap)):
+        collator = DDODataCollator(
+            pad_token_id=tok.pad_token_id,
+            mask_token_id=tok.mask_token_id,
+            mask_ratios=defaults.mask_ratios,
+            mask_ratio_exponent=defaults.mask_ratio_exponent,
+            eos_token_ids=[tok.eos_token_id],
+            max_trailing_eos_tokens=value,
+            seed=seed,
+        )
+        forward = loss = informative = wasted = 0
+        for row in rows:
+            batch = collator([row])
+            padding = capped_trailing_eos(row["completion_ids"], [tok.eos_token_id, tok.pad_token_id], cap)
+            trained = batch["loss_mask"][0]
+            forward += int(batch["prompt_attention_mask"].sum()) + batch["xt"].shape[1]
+            loss += int(trained.sum())
+            informative += int((trained & ~padding).sum())
+            wasted += int(not (trained & ~padding).any())
+        out[name] = {
+            "loss_tokens_per_forward_token": loss / forward,
+            "informative_loss_tokens_per_forward_token": informative / forward,
+            "share_of_forwards_on_pure_trailing_eos": wasted / len(rows),
+        }
+    before, after = out["before_no_cap"], out[f"after_cap_{cap}"]
+    out["informative_gain"] = (
+        after["informative_loss_tokens_per_forward_token"] / before["informative_loss_tokens_per_forward_token"]
+    )
+    return out
+
+
+def measure_trailing_eos(tok, opts):
+    shapes = {
+        "benchmark_shape": dict(
+            prompt_length=opts.prompt_length,
+            canvas=opts.completion_length,
+            block_length=opts.block_length,
+            answer_range=(opts.completion_length // 4, 3 * opts.completion_length // 4),
+        ),
+        "llada_recipe_shape": dict(prompt_length=160, canvas=1024, block_length=4, answer_range=(128, 768)),
+    }
+    result = {"examples_per_shape": opts.state_examples}
+    for name, shape in shapes.items():
+        rows = padded_trajectories(tok, opts.state_examples, **shape)
+        result[name] = {"shape": {k: list(v) if isinstance(v, tuple) else v for k, v in shape.items()}}
+        result[name].update(trailing_eos_states(tok, rows))
+    return result
+
+
 # ---------------------------------------------------------------------------------------------- measurement
 def static_bytes(*objects) -> int:
     seen, total = set(), 0
@@ -233,12 +320,33 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (then use --dtype bfloat16 and a bigger model)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--output", default=RESULTS)
+    parser.add_argument("--state_examples", type=int, default=512, help="trajectories per shape (trailing EOS)")
+    parser.add_argument(
+        "--states_only", action="store_true", help="only the trailing-EOS measurement, merged into --output"
+    )
     opts = parser.parse_args()
     global DEVICE
     DEVICE = torch.device(opts.device)
     dtype = getattr(torch, opts.dtype)
     torch.manual_seed(0)
     tok = testing.make_tokenizer()
+    trailing_eos = measure_trailing_eos(tok, opts)
+    summary = {
+        shape: {
+            k: trailing_eos[shape][k]
+            for k in ("before_no_cap", "after_cap_2", "informative_gain")
+            if k in trailing_eos[shape]
+        }
+        for shape in ("benchmark_shape", "llada_recipe_shape")
+    }
+    if opts.states_only:
+        result = json.load(open(opts.output)) if os.path.exists(opts.output) else {}
+        result["trailing_eos"] = trailing_eos
+        os.makedirs(os.path.dirname(opts.output), exist_ok=True)
+        with open(opts.output, "w") as f:
+            json.dump(result, f, indent=2)
+        print(json.dumps(summary, indent=2))
+        return
     data = trajectories(tok, opts.batch, opts.prompt_length, opts.completion_length, opts.block_length)
     args = DDOConfig(
         "/tmp/ddo-bench",
@@ -318,6 +426,7 @@ def main():
         lora["disabled_adapter_reference"]["total_peak_mib"] / lora["separate_reference_copy"]["total_peak_mib"]
     )
     result["lora"] = lora
+    result["trailing_eos"] = trailing_eos
     result["memory_method"] = (
         "torch.profiler(profile_memory=True): running sum of CPU allocator alloc/free events during one steady-state "
         "optimizer step = dynamic peak; plus static bytes of live tensors (params, buffers, grads, AdamW state of "
@@ -326,7 +435,10 @@ def main():
     os.makedirs(os.path.dirname(opts.output), exist_ok=True)
     with open(opts.output, "w") as f:
         json.dump(result, f, indent=2)
-    summary = {k: result[k] for k in ("loss_abs_diff", "speedup", "dynamic_peak_ratio", "total_peak_ratio")}
+    summary = {
+        **summary,
+        **{k: result[k] for k in ("loss_abs_diff", "speedup", "dynamic_peak_ratio", "total_peak_ratio")},
+    }
     summary["lora_total_peak_ratio"] = lora["total_peak_ratio"]
     summary["ours_s"], summary["four_s"] = ours["step_seconds_median"], theirs["step_seconds_median"]
     summary["ours_total_mib"], summary["four_total_mib"] = ours["total_peak_mib"], theirs["total_peak_mib"]

@@ -150,8 +150,9 @@ def test_unknown_model_family_lists_the_supported_ones(tmp_path, prompts_file):
             num_key_value_heads=2,
         )
     ).save_pretrained(causal_dir)
+    # a causal LM of no known family: refused with both fixes (name the family, or declare bidirectional attention)
     with pytest.raises(
-        ValueError, match=r"Unknown diffusion-LM family.*'dream'.*'generic'.*'llada'.*'sdar'.*adapter="
+        ValueError, match=r"attends causally.*adapter=.*'dream'.*'llada'.*'sdar'.*model.config.is_causal = False"
     ):
         cli.main(["collect", "--model_name_or_path", causal_dir, "--dataset_name", prompts_file, "--output_dir",
                   str(tmp_path / "o")])  # fmt: skip

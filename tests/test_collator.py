@@ -150,3 +150,71 @@ def test_uniform_noise_and_bad_settings():
         DDODataCollator(pad_token_id=PAD, mask_token_id=MASK, random_token_ratio=0.1)
     with pytest.raises(ValueError, match="different block lengths"):
         DDODataCollator(pad_token_id=PAD, mask_token_id=MASK)([_features()[0], {**_features()[1], "block_length": 2}])
+
+
+# ---------------------------------------------------------------------------------------------- trailing EOS (post_num)
+EOS = 1
+
+
+def test_capped_trailing_eos_by_hand():
+    from trl_t3d.trainer.collator import capped_trailing_eos
+
+    completion = [10, 11, EOS, EOS, EOS, EOS, PAD, EOS]  # the first EOS ends the answer; the rest is padding
+    assert capped_trailing_eos(completion, [EOS, PAD], 2).tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+    assert capped_trailing_eos(completion, [EOS, PAD], 0).tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert not capped_trailing_eos(completion, [EOS, PAD], None).any()
+    assert not capped_trailing_eos([10, 11, 12], [EOS, PAD], 0).any()  # no EOS: nothing is padding
+
+
+def _padded_trajectory(content=5, length=16, block_length=4, seed=0):
+    """A bidirectional canvas: `content` tokens, then EOS to the end; semi-AR step map, random order per block."""
+    g = torch.Generator().manual_seed(seed)
+    completion = [20 + i for i in range(content)] + [EOS] * (length - content)
+    steps = []
+    for start in range(0, length, block_length):
+        steps += [start + int(p) for p in torch.randperm(block_length, generator=g)]
+    return completion, steps
+
+
+def test_no_forward_on_a_block_of_pure_trailing_eos():
+    from trl_t3d.trainer.collator import capped_trailing_eos
+
+    completion, steps = _padded_trajectory()  # blocks 2 and 3 (positions 8..15) are EOS past the first two
+    untrained = capped_trailing_eos(completion, [EOS, PAD], 2)
+    assert untrained.tolist() == [False] * 8 + [True] * 8
+    gen = torch.Generator().manual_seed(0)
+    chosen = set()
+    for ratio in (1.0, 0.75, 0.5, 0.25):
+        for _ in range(25):
+            noise, loss, _ = sample_trace_state(steps, 4, ratio, generator=gen, untrained=untrained)
+            assert loss.any() and not (loss & untrained).any()
+            chosen.add(int(loss.nonzero()[0]) // 4)
+            assert noise[8:].all()  # the visited canvas still has the later blocks masked: same state as decoding
+    assert chosen == {0, 1}
+    # block-causal families train every block at once; the capped padding leaves the loss there too
+    noise, loss, _ = sample_trace_state(steps, 4, 1.0, all_blocks=True, untrained=untrained)
+    assert noise.all() and loss.tolist() == [True] * 8 + [False] * 8
+
+
+def test_nothing_untrained_draws_the_same_states():
+    """Without trailing EOS the cap changes no draw: states stay reproducible across the change."""
+    _, steps = _padded_trajectory(content=16)
+    for seed in range(5):
+        a = sample_trace_state(steps, 4, 0.5, generator=torch.Generator().manual_seed(seed))
+        b = sample_trace_state(
+            steps, 4, 0.5, generator=torch.Generator().manual_seed(seed), untrained=torch.zeros(16, dtype=torch.bool)
+        )
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_collator_caps_trailing_eos_like_t3d_post_num():
+    completion, steps = _padded_trajectory()
+    feature = {"prompt_ids": [5, 6], "completion_ids": completion, "step_map": steps, "block_length": 4}
+    capped = DDODataCollator(pad_token_id=PAD, mask_token_id=MASK, eos_token_ids=[EOS], max_trailing_eos_tokens=2)
+    uncapped = DDODataCollator(pad_token_id=PAD, mask_token_id=MASK, eos_token_ids=[EOS])
+    capped_loss = torch.stack([capped([feature])["loss_mask"][0] for _ in range(40)])
+    uncapped_loss = torch.stack([uncapped([feature])["loss_mask"][0] for _ in range(40)])
+    assert not capped_loss[:, 8:].any() and capped_loss.any(-1).all()
+    assert uncapped_loss[:, 8:].any()  # before: forwards spent on blocks of nothing but padding
+    with pytest.raises(ValueError, match="max_trailing_eos_tokens"):
+        DDODataCollator(pad_token_id=PAD, mask_token_id=MASK, max_trailing_eos_tokens=-1)

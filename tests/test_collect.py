@@ -337,3 +337,25 @@ def test_dataset_card_and_push_to_hub_mocked(model, tok, monkeypatch):
     assert (repo_id, repo_type) == ("me/traj", "dataset")
     assert files == ["README.md", "data/train-00000-of-00001.parquet", "trajectory_metadata.json"]
     assert rows == ds[:] and readme == card and meta == dataset_metadata(ds)
+
+
+def test_collection_at_high_temperature_never_commits_the_mask(tok):
+    """T3D's recipes sample the teacher at 0.1; at any temperature the mask token is never a committed word, even
+    for a model that finds it the likeliest one (before, collection died with "the trajectory is incomplete")."""
+    model = testing.make_generic_mlm(tok)
+
+    def prefer_the_mask(module, inputs, output):
+        output = output.clone()
+        output[..., tok.mask_token_id] += 1000.0
+        return output
+
+    handle = model.lm_head.register_forward_hook(prefer_the_mask)
+    prompts = datasets.Dataset.from_dict({"prompt": [f"{i}+{i}=" for i in range(8)]})
+    try:
+        out = collect_trajectories(
+            model, tok, prompts, gen_config(tok, max_new_tokens=8, temperature=100.0), show_progress=False
+        )
+    finally:
+        handle.remove()
+    assert len(out) == 8 and all(len(ids) == 8 for ids in out["completion_ids"])
+    assert not any(tok.mask_token_id in ids for ids in out["completion_ids"])

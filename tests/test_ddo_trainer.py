@@ -187,8 +187,9 @@ def test_lora_targets_resolve_to_llada_names(tmp_path, tok, llada_dir, caplog):
             processing_class=tok,
             peft_config=LoraConfig(r=4, lora_alpha=8),
         )
-    assert "Gradient checkpointing is not supported" in caplog.text and not trainer.args.activation_checkpointing
-    assert not getattr(trainer.args, "activation_checkpointing", False)
+    # Loaded by `load_diffusion_lm`: the native LLaDA class, which checkpoints its blocks, so checkpointing stays on.
+    assert type(trainer.model.get_base_model()).__module__.startswith("trl_t3d.models.llada")
+    assert trainer.args.activation_checkpointing and "Gradient checkpointing is not supported" not in caplog.text
     assert trainer.adapter.name == "llada"
     targets = set(trainer.model.peft_config["default"].target_modules)
     assert targets == {"q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"}
@@ -259,9 +260,9 @@ def test_ref_sync_peft_uses_a_frozen_reference_adapter(tmp_path, tok):
     )
     trainer.train()
     model = trainer.model
-    assert "reference" in model.peft_config and model.active_adapter == "default"
+    assert "ref" in model.peft_config and model.active_adapter == "default"
     params = dict(model.named_parameters())
-    pairs = [(n, n.replace(".default.", ".reference.")) for n in params if ".default." in n]
+    pairs = [(n, n.replace(".default.", ".ref.")) for n in params if ".default." in n]
     assert pairs and all(torch.equal(params[a], params[b]) for a, b in pairs)
     assert all(params[a].requires_grad and not params[b].requires_grad for a, b in pairs)
     batch = trainer.data_collator([trainer.train_dataset[0]])
@@ -279,8 +280,14 @@ def test_bad_inputs(tmp_path, tok):
     args = config(tmp_path)
     with pytest.raises(ValueError, match="train_dataset"):
         DDOTrainer(testing.make_generic_mlm(tok), args=args, processing_class=tok)
-    no_mask = testing.make_tokenizer()
-    no_mask.mask_token = None
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    no_mask = PreTrainedTokenizerFast(  # no mask token anywhere in its vocabulary
+        tokenizer_object=Tokenizer(models.WordLevel(vocab={"<pad>": 0, "<eos>": 1, "a": 2}, unk_token="<pad>")),
+        pad_token="<pad>",
+        eos_token="<eos>",
+    )
     model = testing.make_generic_mlm(tok)
     model.config.mask_token_id = None
     with pytest.raises(ValueError, match="no mask token"):
@@ -370,3 +377,57 @@ def test_weighted_terms_sum_to_the_loss(tmp_path, tok):
 def test_bad_loss_types_name_the_fix(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         config(tmp_path, **kwargs)
+
+
+def _reference_logits(trainer, batch):
+    with torch.no_grad(), trainer._reference(trainer.model) as ref:
+        return trainer._completion_logits(ref, batch)
+
+
+def test_peft_reference_after_sync_runs_without_dropout(tmp_path, tok):
+    """The "ref" adapter copied at a sync scores deterministically in train mode, even when the policy uses dropout."""
+    from peft import LoraConfig
+
+    args = config(tmp_path, ref_sync_steps=1, max_steps=1, disable_dropout=False)
+    trainer = DDOTrainer(
+        testing.make_generic_mlm(tok),
+        args=args,
+        train_dataset=trajectories(tok),
+        processing_class=tok,
+        peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, init_lora_weights=False),
+    )
+    trainer.train()
+    assert "ref" in trainer.model.peft_config and trainer.model.peft_config["ref"].lora_dropout == 0.0
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    trainer.model.train()
+    with torch.no_grad():
+        policy = [trainer._completion_logits(trainer.model, batch) for _ in range(2)]
+    assert not torch.equal(*policy)  # the policy still trains with its dropout
+    torch.testing.assert_close(_reference_logits(trainer, batch), _reference_logits(trainer, batch), rtol=0, atol=0)
+    assert trainer.model.training and trainer.model.active_adapter == "default"
+    assert all(p.requires_grad for n, p in trainer.model.named_parameters() if ".default." in n)
+    assert not any(p.requires_grad for n, p in trainer.model.named_parameters() if ".ref." in n)
+
+
+def test_peft_model_passed_in_is_its_own_reference(tmp_path, tok):
+    """A PeftModel with a trained adapter is the teacher: the reference is a frozen copy of that adapter."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    trained = get_peft_model(testing.make_generic_mlm(tok), LoraConfig(r=4, lora_alpha=8, init_lora_weights=False))
+    trainer = DDOTrainer(trained, args=config(tmp_path), train_dataset=trajectories(tok), processing_class=tok)
+    assert trainer.ref_model is None and "ref" in trainer.model.peft_config
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    with torch.no_grad():
+        policy = trainer._completion_logits(trainer.model, batch)
+        with trainer.model.disable_adapter():
+            base = trainer._completion_logits(trainer.model, batch)
+    reference = _reference_logits(trainer, batch)
+    torch.testing.assert_close(reference, policy)
+    assert not torch.allclose(reference, base)
+    trainer.train()  # the trained adapter moves, the reference stays the adapter passed in
+    torch.testing.assert_close(_reference_logits(trainer, batch), reference)
+
+    trained.save_pretrained(str(tmp_path / "adapter"))
+    frozen = PeftModel.from_pretrained(testing.make_generic_mlm(tok), str(tmp_path / "adapter"))
+    with pytest.raises(ValueError, match="is_trainable=True"):
+        DDOTrainer(frozen, args=config(tmp_path), train_dataset=trajectories(tok), processing_class=tok)

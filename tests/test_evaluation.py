@@ -234,12 +234,16 @@ def test_task_validation_and_prompt_rendering(tokenizer):
         get_task("gsm9k")
     task = Task("t", ["1+2="], [3], "number", system_prompt="S", prompt_suffix="?")
     assert task.messages(0) == [{"role": "system", "content": "S"}, {"role": "user", "content": "1+2=?"}]
-    ids = task.prompt_ids(tokenizer)
+    # TRL's rule, as in collection and training: plain strings as they are, the chat template on request
+    assert task.prompt_ids(tokenizer)[0] == tokenizer("S1+2=?")["input_ids"]
+    assert task.prompt_ids(tokenizer, apply_chat_template=False)[0] == tokenizer("S1+2=?")["input_ids"]
+    ids = task.prompt_ids(tokenizer, apply_chat_template=True)
     expected = tokenizer.apply_chat_template(task.messages(0), add_generation_prompt=True, tokenize=True)
     expected = expected["input_ids"] if not isinstance(expected, list) else expected
     assert ids[0] == list(expected)
     assert tokenizer.decode(ids[0]) == "<|system|>S<|user|>1+2=?<|assistant|>"
-    assert task.prompt_ids(tokenizer, apply_chat_template=False)[0] == tokenizer("S1+2=?")["input_ids"]
+    conversation = Task("t", [[{"role": "user", "content": "1+2="}]], [3], "number")
+    assert tokenizer.decode(conversation.prompt_ids(tokenizer)[0]) == "<|user|>1+2=<|assistant|>"
 
 
 def test_task_from_dataset():

@@ -16,9 +16,10 @@ from trl_t3d import (
     DiffusionLMGenerationMixin,
     add_diffusion_generation,
     diffusion_generate,
+    testing,
 )
 from trl_t3d.adapters import DreamAdapter, GenericMaskedLMAdapter
-from trl_t3d.generation.sampling import commit_schedule, select_commits
+from trl_t3d.generation.sampling import commit_schedule, propose_tokens, select_commits
 
 MASK, EOS, PAD = 2, 1, 0
 
@@ -409,3 +410,56 @@ def test_public_api():
         "DiffusionAdapter",
     ):
         assert hasattr(trl_t3d, name), name
+
+
+# ---------------------------------------------------------------------------------------------- the mask is noise
+def _prefers_the_mask(model, mask_id, boost=30.0):
+    """Make the mask token the model's most likely word everywhere (an output hook on the LM head)."""
+
+    def hook(module, inputs, output):
+        output = output.clone()
+        output[..., mask_id] += boost
+        return output
+
+    return model.lm_head.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 100.0])
+def test_the_mask_token_is_never_committed(tokenizer, temperature):
+    model = testing.make_generic_mlm(tokenizer)
+    handle = _prefers_the_mask(model, tokenizer.mask_token_id, boost=30.0 * max(1.0, temperature))
+    batch = tokenizer(["12+34=", "x", "perm:abc"], return_tensors="pt", padding=True, add_special_tokens=False)
+    out = diffusion_generate(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        processing_class=tokenizer,
+        max_new_tokens=16,
+        block_length=4,
+        temperature=temperature,
+        stop_at_eos=False,
+        return_dict_in_generate=True,
+        output_step_map=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    handle.remove()
+    completion = out.sequences[:, batch["input_ids"].shape[1] :]
+    assert not (completion == tokenizer.mask_token_id).any()
+    assert (out.step_map >= 0).all() and out.nfe == 16
+
+
+def test_propose_tokens_by_hand():
+    # position 0: the mask (id 2) is the argmax; position 1: token 3. Confidence stays the model's p(x0).
+    logits = torch.tensor([[[0.0, 1.0, 5.0, 2.0], [0.0, 0.0, 0.0, 4.0]]])
+    x0, confidence = propose_tokens(logits, "low_confidence", 0.0, never_ids=(2,))
+    assert x0.tolist() == [[3, 3]]
+    torch.testing.assert_close(confidence, torch.softmax(logits.double(), -1)[..., 3])
+    # top-k 1 keeps only the mask at position 0 before exclusion; excluded first, the next word is proposed
+    x0, _ = propose_tokens(logits, "low_confidence", 0.0, top_k=1, never_ids=(2,))
+    assert x0.tolist() == [[3, 3]]
+    # at a temperature whose noise underflows (0/0 = NaN scores), an excluded token still never wins
+    for seed in range(20):
+        x0, _ = propose_tokens(
+            logits, "low_confidence", 1000.0, never_ids=(2,), generator=torch.Generator().manual_seed(seed)
+        )
+        assert 2 not in x0.tolist()[0]

@@ -7,7 +7,7 @@ from .models import register_native_models
 # LLaDA, Dream and SDAR checkpoints load with our native classes through transformers' Auto classes.
 register_native_models()
 
-from .adapters import DiffusionAdapter, get_adapter, register_adapter  # noqa: E402, F401
+from .adapters import BaseDiffusionAdapter, DiffusionAdapter, get_adapter, register_adapter  # noqa: E402, F401
 from .evaluation import (  # noqa: E402, F401
     Task,
     boxed_verifier,
@@ -25,6 +25,7 @@ from .generation import (  # noqa: E402, F401
     add_diffusion_generation,
     diffusion_generate,
 )
+from .resolved import DiffusionLM, load_diffusion_lm  # noqa: E402, F401
 
 # DDO training (trl_t3d/trainer/): imported lazily, so `import trl_t3d.adapters` does not pay for importing trl.
 _LAZY_TRAINER = ("DDOConfig", "DDOTrainer")

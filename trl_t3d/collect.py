@@ -2,7 +2,8 @@
 
 `collect_trajectories` turns a prompt dataset into a trajectory dataset (schema in `trl_t3d.trajectories`):
 
-1. prompts -> token ids (chat template for conversational prompts, as TRL does; optional reasoning suffix);
+1. prompts -> token ids by the model's one renderer (`DiffusionLM.render_prompt`: chat template for conversational
+   prompts, as TRL does; optional reasoning suffix);
 2. shards of `shard_size` prompts in dataset order; each process of an `accelerate launch` takes every n-th shard;
 3. inside a shard, prompts sorted by length and decoded in left-padded batches with
    `diffusion_generate(..., return_dict_in_generate=True, output_step_map=True)`;
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 
+from .resolved import DiffusionLM, render_prompt  # noqa: F401  (render_prompt: the one prompt renderer)
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_REASONING_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -40,74 +43,6 @@ def _prompt_source_column(column_names, prompt_column: str) -> str:
         f"The dataset has no prompt column: looked for '{prompt_column}', 'messages' and 'prompt_ids' but found "
         f"{sorted(column_names)}. Rename your prompt column (`dataset.rename_column('question', 'prompt')`) or pass "
         "`prompt_column=...` (CLI: `--prompt_column`)."
-    )
-
-
-def _is_conversation(value) -> bool:
-    return isinstance(value, list) and (not value or isinstance(value[0], dict))
-
-
-def _add_suffix_to_messages(messages: list[dict], suffix: str) -> list[dict]:
-    """Append `suffix` to the content of the last user message (a copy; the dataset is not modified)."""
-    messages = [dict(m) for m in messages]
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            message["content"] = f"{message.get('content', '')}{suffix}"
-            return messages
-    raise ValueError("`reasoning_suffix` needs a user message to append to, but the conversation has none.")
-
-
-def render_prompt(
-    value,
-    tokenizer,
-    *,
-    source_column: str = "prompt",
-    reasoning_suffix: str | None = None,
-    apply_chat_template: bool | None = None,
-) -> tuple[list[int], str | None]:
-    """Token ids (and text) of one prompt, the way TRL prepares prompts.
-
-    - a list of messages goes through the chat template with `add_generation_prompt=True` (or
-      `continue_final_message=True` when it ends with an assistant turn); a `messages` column holds whole
-      conversations, so its trailing assistant turns (the reference answer) are removed first;
-    - a plain string is used as is, unless `apply_chat_template=True` (then it becomes one user message);
-    - `prompt_ids` are used as they are (no suffix can be added to ids).
-    """
-    if source_column == "prompt_ids":
-        if reasoning_suffix:
-            raise ValueError("`reasoning_suffix` cannot be added to a `prompt_ids` column; give text prompts.")
-        return [int(t) for t in value], None
-    if isinstance(value, str) and apply_chat_template:
-        value = [{"role": "user", "content": value}]
-    if _is_conversation(value):
-        messages = list(value)
-        if source_column == "messages":
-            while messages and messages[-1].get("role") == "assistant":
-                messages.pop()
-        if not messages:
-            raise ValueError("A conversational prompt is empty (no message before the assistant's answer).")
-        if reasoning_suffix:
-            messages = _add_suffix_to_messages(messages, reasoning_suffix)
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError(
-                "Conversational prompts need a chat template, but the tokenizer has none. Set "
-                "`tokenizer.chat_template`, or give plain-string prompts."
-            )
-        continue_final = messages[-1].get("role") == "assistant"
-        text = tokenizer.apply_chat_template(
-            messages,
-            tokenize=False,
-            add_generation_prompt=not continue_final,
-            continue_final_message=continue_final,
-        )
-        # The template already carries BOS and friends: do not add special tokens twice.
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"]), text
-    if isinstance(value, str):
-        text = value + (reasoning_suffix or "")
-        return list(tokenizer(text)["input_ids"]), text
-    raise ValueError(
-        f"Unsupported prompt of type {type(value).__name__} in column '{source_column}': expected a string or a list "
-        "of {'role': ..., 'content': ...} messages."
     )
 
 
@@ -196,9 +131,7 @@ def _model_device(model) -> torch.device:
 
 # ------------------------------------------------------------------------------------------------ decoding
 def _decode_shard(
-    model,
-    tokenizer,
-    adapter,
+    resolved: DiffusionLM,
     generation_config,
     prompts: list[list[int]],
     *,
@@ -211,6 +144,7 @@ def _decode_shard(
     """Decode one shard's prompts (sorted by length inside the shard) and return rows in the shard's order."""
     from .generation import diffusion_generate
 
+    model, adapter = resolved.model, resolved.adapter
     device = _model_device(model)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     rows: list[dict | None] = [None] * len(prompts)
@@ -228,7 +162,7 @@ def _decode_shard(
                 attention_mask=attention_mask,
                 generation_config=generation_config,
                 adapter=adapter,
-                processing_class=tokenizer,
+                processing_class=resolved.tokenizer,
                 generator=generator,
                 return_dict_in_generate=True,
                 output_step_map=True,
@@ -291,7 +225,8 @@ def collect_trajectories(
     """Decode every prompt of `dataset` with the teacher and return the trajectory dataset.
 
     Args:
-        model: the teacher (a DLLM of a family `trl_t3d.adapters` knows, in eval mode).
+        model: the teacher: a `DiffusionLM` (`trl_t3d.load_diffusion_lm`; then `processing_class` and `adapter`
+            stay None), or a loaded DLLM of a family `trl_t3d.adapters` knows.
         processing_class: its tokenizer (or a processor with a `.tokenizer`).
         dataset (`datasets.Dataset`): prompts in `prompt_column` (strings or message lists), or `messages`
             (conversations; the trailing assistant turn is dropped), or `prompt_ids`.
@@ -332,7 +267,6 @@ def collect_trajectories(
     from tqdm.auto import tqdm
 
     from . import __version__
-    from .adapters import get_adapter
 
     if not isinstance(dataset, datasets.Dataset):
         raise TypeError(f"`dataset` must be a `datasets.Dataset`, got {type(dataset).__name__}.")
@@ -340,12 +274,14 @@ def collect_trajectories(
         raise ValueError(f"`batch_size` and `shard_size` must be >= 1, got {batch_size} and {shard_size}.")
     if len(dataset) == 0:
         raise ValueError("The prompt dataset is empty.")
-    tokenizer = getattr(processing_class, "tokenizer", processing_class)
     source_column = _prompt_source_column(dataset.column_names, prompt_column)
     missing = [c for c in keep_columns or [] if c not in dataset.column_names]
     if missing:
         raise ValueError(f"`keep_columns` {missing} are not in the dataset (columns: {sorted(dataset.column_names)}).")
-    adapter = get_adapter(model, adapter, tokenizer=tokenizer, mask_token_id=_get(generation_config, "mask_token_id"))
+    resolved = DiffusionLM.from_model(
+        model, processing_class, adapter=adapter, mask_token_id=_get(generation_config, "mask_token_id")
+    )
+    model, tokenizer, adapter = resolved.model, resolved.tokenizer, resolved.adapter
     if adapter.pad_token_id is None:
         raise ValueError("No pad token: set `tokenizer.pad_token` (e.g. to the EOS token) to batch prompts.")
     max_new_tokens = _get(generation_config, "max_new_tokens")
@@ -361,9 +297,8 @@ def collect_trajectories(
     # 1. Prompts -> ids, in dataset order
     prompt_ids, prompt_texts = [], []
     for value in dataset[source_column]:
-        ids, text = render_prompt(
+        ids, text = resolved.render_prompt_and_text(
             value,
-            tokenizer,
             source_column=source_column,
             reasoning_suffix=reasoning_suffix,
             apply_chat_template=apply_chat_template,
@@ -418,9 +353,7 @@ def collect_trajectories(
     try:
         for k in todo:
             rows = _decode_shard(
-                model,
-                tokenizer,
-                adapter,
+                resolved,
                 generation_config,
                 prompt_ids[k * shard_size : (k + 1) * shard_size],
                 batch_size=batch_size,

@@ -21,6 +21,8 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 
+from .resolved import render_prompt
+
 logger = logging.getLogger(__name__)
 
 TRAJECTORY_COLUMNS = ("prompt_ids", "completion_ids", "step_map", "block_length")
@@ -179,17 +181,11 @@ def _tokenize_text(example, tokenizer, index) -> dict:
     """Token ids for a text example: chat prompts through the chat template, completions without special tokens."""
     out = {}
     if "prompt_ids" not in example or example.get("prompt_ids") is None:
-        prompt = example.get("prompt", example.get("messages"))
-        if prompt is None:
+        column = "prompt" if example.get("prompt") is not None else "messages"
+        if example.get(column) is None:
             raise ValueError(f"Example {index}: neither `prompt_ids` nor `prompt`/`messages` is present.")
-        if isinstance(prompt, list):
-            out["prompt_ids"] = list(
-                tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)[
-                    "input_ids"
-                ]
-            )
-        else:
-            out["prompt_ids"] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        # The one renderer collection and evaluation use, so a prompt is the same token ids everywhere.
+        out["prompt_ids"] = render_prompt(example[column], tokenizer, source_column=column)[0]
     if "completion_ids" not in example or example.get("completion_ids") is None:
         completion = example.get("completion")
         if completion is None:

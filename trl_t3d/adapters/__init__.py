@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from .base import DiffusionAdapter, position_ids_from_mask
+from .base import BaseDiffusionAdapter, DiffusionAdapter, position_ids_from_mask
 from .block_diffusion import BlockDiffusionAdapter, LLaDA2Adapter
 from .diffusion_gemma import DiffusionGemmaAdapter
 from .families import DreamAdapter, GenericMaskedLMAdapter, LLaDAAdapter
-from .registry import ADAPTERS, get_adapter, register_adapter, resolve_adapter_class
+from .registry import ADAPTERS, get_adapter, is_causal, register_adapter, resolve_adapter_class
 
 __all__ = [
     "ADAPTERS",
+    "BaseDiffusionAdapter",
     "BlockDiffusionAdapter",
     "LLaDA2Adapter",
     "DiffusionAdapter",
@@ -18,6 +19,7 @@ __all__ = [
     "GenericMaskedLMAdapter",
     "LLaDAAdapter",
     "get_adapter",
+    "is_causal",
     "position_ids_from_mask",
     "register_adapter",
     "resolve_adapter_class",

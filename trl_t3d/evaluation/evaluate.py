@@ -30,10 +30,6 @@ REPORT_NAME = "few_step_eval.json"
 PLOT_NAME = "few_step_eval.png"
 
 
-def _tokenizer_of(processing_class):
-    return getattr(processing_class, "tokenizer", None) or processing_class
-
-
 def _base_config(model, task: Task, generation_config, overrides: dict):
     """The base decoding settings: `generation_config` (or the model's), task defaults, then explicit overrides."""
     from ..generation import DiffusionGenerationConfig
@@ -84,8 +80,9 @@ def evaluate_few_step(
     """Decode every prompt of `task` at each budget of `tokens_per_step` and score it with the task's verifier.
 
     Args:
-        model: a diffusion LM of a family `trl_t3d.adapters` knows (eval mode is set here).
-        processing_class: its tokenizer; prompts go through its chat template when it has one.
+        model: a `DiffusionLM` (`trl_t3d.load_diffusion_lm`; then `processing_class` and `adapter` stay None), or a
+            diffusion LM of a family `trl_t3d.adapters` knows (eval mode is set here).
+        processing_class: its tokenizer. Prompts are rendered as in collection and training (`apply_chat_template`).
         task (`Task`): prompts, references and verifier.
         tokens_per_step: budgets to compare (each must be <= the block length).
         generation_config: base `DiffusionGenerationConfig` (or dict); defaults to the model's, else the task's
@@ -119,9 +116,11 @@ def evaluate_few_step(
         task = task.subset(range(min(num_examples, len(task))))
     if len(task) == 0:
         raise ValueError(f"Task '{task.name}' has no prompts.")
-    tokenizer = _tokenizer_of(processing_class)
+    from ..resolved import DiffusionLM
+
+    inner = model.model if isinstance(model, DiffusionLM) else model
     base = _base_config(
-        model,
+        inner,
         task,
         generation_config,
         dict(max_new_tokens=max_new_tokens, block_length=block_length, temperature=temperature, remasking=remasking),
@@ -132,13 +131,16 @@ def evaluate_few_step(
             f"tokens_per_step {too_large} exceed block_length={base.resolved_block_length}: a step cannot commit more "
             f"than a block. Use a block_length >= {max(budgets)} or drop those budgets."
         )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = base.eos_token_id if base.eos_token_id is not None else tokenizer.eos_token_id
+    # One resolved model: its special ids and prompt renderer are the ones collection and training use.
+    resolved = DiffusionLM.from_model(model, processing_class, adapter=adapter, mask_token_id=base.mask_token_id)
+    model, tokenizer = resolved.model, resolved.tokenizer
+    pad_id = base.pad_token_id if base.pad_token_id is not None else resolved.pad_token_id
+    eos_ids = base.eos_token_id if base.eos_token_id is not None else resolved.eos_token_ids
     eos_ids = set(eos_ids if isinstance(eos_ids, (list, tuple)) else [eos_ids]) - {None}
 
     model.eval()
     device = next(model.parameters()).device
-    prompts = task.prompt_ids(tokenizer, apply_chat_template=apply_chat_template)
+    prompts = task.prompt_ids(resolved, apply_chat_template=apply_chat_template)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     model_name = model_name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
 
@@ -170,7 +172,7 @@ def evaluate_few_step(
                 input_ids.to(device),
                 attention_mask.to(device),
                 config,
-                adapter=adapter,
+                adapter=resolved.adapter,
                 processing_class=tokenizer,
                 generator=generator,
             )

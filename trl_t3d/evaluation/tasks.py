@@ -36,8 +36,9 @@ class Task:
 
     Args:
         name (`str`): name used in reports and plots.
-        prompts (`list[str]` or `list[list[dict]]`): plain strings (wrapped as one user message when the tokenizer has
-            a chat template) or conversations (`[{"role": "user", "content": ...}, ...]`).
+        prompts (`list[str]` or `list[list[dict]]`): plain strings (rendered as they are, or as one user message with
+            `apply_chat_template=True`) or conversations (`[{"role": "user", "content": ...}, ...]`, rendered with the
+            chat template), by the same rule as collection and training (`trl_t3d.resolved.render_prompt`).
         references (`list`): what the verifier compares each completion with (a number, a string, a set of valid
             answers, a predicate...).
         verifier (`str` or callable): `verifier(completion: str, reference) -> bool`, or a name of
@@ -93,29 +94,25 @@ class Task:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         return messages
 
-    def prompt_ids(self, tokenizer, apply_chat_template: bool | None = None) -> list[list[int]]:
-        """Token ids of every prompt, ready for decoding (no padding).
+    def prompt(self, index: int, apply_chat_template: bool | None = None):
+        """Prompt `index` as `trl_t3d.resolved.render_prompt` takes it: the conversation (`messages`) when the task's
+        prompt is one or `apply_chat_template=True`, else the plain text (system prompt, prompt and suffix joined)."""
+        use_template = isinstance(self.prompts[index], list) if apply_chat_template is None else apply_chat_template
+        messages = self.messages(index)
+        return messages if use_template else "".join(m.get("content", "") for m in messages)
 
-        `apply_chat_template=None` uses the chat template when the tokenizer has one (with the generation prompt),
-        else the raw text (system prompt and suffix simply concatenated).
+    def prompt_ids(self, tokenizer, apply_chat_template: bool | None = None) -> list[list[int]]:
+        """Token ids of every prompt, ready for decoding (no padding), by the renderer collection and training use.
+
+        `tokenizer` is a tokenizer or a `DiffusionLM`. `apply_chat_template=None` follows TRL: the chat template for
+        conversational prompts only; `True`: plain strings too (as one user message); `False`: never.
         """
-        use_template = (
-            bool(getattr(tokenizer, "chat_template", None))
-            if apply_chat_template is None
-            else bool(apply_chat_template)
-        )
-        if use_template and not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                "`apply_chat_template=True` but the tokenizer has no chat template. Set `tokenizer.chat_template` or "
-                "pass `apply_chat_template=False`."
-            )
-        conversations = [self.messages(i) for i in range(len(self))]
-        if use_template:
-            texts = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
-        else:
-            texts = ["".join(m.get("content", "") for m in messages) for messages in conversations]
-        ids = [list(map(int, row)) for row in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-        return ids
+        from ..resolved import DiffusionLM, render_prompt
+
+        if isinstance(tokenizer, DiffusionLM):
+            return [tokenizer.render_prompt(self.prompt(i, apply_chat_template)) for i in range(len(self))]
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+        return [render_prompt(self.prompt(i, apply_chat_template), tokenizer)[0] for i in range(len(self))]
 
     def subset(self, indices: Sequence[int]) -> Task:
         """A task over the given prompt indices (e.g. the first n for a quick run)."""

@@ -17,7 +17,7 @@ from transformers.utils import ModelOutput
 
 from ..adapters import get_adapter
 from .config import DiffusionGenerationConfig
-from .sampling import confidence_of, filter_logits, gumbel_max_scores, select_commits
+from .sampling import propose_tokens, select_commits
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +99,12 @@ class BlockCacheSession:
 
 def make_session(model, adapter, prompt_ids, prompt_attention_mask, completion_length, block_length, use_cache):
     """The adapter's own decoding session when it has one, else the block cache or the plain loop."""
-    hook = getattr(adapter, "decoding_session", None)
-    if hook is not None:
-        session = hook(model, prompt_ids, prompt_attention_mask, completion_length, block_length, use_cache)
-        if session is not None:
-            return session
-    if use_cache and adapter.block_causal and hasattr(adapter, "cached_forward"):
+    session = adapter.decoding_session(
+        model, prompt_ids, prompt_attention_mask, completion_length, block_length, use_cache
+    )
+    if session is not None:
+        return session
+    if use_cache and adapter.supports_block_cache:
         return BlockCacheSession(model, adapter, prompt_ids, prompt_attention_mask, block_length, completion_length)
     return FullSequenceSession(model, adapter, prompt_ids, prompt_attention_mask, block_length)
 
@@ -147,15 +147,6 @@ def _resolve_adapter(model, adapter, processing_class, mask_token_id):
         adapter = copy.copy(adapter)
         adapter.mask_token_id = int(mask_token_id)
     return adapter
-
-
-def _trained_block_length(model, adapter) -> int | None:
-    """The block size the model was trained with: the adapter's answer (DiffusionGemma: `canvas_length`), else
-    `config.block_size` (SDAR)."""
-    hook = getattr(adapter, "trained_block_length", None)
-    if hook is not None:
-        return hook(model)
-    return getattr(getattr(model, "config", None), "block_size", None)
 
 
 def _as_list(value) -> list[int]:
@@ -259,7 +250,7 @@ def diffusion_generate(
     config = resolve_generation_config(model, generation_config, kwargs)
     adapter = _resolve_adapter(model, adapter, processing_class, config.mask_token_id)
     if config.block_length is None and adapter.block_causal:
-        trained_block = _trained_block_length(model, adapter)
+        trained_block = adapter.trained_block_length(model)
         if trained_block and config.max_new_tokens % int(trained_block) == 0:
             config.block_length = int(trained_block)  # decode with the block size the model was trained with
             config.validate()
@@ -267,6 +258,7 @@ def diffusion_generate(
     pad_id = config.pad_token_id if config.pad_token_id is not None else adapter.pad_token_id
     fill_id = pad_id if pad_id is not None else (eos_ids[0] if eos_ids else None)
     stop_at_eos = bool(config.stop_at_eos) and bool(eos_ids) and fill_id is not None
+    never_ids = (adapter.mask_token_id,) if adapter.noise == "mask" else ()  # the mask is noise, never a prediction
 
     # 2. Inputs.
     _check_inputs(input_ids, attention_mask, adapter, pad_id)
@@ -300,9 +292,15 @@ def diffusion_generate(
             if step_callback is not None:
                 step_callback(nfe, canvas.clone(), undecided.clone())
             logits = session.block_logits(canvas, start, end)
-            logits = filter_logits(logits, config.top_k, config.top_p)
-            x0 = gumbel_max_scores(logits, float(config.temperature), generator).argmax(-1)
-            confidence = confidence_of(logits, x0, config.remasking, generator)
+            x0, confidence = propose_tokens(
+                logits,
+                config.remasking,
+                float(config.temperature),
+                top_k=config.top_k,
+                top_p=config.top_p,
+                never_ids=never_ids,
+                generator=generator,
+            )
             counts = torch.full((batch,), num_to_commit, dtype=torch.long, device=device)
             commit = select_commits(confidence, block_undecided, counts, threshold)
             canvas[:, start:end] = torch.where(commit, x0, canvas[:, start:end])

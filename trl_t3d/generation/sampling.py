@@ -75,6 +75,37 @@ def confidence_of(
     raise ValueError(f"Unknown remasking policy {remasking!r}.")
 
 
+def propose_tokens(
+    logits: torch.Tensor,
+    remasking: str,
+    temperature: float = 0.0,
+    *,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    never_ids: tuple[int, ...] | list[int] = (),
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One denoising step's proposal: the token x0 of every position and its confidence, shapes (B, L).
+
+    Tokens in `never_ids` (the mask token: noise, not a word) are never proposed, however likely the model finds them
+    and at any temperature. Without top-k/top-p the confidence is the model's own probability of x0, exactly as
+    LLaDA's reference; with them, the probability under the filtered candidates x0 was drawn from.
+    """
+    candidates = logits
+    if never_ids:
+        ids = torch.tensor([int(i) for i in never_ids], device=logits.device)
+        candidates = candidates.index_fill(-1, ids[ids < logits.shape[-1]], float("-inf"))
+    filtered = (top_k is not None and top_k < logits.shape[-1]) or (top_p is not None and top_p < 1.0)
+    if filtered:
+        candidates = filter_logits(candidates, top_k, top_p)
+    scores = gumbel_max_scores(candidates, temperature, generator)
+    if temperature != 0:  # exp(-inf) / noise^T is 0 or, when the noise underflows, NaN (which argmax would pick)
+        scores = scores.masked_fill(candidates == float("-inf"), float("-inf"))
+    x0 = scores.argmax(-1)
+    confidence = confidence_of(candidates if filtered else logits, x0, remasking, generator)
+    return x0, confidence
+
+
 def select_commits(
     confidence: torch.Tensor, undecided: torch.Tensor, num_to_commit: torch.Tensor, threshold: float | None = None
 ) -> torch.Tensor:

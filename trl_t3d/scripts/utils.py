@@ -202,43 +202,31 @@ def load_diffusion_model(
     dtype="auto",
     attn_implementation: str | None = None,
     quantization_config=None,
+    processing_class=None,
 ):
-    """Load a DLLM with its family's auto class (AutoModel for LLaDA/Dream, AutoModelForCausalLM for SDAR...).
+    """The model of `trl_t3d.load_diffusion_lm`, the one loader (family detection, native classes, the mask id).
 
     An unknown family raises the registry's error, which lists the supported families and how to pass one.
     """
-    import torch
-    import transformers
-    from transformers import AutoConfig
+    from ..resolved import load_diffusion_lm
 
-    from ..adapters import resolve_adapter_class
-
-    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code, revision=revision)
-    family = resolve_adapter_class(config, adapter)
-    kwargs = dict(trust_remote_code=trust_remote_code, revision=revision, dtype=resolve_dtype(dtype))
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    if quantization_config is not None:
-        from accelerate import PartialState
-
-        kwargs["quantization_config"] = quantization_config
-        if torch.cuda.is_available():
-            kwargs["device_map"] = {"": PartialState().local_process_index}
-    auto_class = getattr(transformers, family.auto_class)
-    return auto_class.from_pretrained(model_name_or_path, **kwargs).eval()
+    return load_diffusion_lm(
+        model_name_or_path,
+        adapter=adapter,
+        trust_remote_code=trust_remote_code,
+        revision=revision,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        quantization_config=quantization_config,
+        processing_class=processing_class,
+    ).model.eval()
 
 
 def load_tokenizer(model_name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None):
-    """The model's tokenizer, left padded (prompts are left padded for batched decoding)."""
-    from transformers import AutoTokenizer
+    """The model's tokenizer, left padded (prompts are left padded for batched decoding); see `load_diffusion_lm`."""
+    from ..resolved import load_tokenizer as _load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_name_or_path, trust_remote_code=trust_remote_code, revision=revision
-    )
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return _load_tokenizer(model_name_or_path, trust_remote_code=trust_remote_code, revision=revision)
 
 
 def make_generation_config(**kwargs):
@@ -276,6 +264,7 @@ def load_model_and_tokenizer(model_args: TeacherArguments):
         revision=None if lora_base else model_args.model_revision,
         dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation,
+        processing_class=tokenizer,
     )
     if lora_base:
         from peft import PeftModel

@@ -40,6 +40,20 @@ def decode_ranks(step_map: torch.Tensor, block_length: int) -> torch.Tensor:
     return ranks.flatten()[:length]
 
 
+def capped_trailing_eos(
+    completion: torch.Tensor | Sequence[int], eos_token_ids: Sequence[int], max_trailing_eos_tokens: int | None
+) -> torch.Tensor:
+    """Boolean (L,) of the positions no loss should cover: past a completion's first EOS, the EOS/padding tokens
+    beyond the first `max_trailing_eos_tokens` of them (T3D's `post_num`). Bidirectional families keep the whole
+    canvas, so a 1024-token canvas holding a 300-token answer is mostly such padding. `None` caps nothing."""
+    completion = torch.as_tensor(completion, dtype=torch.long)
+    if max_trailing_eos_tokens is None or not len(eos_token_ids):
+        return torch.zeros(completion.shape, dtype=torch.bool)
+    is_eos = torch.isin(completion, torch.as_tensor(list(eos_token_ids), dtype=torch.long))
+    trailing = is_eos & (is_eos.long().cumsum(-1) > 1)  # EOS/padding after the first EOS
+    return trailing & (trailing.long().cumsum(-1) > max_trailing_eos_tokens)
+
+
 def sample_trace_state(
     step_map: torch.Tensor | Sequence[int],
     block_length: int,
@@ -48,6 +62,7 @@ def sample_trace_state(
     all_blocks: bool = False,
     block_index: int | None = None,
     generator: torch.Generator | None = None,
+    untrained: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One state x_t of a trajectory: `(noise_mask, loss_mask, decode_rank)`, each of shape (L,).
 
@@ -58,6 +73,9 @@ def sample_trace_state(
     tied with them. With `all_blocks=False` (bidirectional) one block is chosen (uniformly, or `block_index`) and
     the whole completion is set to the decoder's canvas just before that block's threshold step; with
     `all_blocks=True` (block-causal) each block gets its own threshold and the loss covers all blocks.
+
+    `untrained` (L,) marks positions the loss never covers (`capped_trailing_eos`); a block whose masked tokens are
+    all such positions is never chosen, so no forward is spent on it.
     """
     step_map = torch.as_tensor(step_map, dtype=torch.long)
     length = step_map.shape[0]
@@ -74,15 +92,21 @@ def sample_trace_state(
     threshold_rank = sizes - num_masked
     is_threshold = ranks == threshold_rank[block_of]
     thresholds = torch.zeros(num_blocks, dtype=torch.long).scatter_(0, block_of[is_threshold], step_map[is_threshold])
+    trained = torch.ones(length, dtype=torch.bool) if untrained is None else ~untrained.bool()
+    masked_in_block = step_map >= thresholds[block_of]  # each block's masked set at its own threshold
     if all_blocks:
-        noise_mask = step_map >= thresholds[block_of]
-        return noise_mask, noise_mask.clone(), ranks
+        return masked_in_block, masked_in_block & trained, ranks
     if block_index is None:
-        block_index = int(torch.randint(num_blocks, (1,), generator=generator))
+        # Uniform over the blocks with something to train (every block when nothing is untrained).
+        useful = (
+            torch.zeros(num_blocks, dtype=torch.long).index_add_(0, block_of, (masked_in_block & trained).long()) > 0
+        )
+        candidates = useful.nonzero().flatten() if bool(useful.any()) else torch.arange(num_blocks)
+        block_index = int(candidates[int(torch.randint(candidates.numel(), (1,), generator=generator))])
     if not 0 <= block_index < num_blocks:
         raise ValueError(f"`block_index` {block_index} is outside the {num_blocks} blocks of this trajectory.")
     noise_mask = step_map >= thresholds[block_index]
-    loss_mask = noise_mask & (block_of == block_index)
+    loss_mask = noise_mask & (block_of == block_index) & trained
     return noise_mask, loss_mask, ranks
 
 
@@ -104,6 +128,9 @@ class DDODataCollator:
         random_token_ratio: share of the masked set (at least one token when > 0) given uniform random tokens.
         vocab_size: range of random tokens (required when `random_token_ratio > 0` or `noise="uniform"`).
         noise: "mask" (absorbing) or "uniform".
+        eos_token_ids / max_trailing_eos_tokens: past a completion's first EOS, only the first
+            `max_trailing_eos_tokens` EOS/padding tokens (`eos_token_ids` and the pad id) are trained (T3D's
+            `post_num`), and a bidirectional block with nothing else to train is never drawn. `None`: no cap.
         seed: seed of the collator's own `torch.Generator` (the states are reproducible).
     """
 
@@ -117,6 +144,8 @@ class DDODataCollator:
     vocab_size: int | None = None
     noise: str = "mask"
     seed: int = 0
+    eos_token_ids: Sequence[int] = ()
+    max_trailing_eos_tokens: int | None = None
     generator: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -126,6 +155,8 @@ class DDODataCollator:
             raise ValueError(f"pad_token_id == mask_token_id == {self.pad_token_id}: use a distinct pad token.")
         if not 0 <= self.random_token_ratio <= 1:
             raise ValueError(f"`random_token_ratio` must be in [0, 1], got {self.random_token_ratio}.")
+        if self.max_trailing_eos_tokens is not None and self.max_trailing_eos_tokens < 0:
+            raise ValueError(f"`max_trailing_eos_tokens` must be >= 0 or None, got {self.max_trailing_eos_tokens}.")
         if (self.random_token_ratio > 0 or self.noise == "uniform") and not self.vocab_size:
             raise ValueError("`vocab_size` is required for random tokens (random_token_ratio > 0 or uniform noise).")
         self.ratio_probs = mask_ratio_probabilities(self.mask_ratios, self.mask_ratio_exponent)
@@ -167,8 +198,16 @@ class DDODataCollator:
             x0[i, :n] = completion
             completion_mask[i, :n] = 1
             ratio = float(self.mask_ratios[int(torch.multinomial(self.ratio_probs, 1, generator=self.generator))])
+            untrained = capped_trailing_eos(
+                completion, [*self.eos_token_ids, self.pad_token_id], self.max_trailing_eos_tokens
+            )
             noise, loss, rank = sample_trace_state(
-                feature["step_map"], block_length, ratio, all_blocks=self.block_causal, generator=self.generator
+                feature["step_map"],
+                block_length,
+                ratio,
+                all_blocks=self.block_causal,
+                generator=self.generator,
+                untrained=untrained,
             )
             noise_mask[i, :n], loss_mask[i, :n], decode_rank[i, :n] = noise, loss, rank
             # Every draw of example i happens here, in order, so a batch of 2 and two batches of 1 see equal states.

@@ -65,6 +65,11 @@ class DDOConfig(_BaseConfig):
         random_token_ratio (`float`, *optional*, defaults to `0.1`):
             Share of the masked set given uniform random tokens instead of the mask token (at least one per example
             when > 0); the loss still covers them.
+        max_trailing_eos_tokens (`int` or `None`, *optional*, defaults to `2`):
+            Past a completion's first EOS, how many EOS/padding tokens are still trained (T3D's `post_num`).
+            Bidirectional families decode the whole canvas (e.g. 1024 tokens for a 300-token answer), so most blocks
+            can be pure trailing EOS: later ones never enter the loss, and a block with nothing else to train is never
+            drawn, so no forward is spent on it. `None` trains every position.
 
         > Parameters that control the loss
 
@@ -94,7 +99,7 @@ class DDOConfig(_BaseConfig):
 
         ref_sync_steps (`int`, *optional*, defaults to `0`):
             Every this many optimizer steps the reference becomes the current policy (full: weights copied; PEFT: a
-            frozen "reference" adapter receives the trained adapter). 0 = frozen teacher. T3D uses 10.
+            frozen "ref" adapter receives the trained adapter). 0 = frozen teacher. T3D uses 10.
         recollect_each_round (`bool`, *optional*, defaults to `False`):
             With a prompt-only dataset and `ref_sync_steps > 0`, collect fresh trajectories with the new reference at
             each round.
@@ -163,6 +168,9 @@ class DDOConfig(_BaseConfig):
     )
     mask_ratio_exponent: float = field(default=8.0, metadata={"help": "p(r) ∝ r^exponent."})
     random_token_ratio: float = field(default=0.1, metadata={"help": "Share of masked positions given random tokens."})
+    max_trailing_eos_tokens: int | None = field(
+        default=2, metadata={"help": "EOS/padding tokens trained past a completion's first EOS (T3D's post_num)."}
+    )
 
     # Loss
     loss_type: list[str] = field(
@@ -211,6 +219,10 @@ class DDOConfig(_BaseConfig):
             raise ValueError(f"`mask_ratios` must be values in (0, 1], got {self.mask_ratios}.")
         if not 0 <= self.random_token_ratio <= 1:
             raise ValueError(f"`random_token_ratio` must be in [0, 1], got {self.random_token_ratio}.")
+        if self.max_trailing_eos_tokens is not None and self.max_trailing_eos_tokens < 0:
+            raise ValueError(
+                f"`max_trailing_eos_tokens` must be >= 0 (or None for no cap), got {self.max_trailing_eos_tokens}."
+            )
         if self.reference_temperature < 0:
             raise ValueError(f"`reference_temperature` must be >= 0, got {self.reference_temperature}.")
         if self.ref_sync_steps < 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -20,12 +21,12 @@ import torch
 import transformers
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl.trainer.base_trainer import _BaseTrainer
-from trl.trainer.utils import disable_dropout_in_model
+from trl.trainer.callbacks import SyncRefModelCallback
+from trl.trainer.utils import disable_dropout_in_model, use_adapter
 
-from ..adapters import get_adapter, resolve_adapter_class
 from ..losses import (
     certainty_loss,
     ddo_loss,
@@ -36,33 +37,26 @@ from ..losses import (
     picked_token_logps,
     sample_fake_tokens,
 )
-from ..trajectories import dataset_metadata, is_prompt_only, prepare_trajectory_dataset, resolve_special_ids
+from ..resolved import DiffusionLM, load_diffusion_lm
+from ..trajectories import dataset_metadata, is_prompt_only, prepare_trajectory_dataset
 from .collator import DDODataCollator
 from .ddo_config import DDOConfig
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_ADAPTER = "reference"
+REFERENCE_ADAPTER = "ref"  # TRL's name (DPOTrainer) for the frozen copy of a trained adapter
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _load_model(model_id: str, args: DDOConfig):
-    """Load with the family adapter's auto class (AutoModel for LLaDA/Dream, AutoModelForCausalLM otherwise)."""
+def _load(model_id: str, args: DDOConfig, adapter, processing_class) -> DiffusionLM:
+    """`load_diffusion_lm` with `args.model_init_kwargs` (dtype, quantization_config, ...), family and mask id."""
     kwargs = dict(args.model_init_kwargs or {})
     kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-    config = AutoConfig.from_pretrained(
-        model_id, trust_remote_code=kwargs["trust_remote_code"], revision=kwargs.get("revision")
-    )
-    auto_class = getattr(transformers, resolve_adapter_class(config, args.adapter).auto_class)
-    dtype = kwargs.get("dtype")
-    if isinstance(dtype, str) and dtype not in ("auto",):
-        kwargs["dtype"] = getattr(torch, dtype)
-    quant = kwargs.get("quantization_config")
-    if isinstance(quant, dict):
-        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(**quant)
     if args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
-        kwargs["device_map"] = None
-    return auto_class.from_pretrained(model_id, **kwargs)
+        kwargs.pop("device_map", None)  # every process holds the whole model; accelerate places it
+    return load_diffusion_lm(
+        model_id, adapter=adapter, mask_token_id=args.mask_token_id, processing_class=processing_class, **kwargs
+    )
 
 
 def _refuse_merging(peft_model, reason: str) -> None:
@@ -122,12 +116,6 @@ def _vocabulary_heads(model) -> list[str]:
     ]
 
 
-def _lora_layers(model):
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-
-
 def _gathered(params):
     """Gather ZeRO-3 partitioned parameters for a read/write (a no-op context without ZeRO-3)."""
     if is_deepspeed_zero3_enabled():
@@ -154,10 +142,27 @@ class _SwappableDataset(torch.utils.data.Dataset):
         return self.dataset[index % len(self.dataset)]
 
 
-class RefSyncCallback(TrainerCallback):
-    """Multi-round self-play: every `ref_sync_steps` optimizer steps the reference becomes the current policy."""
+@contextlib.contextmanager
+def _without_dropout(module):
+    """Score without dropout, as the frozen copy does in eval mode, yet keep train mode: in eval mode some layers
+    change more than dropout (bitsandbytes repacks 4-bit weights for CPU inference)."""
+    dropouts = [(m, m.p) for m in module.modules() if isinstance(m, torch.nn.Dropout) and m.p]
+    for m, _ in dropouts:
+        m.p = 0.0
+    try:
+        yield module
+    finally:
+        for m, p in dropouts:
+            m.p = p
+
+
+class DDOSyncRefModelCallback(SyncRefModelCallback):
+    """TRL's reference sync for multi-round self-play: every `ref_sync_steps` optimizer steps the reference becomes
+    the current policy (a frozen copy: its weights; PEFT: the "ref" adapter), and with `recollect_each_round` the new
+    reference writes fresh trajectories."""
 
     def __init__(self, trainer: DDOTrainer):
+        super().__init__(ref_model=trainer.ref_model, accelerator=trainer.accelerator)
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -187,10 +192,12 @@ class DDOTrainer(_BaseTrainer):
     ```
 
     Args:
-        model (`str` or `PreTrainedModel` or `PeftModel`): the teacher/student; a name or path is loaded with the
-            family adapter's auto class and `args.model_init_kwargs` (`trust_remote_code` passes through).
+        model (`str`, `DiffusionLM`, `PreTrainedModel` or `PeftModel`): the teacher/student. A name or path is
+            loaded by `trl_t3d.load_diffusion_lm` with `args.model_init_kwargs` (`trust_remote_code` passes through);
+            a `DiffusionLM` brings its tokenizer, adapter and special ids.
         ref_model (`str` or `PreTrainedModel`, *optional*): frozen reference. `None`: a frozen copy of `model`, or
-            with PEFT the base model with adapters disabled (no second model in memory).
+            with PEFT the base model with adapters disabled (no second model in memory), or, for a `PeftModel`
+            passed in with a trained adapter, a frozen copy of that adapter (TRL's "ref" adapter).
         args ([`DDOConfig`], *optional*): the configuration.
         data_collator (*optional*): defaults to [`DDODataCollator`] built from `args` and the adapter.
         train_dataset (`Dataset`): trajectories (`prompt_ids`, `completion_ids`, `step_map`, `block_length`, or text
@@ -237,27 +244,33 @@ class DDOTrainer(_BaseTrainer):
             raise ValueError("`train_dataset` is required: trajectories, or prompts to collect them from.")
         transformers.set_seed(args.seed)
 
-        # 1. Models
-        self._teacher_id = model if isinstance(model, str) else _model_id(model)
+        # 1. Models, resolved once: model, tokenizer, family adapter and special ids travel together from here on
+        adapter = adapter or args.adapter
         if isinstance(model, str):
-            model = _load_model(model, args)
-        elif args.model_init_kwargs:
-            logger.warning("`model_init_kwargs` are ignored: the model is already instantiated.")
+            self._teacher_id = model
+            resolved = _load(model, args, adapter, processing_class)
+        else:
+            if args.model_init_kwargs:
+                logger.warning("`model_init_kwargs` are ignored: the model is already instantiated.")
+            inner = model.model if isinstance(model, DiffusionLM) else model
+            self._teacher_id = _model_id(inner)
+            if processing_class is None and not isinstance(model, DiffusionLM):
+                processing_class = inner.__dict__.get("diffusion_processing_class")
+                if processing_class is None and self._teacher_id is None:
+                    raise ValueError("No tokenizer: pass `processing_class=` (the model has no name to load it from).")
+                if processing_class is None:
+                    processing_class = AutoTokenizer.from_pretrained(
+                        self._teacher_id, trust_remote_code=args.trust_remote_code
+                    )
+            resolved = DiffusionLM.from_model(
+                model, processing_class, adapter=adapter, mask_token_id=args.mask_token_id
+            )
+        self.diffusion_lm = resolved
+        model, processing_class, self.adapter = resolved.model, resolved.processing_class, resolved.adapter
         if isinstance(ref_model, str):
-            ref_model = _load_model(ref_model, args)
+            ref_model = _load(ref_model, args, self.adapter.name, processing_class).model
         if ref_model is not None and ref_model is model:
             raise ValueError("`model` and `ref_model` must be different objects; omit `ref_model` for a frozen copy.")
-        if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(
-                self._teacher_id, trust_remote_code=args.trust_remote_code
-            )
-        tokenizer = getattr(processing_class, "tokenizer", processing_class)
-        # Mask id: explicit > tokenizer > model config; pad == mask is an error either way.
-        mask_token_id = args.mask_token_id
-        if mask_token_id is None and getattr(tokenizer, "mask_token_id", None) is None:
-            mask_token_id = getattr(model.config, "mask_token_id", None)
-        mask_token_id, _ = resolve_special_ids(tokenizer, mask_token_id)
-        self.adapter = get_adapter(model, adapter or args.adapter, tokenizer=tokenizer, mask_token_id=mask_token_id)
 
         # 2. Gradient checkpointing: only where the model's code supports it
         if _checkpointing_enabled(args):
@@ -290,6 +303,12 @@ class DDOTrainer(_BaseTrainer):
             train_dataset = _SwappableDataset(train_dataset)
 
         # 4. PEFT
+        given_peft_model = is_peft_model(model)
+        if given_peft_model and not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(
+                "The PeftModel has no trainable parameter (an adapter loaded for inference). Load it with "
+                "`PeftModel.from_pretrained(base_model, path, is_trainable=True)`."
+            )
         if peft_config is not None:
             model = self._wrap_peft(model, peft_config, args)
         self._use_peft = is_peft_model(model)
@@ -303,6 +322,9 @@ class DDOTrainer(_BaseTrainer):
             ref_model = None
         elif ref_model is None and not self._use_peft:
             ref_model = self._frozen_copy(model, args)
+        elif ref_model is None and given_peft_model:
+            # The adapter passed in is the teacher: the reference is a frozen copy of it, not the bare base model.
+            self._sync_reference_adapter(model)
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
         if args.disable_dropout:
@@ -322,6 +344,8 @@ class DDOTrainer(_BaseTrainer):
                 vocab_size=model.get_input_embeddings().num_embeddings,
                 noise=self.adapter.noise,
                 seed=args.seed,
+                eos_token_ids=self.adapter.eos_token_ids,
+                max_trailing_eos_tokens=args.max_trailing_eos_tokens,
             )
 
         super().__init__(
@@ -353,7 +377,7 @@ class DDOTrainer(_BaseTrainer):
         self._time_of_last_log = {"train": None, "eval": None}
         self._fake_generator = None
         if args.ref_sync_steps > 0:
-            self.add_callback(RefSyncCallback(self))
+            self.add_callback(DDOSyncRefModelCallback(self))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
 
@@ -399,12 +423,11 @@ class DDOTrainer(_BaseTrainer):
         model.eval()
         try:
             return collect_trajectories(
-                model,
-                processing_class,
+                dataclasses.replace(self.diffusion_lm, model=model),  # the current teacher, same ids and renderer
+                None,
                 prompts,
                 self._generation_config(args),
                 batch_size=args.generation_batch_size,
-                adapter=self.adapter,
                 teacher_name=self._teacher_id,
                 seed=args.seed,
             )
@@ -483,23 +506,15 @@ class DDOTrainer(_BaseTrainer):
 
     @contextlib.contextmanager
     def _reference(self, model):
-        """The module that scores as reference: the frozen copy, the "reference" adapter, or disabled adapters."""
+        """The module that scores as reference: the frozen copy, or (PEFT) the policy with the frozen "ref" adapter
+        (after a sync, or when a trained adapter was passed in) or with adapters disabled; never with dropout.
+        """
         if self.ref_model is not None:
             yield self.ref_model
             return
         unwrapped = self.accelerator.unwrap_model(model)
-        if REFERENCE_ADAPTER in getattr(unwrapped, "peft_config", {}):
-            layers = _lora_layers(unwrapped)
-            saved = [layer._active_adapter for layer in layers]
-            try:  # switch the forward only; requires_grad of the trained adapter is left alone
-                for layer in layers:
-                    layer._active_adapter = [REFERENCE_ADAPTER]
-                yield unwrapped
-            finally:
-                for layer, active in zip(layers, saved):
-                    layer._active_adapter = active
-            return
-        with unwrapped.disable_adapter():
+        name = REFERENCE_ADAPTER if REFERENCE_ADAPTER in unwrapped.peft_config else None
+        with use_adapter(unwrapped, name), _without_dropout(unwrapped):
             yield unwrapped
 
     @torch.no_grad()
@@ -508,30 +523,36 @@ class DDOTrainer(_BaseTrainer):
         policy = self.accelerator.unwrap_model(self.model)
         if self.ref_model is not None:
             ref = self.accelerator.unwrap_model(self.ref_model)
-            ref = getattr(ref, "module", ref)
-            with _gathered(list(policy.parameters()) + list(ref.parameters())):
-                for dst, src in zip(ref.parameters(), policy.parameters(), strict=True):
-                    dst.data.copy_(src.data)
+            SyncRefModelCallback.sync_target_model(policy, getattr(ref, "module", ref), alpha=1.0)  # ZeRO-3 aware
         else:
-            if REFERENCE_ADAPTER not in policy.peft_config:
-                active = policy.active_adapter
-                policy.add_adapter(REFERENCE_ADAPTER, copy.deepcopy(policy.peft_config[active]))
-                policy.set_adapter(active)  # keeps the trained adapter trainable and active
-            active = policy.active_adapter
-            params = dict(policy.named_parameters())
-            pairs = [
-                (params[name.replace(f".{active}.", f".{REFERENCE_ADAPTER}.")], p)
-                for name, p in params.items()
-                if f".{active}." in name and name.replace(f".{active}.", f".{REFERENCE_ADAPTER}.") in params
-            ]
-            if not pairs:
-                raise RuntimeError("Could not pair the trained adapter's weights with the reference adapter's.")
-            with _gathered([p for pair in pairs for p in pair]):
-                for dst, src in pairs:
-                    dst.requires_grad_(False)
-                    dst.data.copy_(src.data)
+            self._sync_reference_adapter(policy)
         self._metrics["train"]["ref_syncs"].append(1.0)
         logger.info("Reference synced to the policy at step %d.", self.state.global_step)
+
+    @staticmethod
+    @torch.no_grad()
+    def _sync_reference_adapter(policy):
+        """The "ref" adapter <- a frozen copy of the trained adapter, made once without dropout (deterministic)."""
+        active = policy.active_adapter
+        if REFERENCE_ADAPTER not in policy.peft_config:
+            ref_config = copy.deepcopy(policy.peft_config[active])
+            if hasattr(ref_config, "lora_dropout"):
+                ref_config.lora_dropout = 0.0
+            ref_config.inference_mode = True
+            policy.add_adapter(REFERENCE_ADAPTER, ref_config)
+            policy.set_adapter(active)  # keeps the trained adapter trainable and active
+        params = dict(policy.named_parameters())
+        pairs = [
+            (params[name.replace(f".{active}.", f".{REFERENCE_ADAPTER}.")], p)
+            for name, p in params.items()
+            if f".{active}." in name and name.replace(f".{active}.", f".{REFERENCE_ADAPTER}.") in params
+        ]
+        if not pairs:
+            raise RuntimeError("Could not pair the trained adapter's weights with the reference adapter's.")
+        with _gathered([p for pair in pairs for p in pair]):
+            for dst, src in pairs:
+                dst.requires_grad_(False)
+                dst.data.copy_(src.data)
 
     # -------------------------------------------------------------------------------------- loss
     def _completion_logits(self, model, inputs):

@@ -17,6 +17,9 @@
    count which ordering each permutation answer is (the data's joint mode, another valid one, or invalid);
 5. over `--seeds` (the teacher is pretrained once; seeds change the distillation's data order and noise).
 
+The teacher trains a fixed number of steps (a time cap is opt-in: `--teacher_max_time_s`), and a teacher below
+`--teacher_floor` at one token per step stops the run (exit 2) before any student is trained.
+
 Writes benchmarks/results/reproduce_small.{json,png,md}.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reproduce_small.py
@@ -31,9 +34,12 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
+
+from trl_t3d.pretraining import DEFAULT_TEACHER_FLOOR
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TASKS = ("arithmetic", "permutation_skewed")
@@ -47,7 +53,15 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--teacher_dir", default=None, help="load the teacher from here if it exists, else save it there")
     p.add_argument("--teacher_steps", type=int, default=7000)
-    p.add_argument("--teacher_max_time_s", type=float, default=600.0)
+    p.add_argument(
+        "--teacher_max_time_s", type=float, default=None, help="opt-in time cap (results then depend on the machine)"
+    )
+    p.add_argument(
+        "--teacher_floor",
+        type=float,
+        default=DEFAULT_TEACHER_FLOOR,
+        help="minimum teacher accuracy (%%) at one token per step on every task; below it nothing is reported",
+    )
     p.add_argument("--num_prompts", type=int, default=1024, help="training prompts per task (trajectories)")
     p.add_argument("--distill_steps", type=int, default=400)
     p.add_argument("--batch_size", type=int, default=32)
@@ -334,6 +348,7 @@ def main(argv=None):
     args = parse_args(argv)
     logging.getLogger("trl_t3d").setLevel(logging.WARNING)
     from trl_t3d.evaluation import rows_markdown_table
+    from trl_t3d.pretraining import check_teacher_floor
 
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -343,6 +358,13 @@ def main(argv=None):
     print(f"{len(trajectories)} trajectories collected")
     per_seed, train_logs, timings = {}, {}, {"teacher_s": t_teacher}
     teacher_reports = evaluate(teacher, tokenizer, args, "teacher") if "teacher" in args.methods else None
+    floor_reports = teacher_reports or [
+        evaluate_task(teacher, tokenizer, argparse.Namespace(**{**vars(args), "tokens_per_step": [1]}), t, "teacher")
+        for t in args.tasks
+    ]
+    teacher_log["accuracy_at_one_token_per_step"] = check_teacher_floor(
+        floor_reports, args.teacher_floor, steps=teacher_log.get("steps")
+    )
     for seed in args.seeds:
         if teacher_reports is not None:
             per_seed[("teacher", seed)] = teacher_reports  # greedy decoding of one teacher: identical over seeds
@@ -396,4 +418,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from trl_t3d.pretraining import TeacherBelowFloorError
+
+    try:
+        main()
+    except TeacherBelowFloorError as err:
+        print(f"reproduce_small stopped: {err}", file=sys.stderr)
+        sys.exit(2)

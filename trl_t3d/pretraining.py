@@ -8,6 +8,10 @@ canvas, as LLaDA's SFT does, so the model learns to fill the tail of the canvas 
 `make_toy_teacher` trains a small bidirectional Llama (`trl_t3d.testing.make_generic_mlm`) on the built-in tasks of
 `trl_t3d.evaluation` (arithmetic, permutation_skewed) in a few CPU minutes: accurate when decoding one token per step,
 and (on the many-answers task) bad when decoding many tokens per step, the gap T3D distillation closes.
+
+Pretraining runs a fixed number of steps, so every machine trains the same teacher; a time cap (`max_time_s`) is an
+explicit opt-in. `check_teacher_floor` refuses a teacher that is not accurate at one token per step: its trajectories,
+and every figure of a student distilled from them, would be noise.
 """
 
 from __future__ import annotations
@@ -117,7 +121,8 @@ def pretrain_masked_diffusion(
     `examples` (`(prompt_ids, completion_ids)` pairs, completions of equal length) replace `tasks`: e.g. a teacher's
     trajectories for an SFT baseline. `lr_schedule`: "cosine" (to 5% of the peak) or "constant", after warmup.
 
-    AdamW with linear warmup and cosine decay; `max_time_s` stops early (the schedule is still cosine over `steps`).
+    AdamW with linear warmup and cosine decay. `max_time_s` (opt-in) stops early, so the result then depends on the
+    machine's speed (the schedule is still cosine over `steps`).
     `weighting`: "elbo" (LLaDA's 1/t-weighted loss) or "mean" (CE averaged over masked tokens; see
     `masked_diffusion_loss`).
     Returns a log: `losses` (per step), `steps` done, `wall_time_s`, `num_examples`. The model is left in eval mode.
@@ -232,3 +237,34 @@ def make_toy_teacher(
         show_progress=show_progress,
     )
     return (model, tokenizer, log) if return_log else (model, tokenizer)
+
+
+DEFAULT_TEACHER_FLOOR = 80.0  # % at one token per step; the default toy teacher reaches 98-100 on both tasks
+
+
+class TeacherBelowFloorError(RuntimeError):
+    """The toy teacher is not accurate at one token per step, so nothing distilled from it would mean anything."""
+
+
+def check_teacher_floor(reports, floor: float = DEFAULT_TEACHER_FLOOR, *, steps: int | None = None) -> dict:
+    """One-token-per-step accuracy (%) of each task in `evaluate_few_step` reports; raise below `floor`.
+
+    Returns `{task: accuracy}`. Raises `TeacherBelowFloorError` naming the tasks below the floor and the fix.
+    """
+    accuracies = {}
+    for report in reports:
+        one = next((r for r in report["results"] if r["tokens_per_step"] == 1), None)
+        if one is None:
+            raise ValueError(
+                f"The floor is checked at one token per step, but the '{report['task']}' report has none."
+            )
+        accuracies[report["task"]] = 100 * one["accuracy"]
+    misses = {task: round(acc, 1) for task, acc in accuracies.items() if acc < floor}
+    if misses:
+        after = f" after {steps} pretraining steps" if steps is not None else ""
+        raise TeacherBelowFloorError(
+            f"The toy teacher misses the {floor:g}% accuracy floor at one token per step{after}: {misses}. Its "
+            "trajectories, and every student distilled from them, would be noise, so nothing is reported. Pretrain "
+            "longer (`--teacher_steps`), drop a time cap (`--teacher_max_time_s`), or lower `--teacher_floor`."
+        )
+    return accuracies

@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 
 import torch
 
@@ -127,6 +128,25 @@ def cached_trajectories(teacher, tokenizer, args, seed: int):
     if path:
         trajectories.save_to_disk(path)
     return trajectories
+
+
+def cached_student_results(teacher, tokenizer, trajectories, args, seed: int, method: str) -> dict:
+    """Train and evaluate one student; with --cache_dir its results are kept, keyed by everything that shapes them."""
+    key = json.dumps(
+        [METHODS[method], args.student_steps, args.batch_size, args.learning_rate, args.test_prompts],
+        sort_keys=True,
+    )
+    path = _cache_path(args, seed, f"results-{args.trajectories_per_task}-{zlib.crc32(key.encode()):08x}.json")
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    print(f"seed {seed}: training {method}", flush=True)
+    student = train_student(teacher, tokenizer, trajectories, args, seed, method)
+    results = evaluate(student, tokenizer, args, method)
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f)
+    return results
 
 
 def collect(teacher, tokenizer, args, seed: int):
@@ -286,9 +306,7 @@ def main(argv=None) -> int:
             return 2
         trajectories = cached_trajectories(teacher, tokenizer, args, seed)
         for method in args.methods:
-            print(f"seed {seed}: training {method}", flush=True)
-            student = train_student(teacher, tokenizer, trajectories, args, seed, method)
-            results[method] = evaluate(student, tokenizer, args, method)
+            results[method] = cached_student_results(teacher, tokenizer, trajectories, args, seed, method)
         per_seed[seed] = results
     table = aggregate(per_seed)
     stem = os.path.join(args.output_dir, args.tag)

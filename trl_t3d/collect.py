@@ -231,7 +231,9 @@ def collect_trajectories(
         dataset (`datasets.Dataset`): prompts in `prompt_column` (strings or message lists), or `messages`
             (conversations; the trailing assistant turn is dropped), or `prompt_ids`.
         generation_config (`DiffusionGenerationConfig` or dict): the teacher's decoding settings (slow: e.g. block 4,
-            1 token per step). `max_new_tokens` and `block_length` are read from it.
+            1 token per step). `max_new_tokens` and `block_length` are read from it. Its `cache` ("none" by default:
+            exact decoding) may be "prefix" or "dual" for bidirectional teachers: Fast-dLLM's approximate KV cache,
+            faster, with trajectories that can differ slightly from exact ones (it is recorded in the metadata).
         batch_size: prompts decoded together (left padded; prompts are sorted by length inside a shard).
         adapter: family adapter (instance or name); `None` detects it from the model config.
         prompt_column: column holding the prompts.

@@ -57,7 +57,8 @@ class BaseDiffusionAdapter(abc.ABC):
 
     Hooks: `completion_logits` (abstract: the one forward both decoding and training use), `noise_tokens`,
     `resolve_lora_targets`, `trained_block_length`, `decoding_session`, and the optional exact block KV cache
-    (`supports_block_cache`, `init_cache`, `cached_forward`).
+    (`supports_block_cache`, `init_cache`, `cached_forward`); `supports_approximate_cache` says whether Fast-dLLM's
+    prefix/dual cache applies (it then cuts `forward_kwargs` of `DiffusionAdapter` to a window).
     """
 
     name: ClassVar[str] = "generic"
@@ -184,6 +185,18 @@ class BaseDiffusionAdapter(abc.ABC):
     def supports_block_cache(self) -> bool:
         """Whether the family implements the exact KV cache of finished blocks (`init_cache` + `cached_forward`)."""
         return self.block_causal and type(self).cached_forward is not BaseDiffusionAdapter.cached_forward
+
+    @property
+    def supports_approximate_cache(self) -> bool:
+        """Whether decoding may use Fast-dLLM's approximate prefix/dual KV cache (`cache="prefix" | "dual"`):
+        bidirectional masked-diffusion families whose full-sequence forward (`forward_kwargs`) the decoder can cut to
+        a window. Block-causal families are cached exactly instead; families with their own session decline."""
+        return (
+            not self.block_causal
+            and self.noise == "mask"
+            and hasattr(self, "forward_kwargs")
+            and type(self).decoding_session is BaseDiffusionAdapter.decoding_session
+        )
 
     def init_cache(self, model):
         """An empty KV cache for `model` (block-causal families with `supports_block_cache`)."""

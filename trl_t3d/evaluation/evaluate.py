@@ -71,6 +71,7 @@ def evaluate_few_step(
     block_length: int | None = None,
     temperature: float | None = None,
     remasking: str | None = None,
+    cache: str | None = None,
     apply_chat_template: bool | None = None,
     num_examples: int | None = None,
     seed: int = 0,
@@ -87,6 +88,8 @@ def evaluate_few_step(
         tokens_per_step: budgets to compare (each must be <= the block length).
         generation_config: base `DiffusionGenerationConfig` (or dict); defaults to the model's, else the task's
             `max_new_tokens`/`block_length`. `max_new_tokens`, `block_length`, `temperature`, `remasking` override it.
+        cache: `"none"`, `"prefix"` or `"dual"`: Fast-dLLM's approximate KV cache (bidirectional families), for
+            every budget; overrides the base config's.
         batch_size: prompts decoded together (left padded; sorted by length to limit padding).
         adapter: family adapter (name or instance); detected when omitted.
         output_dir: when given, the report is written to `output_dir/few_step_eval.json` and its frontier plot to
@@ -123,7 +126,13 @@ def evaluate_few_step(
         inner,
         task,
         generation_config,
-        dict(max_new_tokens=max_new_tokens, block_length=block_length, temperature=temperature, remasking=remasking),
+        dict(
+            max_new_tokens=max_new_tokens,
+            block_length=block_length,
+            temperature=temperature,
+            remasking=remasking,
+            cache=cache,
+        ),
     )
     too_large = [k for k in budgets if k > base.resolved_block_length]
     if too_large:
@@ -220,7 +229,19 @@ def evaluate_few_step(
         "num_examples": len(prompts),
         "generation_config": {
             key: getattr(base, key)
-            for key in ("max_new_tokens", "block_length", "temperature", "remasking", "threshold", "top_k", "top_p")
+            for key in (
+                "max_new_tokens",
+                "block_length",
+                "temperature",
+                "remasking",
+                "schedule",
+                "threshold",
+                "factor",
+                "threshold_rule",
+                "cache",
+                "top_k",
+                "top_p",
+            )
         },
         "results": results,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .cache import DiffusionKVCache
 from .config import DIFFUSION_GENERATION_CONFIG_NAME, REMASKING_POLICIES, DiffusionGenerationConfig
 from .decode import DiffusionGenerateOutput, diffusion_generate
 from .mixin import AutoModelForDiffusionLM, DiffusionLMGenerationMixin, add_diffusion_generation
@@ -12,6 +13,7 @@ __all__ = [
     "AutoModelForDiffusionLM",
     "DiffusionGenerateOutput",
     "DiffusionGenerationConfig",
+    "DiffusionKVCache",
     "DiffusionLMGenerationMixin",
     "add_diffusion_generation",
     "diffusion_generate",

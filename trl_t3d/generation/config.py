@@ -7,7 +7,10 @@ import os
 from transformers import GenerationConfig
 
 DIFFUSION_GENERATION_CONFIG_NAME = "diffusion_generation_config.json"
-REMASKING_POLICIES = ("low_confidence", "random", "margin", "entropy")
+REMASKING_POLICIES = ("low_confidence", "random", "margin", "entropy", "origin")
+SCHEDULES = ("llada", "dream")
+THRESHOLD_RULES = ("scheduled", "fast_dllm")
+CACHE_MODES = ("none", "prefix", "dual")
 
 
 class DiffusionGenerationConfig(GenerationConfig):
@@ -26,11 +29,30 @@ class DiffusionGenerationConfig(GenerationConfig):
         tokens_per_step (`int`, *optional*): commit this many tokens per step instead (the last step of a block takes
             the remainder). Give at most one of `steps` and `tokens_per_step`; with neither, 1 token per step.
         remasking (`str`, defaults to `"low_confidence"`): which predicted tokens to commit first:
-            `"low_confidence"` (highest probability of the predicted token; LLaDA), `"margin"` (top-1 minus top-2
-            probability), `"entropy"` (exp(-entropy) of the predictive distribution) or `"random"`.
+            `"low_confidence"` (highest probability of the predicted token; LLaDA; Dream's `maskgit_plus`),
+            `"margin"` (top-1 minus top-2 probability; Dream's `topk_margin`), `"entropy"` (exp(-entropy) of the
+            predictive distribution; Dream's `entropy`), `"random"`, or `"origin"` (Dream's default: every undecided
+            position is committed with probability 1 - s/t; needs `schedule="dream"`).
+        schedule (`str`, defaults to `"llada"`): how many tokens each step of a block commits. `"llada"`: LLaDA's
+            `get_num_transfer_tokens` (an even split, or `tokens_per_step`). `"dream"`: Dream's `diffusion_generate`
+            (times `linspace(1, eps, steps + 1)`, `int(n_undecided * (1 - s / t))` tokens at each step, the rest at the
+            last; `tokens_per_step` k gives a block ceil(block_length / k) steps); with one block (`block_length=None`)
+            and greedy decoding it gives Dream's tokens.
+        eps (`float`, defaults to `1e-3`): the last time of Dream's schedule (`schedule="dream"` only).
         threshold (`float`, *optional*): parallel decoding (Fast-dLLM): also commit every position whose confidence is
-            >= threshold; each step still commits at least its scheduled number (>= 1), so a block ends early when the
-            model is confident. Not allowed with `remasking="random"`.
+            >= threshold, so a block ends early when the model is confident. Not allowed with `remasking="random"`.
+        factor (`float`, *optional*): Fast-dLLM's factor rule instead of a threshold: the r-th most confident position
+            (r = 1, 2, ...) is committed when its confidence is >= 1 - factor / (r + 1).
+        threshold_rule (`str`, defaults to `"scheduled"`): what `threshold` / `factor` add to. `"scheduled"`: every
+            step commits at least its scheduled count (`steps` / `tokens_per_step`) plus the positions the rule passes.
+            `"fast_dllm"`: Fast-dLLM's rule, no scheduled count: the most confident position and the ones the rule
+            passes (leave `steps` and `tokens_per_step` unset).
+        cache (`str`, defaults to `"none"`): approximate KV cache of bidirectional families (Fast-dLLM). `"none"`:
+            every step runs the whole sequence (exact). `"prefix"`: the first forward of each block runs the whole
+            sequence and caches what precedes the block; later steps run the block and everything after it.
+            `"dual"`: later steps run only the block; what precedes and follows it comes from the cache. Faster, but
+            a cached step's predictions differ slightly from exact ones (block-causal families are always cached
+            exactly and reject this option).
         temperature (`float`, defaults to 0.0): 0 is greedy; > 0 samples with Gumbel-max noise in float64.
         top_k (`int`, *optional*): sample only among the k most likely tokens.
         top_p (`float`, *optional*): sample only in the nucleus of probability mass `top_p`.
@@ -49,6 +71,12 @@ class DiffusionGenerationConfig(GenerationConfig):
         self.tokens_per_step = kwargs.pop("tokens_per_step", None)
         self.remasking = kwargs.pop("remasking", None) or "low_confidence"
         self.threshold = kwargs.pop("threshold", None)
+        self.factor = kwargs.pop("factor", None)
+        self.threshold_rule = kwargs.pop("threshold_rule", None) or "scheduled"
+        self.schedule = kwargs.pop("schedule", None) or "llada"
+        eps = kwargs.pop("eps", None)
+        self.eps = 1e-3 if eps is None else eps
+        self.cache = kwargs.pop("cache", None) or "none"
         self.mask_token_id = kwargs.pop("mask_token_id", None)
         stop_at_eos = kwargs.pop("stop_at_eos", None)
         self.stop_at_eos = True if stop_at_eos is None else stop_at_eos
@@ -70,6 +98,8 @@ class DiffusionGenerationConfig(GenerationConfig):
     def steps_per_block(self) -> int:
         """Number of denoising steps per block (an upper bound when `threshold` ends a block early)."""
         block = self.resolved_block_length
+        if self.threshold_rule == "fast_dllm":
+            return block  # at least one token per step
         if self.steps is not None:
             return self.steps // self.num_blocks
         per_step = self.tokens_per_step or 1
@@ -144,14 +174,7 @@ class DiffusionGenerationConfig(GenerationConfig):
                 )
         if self.remasking not in REMASKING_POLICIES:
             raise ValueError(f"`remasking`={self.remasking!r} is unknown. Choose one of {list(REMASKING_POLICIES)}.")
-        if self.threshold is not None:
-            if not 0.0 < float(self.threshold) <= 1.0:
-                raise ValueError(f"`threshold` must be in (0, 1], got {self.threshold!r}. Use None to disable it.")
-            if self.remasking == "random":
-                raise ValueError(
-                    "`threshold` compares the model's confidence, which `remasking='random'` does not use. Use "
-                    "remasking='low_confidence' (or 'margin'/'entropy') with a threshold, or drop the threshold."
-                )
+        self._validate_parallel_rules()
         if self.temperature is None or float(self.temperature) < 0:
             raise ValueError(f"`temperature` must be >= 0 (0 is greedy), got {self.temperature!r}.")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
@@ -167,6 +190,55 @@ class DiffusionGenerationConfig(GenerationConfig):
                 f"`pad_token_id` == `mask_token_id` == {self.mask_token_id}: padding would be read as noise. Use a "
                 "distinct pad token (e.g. the EOS id)."
             )
+
+    def _validate_parallel_rules(self):
+        """Schedule, confidence rules (threshold / factor) and cache: each a known value, and no contradictions."""
+        for name, value, allowed in (
+            ("schedule", self.schedule, SCHEDULES),
+            ("threshold_rule", self.threshold_rule, THRESHOLD_RULES),
+            ("cache", self.cache, CACHE_MODES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"`{name}`={value!r} is unknown. Choose one of {list(allowed)}.")
+        if self.threshold is not None and not 0.0 < float(self.threshold) <= 1.0:
+            raise ValueError(f"`threshold` must be in (0, 1], got {self.threshold!r}. Use None to disable it.")
+        if self.factor is not None and not float(self.factor) > 0.0:
+            raise ValueError(
+                f"`factor` must be > 0 (Fast-dLLM uses 1.0), got {self.factor!r}. Use None to disable it."
+            )
+        if self.threshold is not None and self.factor is not None:
+            raise ValueError(
+                f"Both `threshold`={self.threshold} and `factor`={self.factor} are set; they are two rules for the "
+                "same decision (which confident tokens to add). Keep one of them."
+            )
+        confidence_rule = "threshold" if self.threshold is not None else "factor" if self.factor is not None else None
+        if confidence_rule and self.remasking in ("random", "origin"):
+            raise ValueError(
+                f"`{confidence_rule}` compares the model's confidence, which `remasking={self.remasking!r}` does not "
+                f"use. Use remasking='low_confidence' (or 'margin'/'entropy') with a {confidence_rule}, or drop the "
+                f"{confidence_rule}."
+            )
+        if self.threshold_rule == "fast_dllm":
+            if confidence_rule is None:
+                raise ValueError(
+                    "`threshold_rule='fast_dllm'` says how a `threshold` (or `factor`) commits tokens, but neither is "
+                    "set. Set e.g. threshold=0.9, or use threshold_rule='scheduled'."
+                )
+            if self.steps is not None or self.tokens_per_step not in (None, 1):
+                raise ValueError(
+                    f"`threshold_rule='fast_dllm'` has no scheduled count (it commits the most confident token and "
+                    f"the ones the {confidence_rule} passes), so `steps`={self.steps} / "
+                    f"`tokens_per_step`={self.tokens_per_step} would be ignored. Leave them unset, or use "
+                    "threshold_rule='scheduled' to keep them as a floor."
+                )
+        if self.remasking == "origin" and self.schedule != "dream":
+            raise ValueError(
+                "`remasking='origin'` is Dream's algorithm and commits with Dream's probabilities 1 - s/t: set "
+                "schedule='dream' (or pick another remasking policy)."
+            )
+        if self.schedule == "dream":
+            if not 0.0 < float(self.eps) < 1.0:
+                raise ValueError(f"`eps` must be in (0, 1) (Dream uses 1e-3), got {self.eps!r}.")
 
     # ------------------------------------------------------------------------------------------ persistence
     def save_pretrained(self, save_directory: str | os.PathLike, config_file_name=None, push_to_hub=False, **kwargs):
@@ -191,6 +263,11 @@ class DiffusionGenerationConfig(GenerationConfig):
             "tokens_per_step",
             "remasking",
             "threshold",
+            "factor",
+            "threshold_rule",
+            "schedule",
+            "eps",
+            "cache",
             "temperature",
             "stop_at_eos",
             "mask_token_id",

@@ -16,8 +16,10 @@ from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
 from ..adapters import get_adapter
+from .cache import DiffusionKVCache
 from .config import DiffusionGenerationConfig
 from .sampling import propose_tokens, select_commits
+from .schedules import BlockSchedule, factor_commit_counts, origin_commits
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +99,95 @@ class BlockCacheSession:
         return logits[:, block_start - chunk_start :]
 
 
-def make_session(model, adapter, prompt_ids, prompt_attention_mask, completion_length, block_length, use_cache):
-    """The adapter's own decoding session when it has one, else the block cache or the plain loop."""
+class BidirectionalCacheSession:
+    """Fast-dLLM's approximate KV cache for bidirectional families: `"prefix"` or `"dual"` (see `generation.cache`).
+
+    The first forward of each block runs the whole `[prompt, canvas]` with exactly the arguments of
+    `FullSequenceSession` (so its logits are the exact ones) and fills a fresh cache. Later forwards of the block run a
+    window: the block and everything after it (prefix) or the block alone (dual), starting one position earlier when
+    the family's logits are shifted (Dream: the logit at i - 1 predicts token i).
+    """
+
+    def __init__(self, model, adapter, prompt_ids, prompt_attention_mask, mode):
+        _check_approximate_cache(model, adapter, mode)
+        self.model, self.adapter, self.mode = model, adapter, mode
+        self.prompt_ids, self.prompt_attention_mask = prompt_ids, prompt_attention_mask
+        self.cache_argument = _cache_argument(model)
+        self.cache, self.block_start = None, None
+
+    def block_logits(self, canvas: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        prompt_length = self.prompt_ids.shape[1]
+        sequence = torch.cat([self.prompt_ids, canvas], dim=1)
+        attention_mask = None
+        if self.prompt_attention_mask is not None:
+            ones = torch.ones_like(canvas, dtype=self.prompt_attention_mask.dtype)
+            attention_mask = torch.cat([self.prompt_attention_mask, ones], dim=1)
+        kwargs = self.adapter.forward_kwargs(sequence, attention_mask)
+        if start != self.block_start:  # the block's first forward: the whole sequence, refreshing the cache
+            self.block_start, self.cache = start, DiffusionKVCache(self.mode)
+            logits = self._forward(kwargs)
+            return logits[:, prompt_length + start : prompt_length + end]
+        window_start = max(prompt_length + start - self.adapter.logits_shift, 0)
+        window_end = sequence.shape[1] if self.mode == "prefix" else prompt_length + end
+        self.cache.set_window(window_start, window_end)
+        logits = self._forward(_window_kwargs(kwargs, window_start, window_end))
+        offset = prompt_length + start - window_start
+        return logits[:, offset : offset + end - start]
+
+    def _forward(self, kwargs: dict) -> torch.Tensor:
+        kwargs.update({self.cache_argument: self.cache, "use_cache": True})
+        out = self.model(**kwargs)
+        return self.adapter.align_logits(out.logits if hasattr(out, "logits") else out[0])
+
+
+def _window_kwargs(kwargs: dict, start: int, end: int) -> dict:
+    """Full-sequence forward arguments cut to the query positions [start, end); keys still cover every position."""
+    window = dict(kwargs)
+    for name in ("input_ids", "position_ids"):
+        if window.get(name) is not None:
+            window[name] = window[name][:, start:end]
+    mask = window.get("attention_mask")
+    if mask is not None and mask.dim() == 4:  # (B, 1, queries, keys)
+        window["attention_mask"] = mask[:, :, start:end]
+    return window
+
+
+def _cache_argument(model) -> str:
+    """The name under which the model's forward takes a KV cache (`cache` since transformers 5.24), else None."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes the cache through
+    parameters = inspect.signature(base.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    return None
+
+
+def _check_approximate_cache(model, adapter, mode: str) -> None:
+    """A clear error when the family or the loaded model class cannot decode with `cache=mode`."""
+    if not adapter.supports_approximate_cache:
+        exact = " It is cached exactly already (`use_cache=True`)." if adapter.supports_block_cache else ""
+        raise ValueError(
+            f"`cache={mode!r}` is Fast-dLLM's approximate KV cache for bidirectional families (LLaDA, Dream, generic "
+            f"masked LMs); the '{adapter.name}' adapter does not support it.{exact} Use cache='none'."
+        )
+    if _cache_argument(model) is None:
+        raise ValueError(
+            f"`cache={mode!r}` needs a model whose forward takes a KV cache (`past_key_values`), but "
+            f"{type(model).__name__}.forward does not. trl_t3d's native LLaDA and Dream classes do: load the "
+            "checkpoint with `AutoModelForDiffusionLM.from_pretrained(...)` without `use_remote_code`, or use "
+            "cache='none'."
+        )
+
+
+def make_session(
+    model, adapter, prompt_ids, prompt_attention_mask, completion_length, block_length, use_cache, cache_mode="none"
+):
+    """Fast-dLLM's prefix/dual cache when asked for, else the adapter's own decoding session when it has one, else the
+    exact block cache or the plain loop."""
+    if use_cache and cache_mode != "none":
+        return BidirectionalCacheSession(model, adapter, prompt_ids, prompt_attention_mask, cache_mode)
     session = adapter.decoding_session(
         model, prompt_ids, prompt_attention_mask, completion_length, block_length, use_cache
     )
@@ -132,8 +221,9 @@ def resolve_generation_config(model, generation_config, kwargs) -> DiffusionGene
         if unknown:
             raise ValueError(
                 f"Unknown decoding arguments {unknown}. Valid ones are the fields of DiffusionGenerationConfig "
-                "(max_new_tokens, block_length, steps, tokens_per_step, remasking, threshold, temperature, top_k, "
-                "top_p, mask_token_id, eos_token_id, stop_at_eos, output_step_map, return_dict_in_generate)."
+                "(max_new_tokens, block_length, steps, tokens_per_step, remasking, schedule, eps, threshold, factor, "
+                "threshold_rule, cache, temperature, top_k, top_p, mask_token_id, eos_token_id, stop_at_eos, "
+                "output_step_map, return_dict_in_generate)."
             )
         for key, value in kwargs.items():
             setattr(config, key, value)
@@ -238,7 +328,8 @@ def diffusion_generate(
         adapter (`str` or `DiffusionAdapter`, *optional*): the family; detected from the config when omitted.
         processing_class: tokenizer, used to find special tokens.
         streamer (`transformers.generation.BaseStreamer`, *optional*): gets the prompt, then each finished block.
-        use_cache (`bool`): use the exact block KV cache when the family has one (same tokens, fewer FLOPs).
+        use_cache (`bool`): use the exact block KV cache when the family has one (same tokens, fewer FLOPs), and the
+            approximate cache `config.cache` asks for; `False` decodes exactly with full-sequence forwards.
         generator (`torch.Generator`, *optional*): randomness of sampling and random remasking.
         step_callback (*optional*): `callback(step, canvas, undecided)` called before each forward with copies of the
             completion canvas and its undecided positions (debugging, trajectory replay).
@@ -266,8 +357,9 @@ def diffusion_generate(
         attention_mask = None  # no padding: let the model take its fast path
     batch, device = input_ids.shape[0], input_ids.device
     length, block_length = config.max_new_tokens, config.resolved_block_length
-    schedule = config.block_schedule()
-    threshold = config.threshold
+    block_schedule = BlockSchedule(config, block_length)
+    confidence_rule = config.threshold is not None or config.factor is not None
+    proposal_remasking = "low_confidence" if config.remasking == "origin" else config.remasking
 
     # 3. The canvas: every completion position undecided, holding the family's noise.
     undecided = torch.ones(batch, length, dtype=torch.bool, device=device)
@@ -277,32 +369,40 @@ def diffusion_generate(
     step_map = torch.full((batch, length), -1, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     eos_tensor = torch.tensor(eos_ids, dtype=torch.long, device=device)
-    session = make_session(model, adapter, input_ids, attention_mask, length, block_length, use_cache)
+    session = make_session(model, adapter, input_ids, attention_mask, length, block_length, use_cache, config.cache)
     if streamer is not None:
         streamer.put(input_ids.cpu())
 
-    # 4. Blocks left to right; inside a block, commit the scheduled number of tokens per forward pass.
+    # 4. Blocks left to right; inside a block, commit the scheduled number of tokens per forward pass (plus what the
+    #    threshold / factor rule passes, or Dream's `origin` draws).
     nfe = 0
     for start in range(0, length, block_length):
         end = start + block_length
-        for num_to_commit in schedule:
+        for step in range(block_schedule.num_steps):
             block_undecided = undecided[:, start:end]
             if not bool(block_undecided.any()):
                 break  # threshold decoding or EOS stop finished the block early
+            counts = block_schedule.counts(step, block_undecided)
+            if not confidence_rule and config.remasking != "origin" and not bool(counts.any()):
+                continue  # a step that commits nothing (Dream's early steps) would change nothing: skip its forward
             if step_callback is not None:
                 step_callback(nfe, canvas.clone(), undecided.clone())
             logits = session.block_logits(canvas, start, end)
             x0, confidence = propose_tokens(
                 logits,
-                config.remasking,
+                proposal_remasking,
                 float(config.temperature),
                 top_k=config.top_k,
                 top_p=config.top_p,
                 never_ids=never_ids,
                 generator=generator,
             )
-            counts = torch.full((batch,), num_to_commit, dtype=torch.long, device=device)
-            commit = select_commits(confidence, block_undecided, counts, threshold)
+            if config.remasking == "origin":
+                commit = origin_commits(block_undecided, block_schedule.transfer_probability(step), generator)
+            else:
+                if config.factor is not None:
+                    counts = torch.maximum(counts, factor_commit_counts(confidence, block_undecided, config.factor))
+                commit = select_commits(confidence, block_undecided, counts, config.threshold)
             canvas[:, start:end] = torch.where(commit, x0, canvas[:, start:end])
             undecided[:, start:end] &= ~commit
             step_map[:, start:end].masked_fill_(commit, nfe)

@@ -41,6 +41,8 @@ class EvalArguments(DatasetArguments):
             the largest `tokens_per_step`.
         batch_size (`int`, *optional*, defaults to `8`):
             Prompts decoded together.
+        cache (`str`, *optional*, defaults to `"none"`):
+            Fast-dLLM's approximate KV cache for bidirectional models (LLaDA, Dream): `none` (exact), `prefix`, `dual`.
         output_dir (`str`, *optional*, defaults to `"eval"`):
             Where `few_step_eval.json` and `few_step_eval.png` are written (with `lm_eval_tasks`: one report of all
             tasks, `eval_report.json` / `.md` / `.png`).
@@ -73,6 +75,10 @@ class EvalArguments(DatasetArguments):
         },
     )
     batch_size: int = field(default=8, metadata={"help": "Prompts decoded together."})
+    cache: str = field(
+        default="none",
+        metadata={"help": "Approximate KV cache: none, prefix or dual.", "choices": ["none", "prefix", "dual"]},
+    )
     output_dir: str = field(default="eval", metadata={"help": "Where the JSON report and PNG plot go."})
     lm_eval_tasks: str | None = field(
         default=None, metadata={"help": "lm-eval tasks, comma-separated (e.g. gsm8k,humaneval); needs the eval extra."}
@@ -158,6 +164,7 @@ def main(script_args: EvalArguments, model_args: TeacherArguments):
         max_new_tokens=max_new_tokens,
         block_length=block_length,
         batch_size=script_args.batch_size,
+        cache=script_args.cache,
         output_dir=script_args.output_dir,
         model_name=model_args.model_name_or_path,
     )
@@ -191,6 +198,7 @@ def evaluate_with_lm_eval(script_args: EvalArguments, model_args: TeacherArgumen
                 max_new_tokens=max_new_tokens,
                 block_length=block_length,
                 batch_size=script_args.batch_size,
+                cache=script_args.cache,
                 model_name=name,
                 show_progress=False,
             )
@@ -210,6 +218,7 @@ def evaluate_with_lm_eval(script_args: EvalArguments, model_args: TeacherArgumen
         model_name=name,
         max_new_tokens=script_args.max_new_tokens,
         block_length=script_args.block_length or max(script_args.tokens_per_step),
+        cache=script_args.cache,
     )
     if lm_eval_reports is None:
         return None

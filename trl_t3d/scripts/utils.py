@@ -98,14 +98,26 @@ class DecodingArguments:
             Completion budget.
         block_length (`int`, *optional*, defaults to `4`):
             Semi-autoregressive block length (T3D: 4).
-        tokens_per_step (`int`, *optional*, defaults to `1`):
-            Tokens committed per denoising step (1 = the slow, high-quality teacher).
+        tokens_per_step (`int`, *optional*):
+            Tokens committed per denoising step (1, the default when `steps` is unset, is the slow, high-quality
+            teacher).
         steps (`int`, *optional*):
             Total denoising steps; `None` derives them from `tokens_per_step`.
         remasking (`str`, *optional*, defaults to `"low_confidence"`):
-            Which masked tokens to commit: `low_confidence`, `random`, `margin` or `entropy`.
+            Which masked tokens to commit: `low_confidence`, `random`, `margin`, `entropy` or `origin` (Dream).
+        schedule (`str`, *optional*, defaults to `"llada"`):
+            Tokens per step: `llada` (even split) or `dream` (Dream's `diffusion_generate` timesteps, with `eps`).
+        eps (`float`, *optional*):
+            Last time of Dream's schedule (default 1e-3).
         threshold (`float`, *optional*):
             Confidence threshold for parallel (dynamic) decoding; commits every token above it.
+        factor (`float`, *optional*):
+            Fast-dLLM's factor rule instead of a threshold (rank r commits when confidence >= 1 - factor / (r + 1)).
+        threshold_rule (`str`, *optional*, defaults to `"scheduled"`):
+            `scheduled`: the threshold/factor adds to the scheduled count; `fast_dllm`: Fast-dLLM's rule, no count.
+        cache (`str`, *optional*, defaults to `"none"`):
+            Approximate KV cache of bidirectional models (Fast-dLLM): `none` (exact), `prefix` or `dual`. Faster,
+            with slightly different tokens; exact decoding stays the default for trajectory collection.
         temperature (`float`, *optional*, defaults to `0.0`):
             Sampling temperature; 0 is greedy (T3D collects at 0.1).
         top_k (`int`, *optional*):
@@ -116,13 +128,26 @@ class DecodingArguments:
 
     max_new_tokens: int = field(default=256, metadata={"help": "Completion budget (tokens)."})
     block_length: int = field(default=4, metadata={"help": "Block length of semi-autoregressive decoding."})
-    tokens_per_step: int = field(default=1, metadata={"help": "Tokens committed per denoising step."})
+    tokens_per_step: int | None = field(default=None, metadata={"help": "Tokens per denoising step (default 1)."})
     steps: int | None = field(default=None, metadata={"help": "Total steps; None derives them from tokens_per_step."})
     remasking: str = field(
         default="low_confidence",
-        metadata={"help": "Remasking policy.", "choices": ["low_confidence", "random", "margin", "entropy"]},
+        metadata={"help": "Remasking policy.", "choices": ["low_confidence", "random", "margin", "entropy", "origin"]},
     )
+    schedule: str = field(
+        default="llada", metadata={"help": "Tokens per step: llada or dream.", "choices": ["llada", "dream"]}
+    )
+    eps: float | None = field(default=None, metadata={"help": "Last time of Dream's schedule (default 1e-3)."})
     threshold: float | None = field(default=None, metadata={"help": "Confidence threshold (parallel decoding)."})
+    factor: float | None = field(default=None, metadata={"help": "Fast-dLLM's factor rule (instead of threshold)."})
+    threshold_rule: str = field(
+        default="scheduled",
+        metadata={"help": "How threshold/factor combine with the schedule.", "choices": ["scheduled", "fast_dllm"]},
+    )
+    cache: str = field(
+        default="none",
+        metadata={"help": "Approximate KV cache (bidirectional models).", "choices": ["none", "prefix", "dual"]},
+    )
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 = greedy."})
     top_k: int | None = field(default=None, metadata={"help": "Top-k filtering."})
     top_p: float | None = field(default=None, metadata={"help": "Nucleus (top-p) filtering."})
@@ -134,7 +159,12 @@ class DecodingArguments:
             "tokens_per_step",
             "steps",
             "remasking",
+            "schedule",
+            "eps",
             "threshold",
+            "factor",
+            "threshold_rule",
+            "cache",
             "temperature",
             "top_k",
             "top_p",

@@ -120,12 +120,19 @@ class DDOConfig(_BaseConfig):
             Teacher remasking policy.
         generation_batch_size (`int`, *optional*, defaults to `8`):
             Prompts decoded together during collection.
+        generation_cache (`str`, *optional*, defaults to `"none"`):
+            Teacher KV cache: `"none"` (exact, the default: trajectories are the teacher's own decoding), or Fast-dLLM's
+            approximate `"prefix"` / `"dual"` cache for bidirectional teachers (faster collection, trajectories that
+            can differ slightly from exact ones).
 
         > Parameters that describe the student (model card, saved generation config)
 
         student_tokens_per_step (`int`, *optional*, defaults to `4`):
             Recommended few-step decoding budget written into the model card and the saved
             `diffusion_generation_config.json`.
+        student_cache (`str`, *optional*, defaults to `"none"`):
+            KV cache written into the student's `diffusion_generation_config.json` (`"none"`, `"prefix"` or `"dual"`;
+            bidirectional families only), so that its few-step decoding uses it by default.
     """
 
     _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs", "generation_config"]
@@ -200,9 +207,17 @@ class DDOConfig(_BaseConfig):
     generation_temperature: float = field(default=0.0, metadata={"help": "Teacher temperature."})
     generation_remasking: str = field(default="low_confidence", metadata={"help": "Teacher remasking policy."})
     generation_batch_size: int = field(default=8, metadata={"help": "Prompts decoded together."})
+    generation_cache: str = field(
+        default="none",
+        metadata={"help": "Teacher KV cache (none = exact).", "choices": ["none", "prefix", "dual"]},
+    )
 
     # Student
     student_tokens_per_step: int = field(default=4, metadata={"help": "Recommended few-step decoding budget."})
+    student_cache: str = field(
+        default="none",
+        metadata={"help": "KV cache in the student's decoding config.", "choices": ["none", "prefix", "dual"]},
+    )
 
     def __post_init__(self):
         # bf16 mixed precision by default only where it pays off (a GPU); on CPU keep fp32.
@@ -229,6 +244,9 @@ class DDOConfig(_BaseConfig):
             raise ValueError(f"`ref_sync_steps` must be >= 0, got {self.ref_sync_steps}.")
         if self.block_length is not None and self.block_length < 1:
             raise ValueError(f"`block_length` must be >= 1, got {self.block_length}.")
+        for name in ("generation_cache", "student_cache"):
+            if getattr(self, name) not in ("none", "prefix", "dual"):
+                raise ValueError(f"`{name}` must be 'none', 'prefix' or 'dual', got {getattr(self, name)!r}.")
         if self.ref_sync_steps > 0 and "ddo" not in self.loss_terms():  # also validates loss_type now
             raise ValueError(
                 f"`ref_sync_steps`={self.ref_sync_steps} updates the DDO reference, but loss_type={self.loss_type} "
@@ -299,4 +317,5 @@ class DDOConfig(_BaseConfig):
             tokens_per_step=self.generation_tokens_per_step,
             temperature=self.generation_temperature,
             remasking=self.generation_remasking,
+            cache=self.generation_cache,
         )

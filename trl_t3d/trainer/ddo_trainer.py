@@ -706,6 +706,7 @@ class DDOTrainer(_BaseTrainer):
             "steps": None,
             "remasking": "low_confidence",
             "temperature": 0.0,
+            "cache": self.args.student_cache,
             "mask_token_id": self.adapter.mask_token_id,
         }
 

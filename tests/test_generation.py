@@ -1,8 +1,10 @@
 """Decoding: parity with LLaDA's reference algorithm, exact cache, trajectory replay, EOS, streamers, bad input."""
 
+import copy
 import json
 import os
 import types
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -58,12 +60,12 @@ def generic(generic_dir):
 
 @pytest.fixture(scope="module")
 def llada(llada_dir):
-    return AutoModel.from_pretrained(llada_dir, trust_remote_code=True).eval()
+    return AutoModel.from_pretrained(llada_dir).eval()  # the native class, no remote code
 
 
 @pytest.fixture(scope="module")
 def sdar(sdar_dir):
-    return AutoModelForCausalLM.from_pretrained(sdar_dir, trust_remote_code=True).eval()
+    return AutoModelForCausalLM.from_pretrained(sdar_dir).eval()  # the native class, no remote code
 
 
 SETTINGS = [(16, 4, 8), (16, 16, 5), (24, 8, 9), (12, 4, 12), (12, 12, 12)]  # (gen_length, block_length, steps)
@@ -161,15 +163,26 @@ def test_step_map_replays_intermediate_states(request, tokenizer, family):
 
 # ---------------------------------------------------------------------------------------------- Dream shift
 def test_dream_shift(dream_dir, tokenizer):
-    dream = AutoModel.from_pretrained(dream_dir, trust_remote_code=True).eval()
-    cfg = {k: v for k, v in dream.config.to_dict().items() if k not in ("model_type", "auto_map", "architectures")}
-    plain = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
-    plain.config.is_causal = False
-    plain.load_state_dict(dream.state_dict())
+    """Decoding Dream equals decoding a view of it whose logits were realigned by hand (logit i-1 -> token i)."""
+    dream = AutoModel.from_pretrained(dream_dir).eval()
+
+    class Realigned(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = copy.copy(dream.config)
+            self.config.model_type = "realigned"
+            self.config.is_causal = False  # Dream attends bidirectionally
+
+        def forward(self, input_ids, **kwargs):
+            logits = dream(input_ids=input_ids).logits
+            return SimpleNamespace(logits=torch.cat([logits[:, :1], logits[:, :-1]], dim=1))
+
     prompt = torch.tensor([tokenizer("perm:abc", add_special_tokens=False)["input_ids"]])
     kwargs = dict(max_new_tokens=12, block_length=4, stop_at_eos=False)
-    reference = diffusion_generate(plain, prompt, adapter="generic", **kwargs)
-    assert torch.equal(diffusion_generate(dream, prompt, **kwargs), reference)  # detected as "dream", shifted
+    reference = diffusion_generate(
+        Realigned(), prompt, adapter="generic", mask_token_id=tokenizer.mask_token_id, **kwargs
+    )
+    assert torch.equal(diffusion_generate(dream, prompt, processing_class=tokenizer, **kwargs), reference)
 
     class Unshifted(DreamAdapter):
         logits_shift = 0

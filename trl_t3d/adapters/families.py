@@ -6,7 +6,8 @@ from .base import DiffusionAdapter, position_ids_from_mask
 
 
 class GenericMaskedLMAdapter(DiffusionAdapter):
-    """Any bidirectional model with a mask token (`config.is_causal=False` or an explicit `mask_token_id`)."""
+    """Any bidirectional model (`config.is_causal=False`) with a mask token (in its config, its tokenizer, or passed
+    as `mask_token_id`). A causal model is refused whatever its mask id: see `adapters.registry`."""
 
     name = "generic"
 

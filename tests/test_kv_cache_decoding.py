@@ -209,6 +209,7 @@ def test_dream_schedule_by_hand():
         counts.append(c)
         left = left - c
     assert counts == [1, 2, 2, 3]  # 8*.24975=1.998, 7*.33289=2.33, 5*.49900=2.495, 3
+    assert DiffusionGenerationConfig(max_new_tokens=8, schedule="dream", steps=4).block_schedule() == [1, 2, 2, 3]
     assert int(dream_commit_counts(torch.tensor([8]), 0, 8, 1e-3)) == 0  # 8 * .124875: Dream's first step is empty
     assert float(dream_transfer_probability(0, 4, 1e-3)) == pytest.approx(0.24975, abs=1e-6)
     assert dream_transfer_probability(3, 4, 1e-3) == 1.0

@@ -106,10 +106,19 @@ class DiffusionGenerationConfig(GenerationConfig):
         return -(-block // per_step)
 
     def block_schedule(self) -> list[int]:
-        """How many tokens each step of a block commits (sums to the block length)."""
-        from .sampling import commit_schedule
+        """How many tokens each step of a block commits without a threshold or EOS stop (sums to the block length;
+        Dream's schedule has steps that commit 0)."""
+        import torch
 
-        return commit_schedule(self.resolved_block_length, self.steps_per_block(), self.tokens_per_step)
+        from .schedules import BlockSchedule
+
+        block = self.resolved_block_length
+        schedule, undecided, counts = BlockSchedule(self, block), torch.ones(1, block, dtype=torch.bool), []
+        for step in range(schedule.num_steps):
+            count = int(schedule.counts(step, undecided))
+            undecided[0, sum(counts) : sum(counts) + count] = False
+            counts.append(count)
+        return counts
 
     # ------------------------------------------------------------------------------------------ validation
     def validate(self, strict=False, user_set_attributes=None):

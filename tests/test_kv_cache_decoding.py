@@ -487,3 +487,26 @@ def test_cache_through_a_peft_model(tok):
     exact = decode(model, tok, PROMPTS, block_length=4)
     cached = decode(model, tok, PROMPTS, block_length=4, cache="dual")
     assert torch.equal(cached.sequences, exact.sequences)
+
+
+def test_trainer_refuses_a_cache_the_family_cannot_take(sdar_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from trl_t3d import AutoModelForDiffusionLM, DDOConfig, DDOTrainer
+
+    model = AutoModelForDiffusionLM.from_pretrained(sdar_dir)
+    args = DDOConfig(output_dir=str(tmp_path), student_cache="dual", report_to=[], use_cpu=True)
+    import datasets
+
+    trajectories = datasets.Dataset.from_dict(
+        {
+            "prompt_ids": [[5, 6, 7]],
+            "completion_ids": [[8, 9, 10, 11]],
+            "step_map": [[0, 1, 2, 3]],
+            "block_length": [4],
+        }
+    )
+    with pytest.raises(ValueError, match="the 'sdar' family does not take it. Set student_cache='none'"):
+        DDOTrainer(
+            model, args=args, train_dataset=trajectories, processing_class=AutoTokenizer.from_pretrained(sdar_dir)
+        )

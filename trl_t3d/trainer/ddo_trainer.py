@@ -267,6 +267,12 @@ class DDOTrainer(_BaseTrainer):
             )
         self.diffusion_lm = resolved
         model, processing_class, self.adapter = resolved.model, resolved.processing_class, resolved.adapter
+        for name in ("generation_cache", "student_cache"):
+            if getattr(args, name) != "none" and not self.adapter.supports_approximate_cache:
+                raise ValueError(
+                    f"`{name}={getattr(args, name)!r}` is Fast-dLLM's approximate KV cache of bidirectional families; "
+                    f"the '{self.adapter.name}' family does not take it. Set {name}='none'."
+                )
         if isinstance(ref_model, str):
             ref_model = _load(ref_model, args, self.adapter.name, processing_class).model
         if ref_model is not None and ref_model is model:

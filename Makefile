@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # (any build satisfying the package's range) and set TORCH_SPEC= to skip this pin.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-distributed lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ demo: install
 	$(PY) -m trl_t3d.demo
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 -m "not deepspeed"
+
+# DeepSpeed ZeRO-2/3 under `accelerate launch` with 2 CPU processes (about 2 minutes); installs DeepSpeed, which
+# `make test` does not need. DDP and FSDP2 launches are part of `make test`.
+test-distributed: install
+	$(PY) -m pip install -q -e ".[deepspeed]"
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 -m deepspeed
 
 lint: install
 	$(VENV)/bin/ruff check trl_t3d tests examples benchmarks

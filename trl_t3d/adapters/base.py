@@ -171,6 +171,11 @@ class BaseDiffusionAdapter(abc.ABC):
             )
         return found
 
+    def fsdp_weight_sharing_groups(self, model) -> list[list[torch.nn.Module]]:
+        """Modules that share weights and must therefore form one FSDP2 group each (`fully_shard([a, b])`): FSDP2
+        refuses a parameter seen by two groups, and accelerate's auto-wrap groups by layer. None for most families."""
+        return []
+
     # ---------------------------------------------------------------- decoding hooks
     def trained_block_length(self, model) -> int | None:
         """The block size the model was trained with, which decoding defaults to (SDAR: `config.block_size`)."""

@@ -41,6 +41,15 @@ def _text_config(config):
     return config
 
 
+def _model_config(model):
+    """The model's config, also through a DDP or DeepSpeed wrapper (`.module`; DDP has no `.config`, DeepSpeed's engine
+    has its own JSON config there)."""
+    inner = getattr(model, "module", None)
+    if inner is not None and getattr(inner, "config", None) is not None:
+        return inner.config
+    return getattr(model, "config", None)
+
+
 class DiffusionGemmaAdapter(DiffusionAdapter):
     """`DiffusionGemmaForBlockDiffusion`: uniform noise, encoder KV prefix + bidirectional canvas decoder.
 
@@ -74,7 +83,7 @@ class DiffusionGemmaAdapter(DiffusionAdapter):
     # ---------------------------------------------------------------- model facts
     @staticmethod
     def canvas_length(model) -> int | None:
-        return getattr(getattr(model, "config", None), "canvas_length", None)
+        return getattr(_model_config(model), "canvas_length", None)
 
     def trained_block_length(self, model) -> int | None:
         """The block length decoding defaults to: the model's `canvas_length`."""
@@ -101,7 +110,7 @@ class DiffusionGemmaAdapter(DiffusionAdapter):
         ctx_end = prompt_length + noisy_blocks * block_length  # first context key block b may not see
         ctx_allowed = (ctx_blocks[None, :] < noisy_blocks[:, None])[None] & key_valid[:, None, :].bool()
         canvas_allowed = (noisy_blocks[None, :] == noisy_blocks[:, None])[None].expand(batch, -1, -1)
-        text_config = _text_config(model.config)
+        text_config = _text_config(_model_config(model))
         implementation = text_config._attn_implementation or "sdpa"
         if implementation not in ALL_MASK_ATTENTION_FUNCTIONS:
             raise ValueError(
@@ -216,6 +225,28 @@ class DiffusionGemmaAdapter(DiffusionAdapter):
                 "`model.decoder.layers.0.self_attn.q_proj`). Pass `lora_target_modules` explicitly."
             )
         return found
+
+    def fsdp_weight_sharing_groups(self, model) -> list[list[torch.nn.Module]]:
+        """Encoder layer i with decoder layer i, the two embeddings with the LM head, the two final norms: the modules
+        holding each shared weight, lifted to the layer (a `_no_split_modules` class) that contains them."""
+        unit_names = set(getattr(model, "_no_split_modules", None) or [])
+        units = [(name, module) for name, module in model.named_modules() if type(module).__name__ in unit_names]
+        holders: dict[int, dict[int, torch.nn.Module]] = {}
+        for name, module in model.named_modules():
+            unit = next((u for prefix, u in units if name == prefix or name.startswith(prefix + ".")), module)
+            for param in module.parameters(recurse=False):
+                holders.setdefault(id(param), {})[id(unit)] = unit
+        groups: list[dict[int, torch.nn.Module]] = []  # merge holders that share any parameter
+        for modules in holders.values():
+            if len(modules) < 2:
+                continue
+            touching = [g for g in groups if g.keys() & modules.keys()]
+            merged = dict(modules)
+            for group in touching:
+                merged.update(group)
+                groups.remove(group)
+            groups.append(merged)
+        return [list(group.values()) for group in groups]
 
     # ---------------------------------------------------------------- decoding
     def decoding_session(self, model, prompt_ids, prompt_attention_mask, completion_length, block_length, use_cache):

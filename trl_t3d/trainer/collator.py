@@ -13,10 +13,13 @@ the block decoded last are still masked (tied steps are kept together, so the st
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from .randomness import STATE_KEY, derive_seed, keyed_generator
 
 
 def mask_ratio_probabilities(mask_ratios: Sequence[float], exponent: float) -> torch.Tensor:
@@ -131,7 +134,10 @@ class DDODataCollator:
         eos_token_ids / max_trailing_eos_tokens: past a completion's first EOS, only the first
             `max_trailing_eos_tokens` EOS/padding tokens (`eos_token_ids` and the pad id) are trained (T3D's
             `post_num`), and a bidirectional block with nothing else to train is never drawn. `None`: no cap.
-        seed: seed of the collator's own `torch.Generator` (the states are reproducible).
+        seed: seed of the states. An example with a `state_key` (what `DDOTrainer` feeds: see
+            `trl_t3d.trainer.randomness`) draws its state from a generator seeded by `(seed, state_key)`, the same in
+            any process, worker or batch. Examples without one draw from a stream seeded by `(seed, process rank,
+            dataloader worker)`, so ranks and workers never share draws.
     """
 
     pad_token_id: int
@@ -146,7 +152,7 @@ class DDODataCollator:
     seed: int = 0
     eos_token_ids: Sequence[int] = ()
     max_trailing_eos_tokens: int | None = None
-    generator: torch.Generator = field(init=False, repr=False)
+    generator: torch.Generator | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if self.noise == "mask" and self.mask_token_id is None:
@@ -160,13 +166,21 @@ class DDODataCollator:
         if (self.random_token_ratio > 0 or self.noise == "uniform") and not self.vocab_size:
             raise ValueError("`vocab_size` is required for random tokens (random_token_ratio > 0 or uniform noise).")
         self.ratio_probs = mask_ratio_probabilities(self.mask_ratios, self.mask_ratio_exponent)
-        self.generator = torch.Generator().manual_seed(self.seed)
 
-    def _random_tokens(self, count: int) -> torch.Tensor:
+    def _stream(self) -> torch.Generator:
+        """The generator of examples without a `state_key`: seeded by (seed, rank, worker), made where it is used."""
+        worker = torch.utils.data.get_worker_info()
+        owner = (int(os.environ.get("RANK", 0)), worker.id if worker is not None else -1)
+        if self.generator is None or getattr(self, "_stream_owner", None) != owner:
+            seed = self.seed if owner == (0, -1) else derive_seed(self.seed, "stream", *owner)
+            self.generator, self._stream_owner = torch.Generator().manual_seed(seed), owner
+        return self.generator
+
+    def _random_tokens(self, count: int, generator: torch.Generator) -> torch.Tensor:
         if self.noise == "mask":  # never draw the mask token itself
-            tokens = torch.randint(self.vocab_size - 1, (count,), generator=self.generator)
+            tokens = torch.randint(self.vocab_size - 1, (count,), generator=generator)
             return tokens + (tokens >= self.mask_token_id).long()
-        return torch.randint(self.vocab_size, (count,), generator=self.generator)
+        return torch.randint(self.vocab_size, (count,), generator=generator)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         block_lengths = {int(self.block_length or f.get("block_length") or 0) for f in features}
@@ -197,7 +211,9 @@ class DDODataCollator:
                 prompt_attention_mask[i, prompt_len - prompt.numel() :] = 1
             x0[i, :n] = completion
             completion_mask[i, :n] = 1
-            ratio = float(self.mask_ratios[int(torch.multinomial(self.ratio_probs, 1, generator=self.generator))])
+            key = feature.get(STATE_KEY)
+            generator = self._stream() if key is None else keyed_generator(self.seed, key)
+            ratio = float(self.mask_ratios[int(torch.multinomial(self.ratio_probs, 1, generator=generator))])
             untrained = capped_trailing_eos(
                 completion, [*self.eos_token_ids, self.pad_token_id], self.max_trailing_eos_tokens
             )
@@ -206,20 +222,23 @@ class DDODataCollator:
                 block_length,
                 ratio,
                 all_blocks=self.block_causal,
-                generator=self.generator,
+                generator=generator,
                 untrained=untrained,
             )
             noise_mask[i, :n], loss_mask[i, :n], decode_rank[i, :n] = noise, loss, rank
-            # Every draw of example i happens here, in order, so a batch of 2 and two batches of 1 see equal states.
+            # Every draw of example i happens here, in order, and the draws of its padding come last: a batch of 2
+            # and two batches of 1 (or batches padded to other lengths) see equal states.
             if self.noise == "mask":
                 xt[i] = x0[i].masked_fill(noise_mask[i], self.mask_token_id)
             else:
-                xt[i] = torch.where(noise_mask[i], self._random_tokens(length), x0[i])
+                xt[i, :n] = torch.where(noise, self._random_tokens(n, generator), completion)
             if self.random_token_ratio > 0:
                 candidates = loss.nonzero().flatten()
                 count = max(1, int(self.random_token_ratio * candidates.numel()))
-                chosen = candidates[torch.randperm(candidates.numel(), generator=self.generator)[:count]]
-                xt[i, chosen] = self._random_tokens(chosen.numel())
+                chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:count]]
+                xt[i, chosen] = self._random_tokens(chosen.numel(), generator)
+            if self.noise != "mask" and length > n:
+                xt[i, n:] = self._random_tokens(length - n, generator)
         return {
             "prompt_ids": prompt_ids,
             "prompt_attention_mask": prompt_attention_mask,

@@ -41,6 +41,8 @@ from ..resolved import DiffusionLM, load_diffusion_lm
 from ..trajectories import dataset_metadata, is_prompt_only, prepare_trajectory_dataset
 from .collator import DDODataCollator
 from .ddo_config import DDOConfig
+from .randomness import KeyedRows, KeyedSampler, derive_seed
+from .reference_state import load_reference, save_reference
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +118,43 @@ def _vocabulary_heads(model) -> list[str]:
     ]
 
 
+def _keep_present_no_split_modules(model) -> None:
+    """FSDP's transformer auto-wrap (accelerate) wraps the classes named in `_no_split_modules` and fails on any the
+    model lacks (DiffusionGemma inherits Gemma4 layer names it replaces by its own; layers already sharded have FSDP
+    classes). Keep the classes the model has."""
+    names = getattr(model, "_no_split_modules", None)
+    if names:
+        present = {type(module).__name__ for module in model.modules()}
+        model._no_split_modules = {name for name in names if name in present}
+
+
+def _shard_weight_sharing_groups(groups, accelerator) -> None:
+    """FSDP2: shard each group of weight-sharing modules as one unit, before accelerate wraps the rest (it skips
+    modules that are already sharded). Same settings as accelerate's own `fully_shard` calls."""
+    plugin = accelerator.state.fsdp_plugin
+    if not groups or plugin.fsdp_version != 2:
+        if groups:
+            raise ValueError("This model shares weights between modules: train it with FSDP2 (`fsdp_version: 2`).")
+        return
+    if plugin.cpu_ram_efficient_loading:
+        raise ValueError(
+            "This model shares weights between modules, which accelerate's FSDP `cpu_ram_efficient_loading` (weights "
+            "broadcast from rank 0 after sharding) cannot handle: set `fsdp_cpu_ram_efficient_loading: false` in your "
+            "accelerate config."
+        )
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = getattr(accelerator, "torch_device_mesh", None)
+    kwargs = {
+        "reshard_after_forward": plugin.reshard_after_forward,
+        "offload_policy": plugin.cpu_offload,
+        "mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy(),
+        "mesh": mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)] if mesh is not None else None,
+    }
+    for group in groups:
+        fully_shard(group, **kwargs)
+
+
 def _gathered(params):
     """Gather ZeRO-3 partitioned parameters for a read/write (a no-op context without ZeRO-3)."""
     if is_deepspeed_zero3_enabled():
@@ -123,23 +162,6 @@ def _gathered(params):
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
     return contextlib.nullcontext()
-
-
-class _SwappableDataset(torch.utils.data.Dataset):
-    """A training dataset whose rows can be replaced between rounds (fresh trajectories) without a new dataloader."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self._length = len(dataset)
-
-    def swap(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return self._length
-
-    def __getitem__(self, index):
-        return self.dataset[index % len(self.dataset)]
 
 
 @contextlib.contextmanager
@@ -164,6 +186,9 @@ class DDOSyncRefModelCallback(SyncRefModelCallback):
     def __init__(self, trainer: DDOTrainer):
         super().__init__(ref_model=trainer.ref_model, accelerator=trainer.accelerator)
         self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._restore_reference()
 
     def on_step_end(self, args, state, control, **kwargs):
         if args.ref_sync_steps and state.global_step % args.ref_sync_steps == 0:
@@ -305,8 +330,12 @@ class DDOTrainer(_BaseTrainer):
         if eval_dataset is not None:
             eval_dataset = self._prepare(eval_dataset, processing_class, args, "eval")
         self._trajectory_metadata = dataset_metadata(train_dataset)
-        if args.recollect_each_round and self._prompt_dataset is not None:
-            train_dataset = _SwappableDataset(train_dataset)
+        # Rows carry their state key: states differ across ranks and workers, and replay exactly after a resume.
+        train_dataset = KeyedRows(train_dataset)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {name: KeyedRows(d) for name, d in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = KeyedRows(eval_dataset)
 
         # 4. PEFT
         given_peft_model = is_peft_model(model)
@@ -328,8 +357,10 @@ class DDOTrainer(_BaseTrainer):
             ref_model = None
         elif ref_model is None and not self._use_peft:
             ref_model = self._frozen_copy(model, args)
-        elif ref_model is None and given_peft_model:
+        elif ref_model is None and (given_peft_model or args.ref_sync_steps > 0):
             # The adapter passed in is the teacher: the reference is a frozen copy of it, not the bare base model.
+            # With rounds, the copy is made now, before FSDP / DeepSpeed wrap the model, so that it is sharded like
+            # the trained adapter (a fresh LoRA adapter adds zero: the same reference as the bare base model).
             self._sync_reference_adapter(model)
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
@@ -366,6 +397,9 @@ class DDOTrainer(_BaseTrainer):
         )
 
         self.ref_model = ref_model
+        if self.is_fsdp_enabled:  # sharded groups first: their classes (now FSDP ones) leave `_no_split_modules`
+            _shard_weight_sharing_groups(self.adapter.fsdp_weight_sharing_groups(model), self.accelerator)
+            _keep_present_no_split_modules(model.get_base_model() if self._use_peft else model)
         if self.ref_model is not None:
             if self.is_deepspeed_enabled:
                 from trl.models.utils import prepare_deepspeed
@@ -381,7 +415,7 @@ class DDOTrainer(_BaseTrainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._tokens_since_log = {"train": 0, "eval": 0}
         self._time_of_last_log = {"train": None, "eval": None}
-        self._fake_generator = None
+        self._fake_generator, self._fake_generator_state = None, None
         if args.ref_sync_steps > 0:
             self.add_callback(DDOSyncRefModelCallback(self))
         if hasattr(self.model, "add_model_tags"):
@@ -391,6 +425,50 @@ class DDOTrainer(_BaseTrainer):
     @staticmethod
     def _is_prompt_only(dataset) -> bool:
         return is_prompt_only(dataset)
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Rows in the Trainer's order, as state keys `epoch * len + row` (see `trainer/randomness.py`)."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        strategy = getattr(self.args, "train_sampling_strategy", "random")
+        if isinstance(dataset, KeyedRows) and strategy in ("random", "sequential"):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return KeyedSampler(len(dataset), seed, shuffle=strategy == "random")
+        logger.warning(
+            "train_sampling_strategy=%r yields row indices, not state keys: each row gets the same state in every "
+            "epoch. Use 'random' or 'sequential' for fresh states each epoch.",
+            strategy,
+        )
+        return super()._get_train_sampler(train_dataset)
+
+    # -------------------------------------------------------------------------------------- randomness
+    def _fake_token_generator(self, device) -> torch.Generator:
+        """Gumbel noise of the fake tokens: one stream per process (seeded by seed and rank), saved in checkpoints."""
+        if self._fake_generator is None:
+            seed = derive_seed(self.args.seed, "fake_tokens", self.args.process_index)
+            self._fake_generator = torch.Generator(device=device).manual_seed(seed)
+            if self._fake_generator_state is not None:
+                self._fake_generator.set_state(self._fake_generator_state)
+                self._fake_generator_state = None
+        return self._fake_generator
+
+    def _rng_file(self, directory: str) -> str:
+        return os.path.join(directory, f"t3d_rng_state_{self.args.process_index}.pth")
+
+    def _save_rng_state(self, output_dir):
+        """The Trainer's RNG states, plus this process's fake-token generator (the collator's states need none)."""
+        super()._save_rng_state(output_dir)
+        if self._fake_generator is not None:
+            torch.save({"fake_tokens": self._fake_generator.get_state()}, self._rng_file(output_dir))
+
+    def _load_rng_state(self, checkpoint):
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None or not os.path.isfile(self._rng_file(checkpoint)):
+            return
+        state = torch.load(self._rng_file(checkpoint), weights_only=True)["fake_tokens"]
+        if self._fake_generator is not None:
+            self._fake_generator.set_state(state)
+        else:
+            self._fake_generator_state = state
 
     def _prepare(self, dataset, processing_class, args, name):
         if isinstance(dataset, dict):
@@ -500,10 +578,9 @@ class DDOTrainer(_BaseTrainer):
                 "adapters then serve as the reference."
             )
         if is_deepspeed_zero3_enabled():
-            import deepspeed
-
-            with deepspeed.zero.Init(config_dict_or_path=args.deepspeed):
-                ref = type(model)(copy.deepcopy(model.config))
+            # `_from_config` builds under zero.Init and initializes the partitioned weights the ZeRO-3 way (a plain
+            # constructor runs `_init_weights` on empty shards and fails).
+            ref = type(model)._from_config(copy.deepcopy(model.config), dtype=model.dtype)
             with _gathered(list(model.parameters()) + list(ref.parameters())):
                 for dst, src in zip(ref.parameters(), model.parameters(), strict=True):
                     dst.data.copy_(src.data)
@@ -585,9 +662,8 @@ class DDOTrainer(_BaseTrainer):
         if "ddo" in terms:
             with torch.no_grad(), self._reference(model) as reference:
                 ref_rows = self._completion_logits(reference, inputs)[loss_mask].float()  # (N, V): rows of M only
-                if args.reference_temperature > 0 and self._fake_generator is None:
-                    self._fake_generator = torch.Generator(device=ref_rows.device).manual_seed(args.seed)
-                fake_rows = sample_fake_tokens(ref_rows, args.reference_temperature, self._fake_generator)
+                generator = self._fake_token_generator(ref_rows.device) if args.reference_temperature > 0 else None
+                fake_rows = sample_fake_tokens(ref_rows, args.reference_temperature, generator)
                 ref_log_probs = ref_rows.log_softmax(-1)
                 del ref_rows
                 fake = labels.masked_scatter(loss_mask, fake_rows)
@@ -737,6 +813,51 @@ class DDOTrainer(_BaseTrainer):
         name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else Path(self.args.output_dir).name
         self.create_model_card(model_name=name)
         super()._save_checkpoint(model, trial)
+        if self._reference_lags_policy(self.state.global_step):  # the reference is an earlier policy: keep it
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            save_reference(self._reference_parameters(), checkpoint, self.is_world_process_zero())
+
+    # -------------------------------------------------------------------------------------- resuming
+    def _reference_lags_policy(self, step: int) -> bool:
+        """Whether, at `step`, the reference is the policy of an earlier round boundary (not the teacher, not now)."""
+        k = self.args.ref_sync_steps
+        return "ddo" in self.loss_terms and k > 0 and step > k and step % k != 0
+
+    def _reference_parameters(self) -> list:
+        if self.ref_model is not None:
+            ref = self.accelerator.unwrap_model(self.ref_model)
+            return list(getattr(ref, "module", ref).named_parameters())
+        policy = self.accelerator.unwrap_model(self.model)
+        return [(n, p) for n, p in policy.named_parameters() if f".{REFERENCE_ADAPTER}." in n]
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        if resume_from_checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # None: the Trainer says so
+        self._resume_checkpoint = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
+    def _restore_reference(self) -> None:
+        """A resumed run's reference is the one the interrupted run had at its checkpoint (called at train begin,
+        once the checkpoint's weights are loaded and the models wrapped)."""
+        checkpoint, step, k = self.__dict__.get("_resume_checkpoint"), self.state.global_step, self.args.ref_sync_steps
+        if not checkpoint or "ddo" not in self.loss_terms or not k or step < k:
+            return  # the reference is still the teacher, as built in __init__
+        if self._reference_lags_policy(step) and load_reference(self._reference_parameters(), checkpoint):
+            return
+        if self._reference_lags_policy(step):
+            logger.warning(
+                "%s holds no reference weights (%s): the reference restarts from this checkpoint's policy instead of "
+                "the policy of step %d, so the run is not an exact continuation.",
+                checkpoint,
+                "t3d_reference.safetensors",
+                step - step % k,
+            )
+        self.sync_reference()
+        self._metrics["train"].pop("ref_syncs", None)  # a restored reference, not a new round
 
     def init_hf_repo(self, token=None, private=None):
         from ..hub import reaching_the_hub

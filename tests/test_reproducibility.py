@@ -1,0 +1,247 @@
+"""Training states that are reproducible, independent per rank and worker, and replayed exactly after a resume.
+
+See `trl_t3d/trainer/randomness.py`. The multi-process side (ranks draw different states; N processes train on the
+states of 1 process) runs under `accelerate launch` in `tests/test_distributed.py`.
+"""
+
+import pytest
+import torch
+from datasets import Dataset
+
+from trl_t3d import DDOConfig, DDOTrainer, testing
+from trl_t3d.trainer.collator import DDODataCollator
+from trl_t3d.trainer.randomness import STATE_KEY, KeyedRows, KeyedSampler, derive_seed
+
+PAD, MASK = 0, 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train several times faster on one thread than on two busy ones (and so do the launched runs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return testing.make_tokenizer()
+
+
+def rows(tok, n=8, completion_length=8, block_length=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        steps = []
+        for start in range(0, completion_length, block_length):
+            steps += [start + int(p) for p in torch.randperm(block_length, generator=g)]
+        out.append(
+            {
+                "prompt_ids": torch.randint(10, len(tok), (5,), generator=g).tolist(),
+                "completion_ids": torch.randint(10, len(tok), (completion_length,), generator=g).tolist(),
+                "step_map": steps,
+                "block_length": block_length,
+            }
+        )
+    return Dataset.from_list(out)
+
+
+def config(output_dir, **kw):
+    defaults = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        activation_checkpointing=False,
+        use_cpu=True,
+        seed=0,
+    )
+    return DDOConfig(**{**defaults, **kw})
+
+
+def losses(trainer):
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+# ---------------------------------------------------------------------------------------------- resume
+@pytest.mark.parametrize(
+    "peft, num_rows",
+    [
+        (False, 8),  # full fine-tuning; checkpoint 3 is inside epoch 0 (4 steps of 2 rows)
+        (True, 6),  # LoRA; checkpoint 3 ends epoch 0 (3 steps): step 4 draws the states of epoch 1
+    ],
+)
+def test_resume_reproduces_the_uninterrupted_run(tok, tmp_path, peft, num_rows):
+    """Random states (default mask ratios, 10% random tokens), fake tokens sampled at temperature 1 and a reference
+    that is an earlier policy at the checkpoint (synced at step 2, saved at 3): the resumed run repeats the losses
+    and weights step for step."""
+    from peft import LoraConfig
+
+    args = dict(max_steps=4, save_strategy="steps", save_steps=3, reference_temperature=1.0, ref_sync_steps=2)
+
+    def trainer():
+        return DDOTrainer(
+            testing.make_generic_mlm(tok),
+            args=config(tmp_path / "out", **args),
+            train_dataset=rows(tok, n=num_rows),
+            processing_class=tok,
+            peft_config=LoraConfig(r=4, lora_alpha=8, init_lora_weights=False) if peft else None,
+        )
+
+    uninterrupted = trainer()
+    uninterrupted.train()
+    folder = tmp_path / "out" / "checkpoint-3"
+    assert (folder / "t3d_reference.safetensors").exists() and (folder / "t3d_rng_state_0.pth").exists()
+    assert not (tmp_path / "out" / "checkpoint-4" / "t3d_reference.safetensors").exists()  # a boundary: the policy
+
+    resumed = trainer()
+    resumed.train(resume_from_checkpoint=str(folder))
+    assert len(losses(resumed)) == 4
+    assert losses(resumed) == losses(uninterrupted)
+    final = dict(uninterrupted.model.named_parameters())
+    for name, param in resumed.model.named_parameters():
+        assert torch.equal(param, final[name]), name
+        assert param.requires_grad == final[name].requires_grad, name
+
+
+def test_resume_from_a_boundary_rebuilds_the_reference_from_the_policy(tok, tmp_path):
+    args = dict(max_steps=3, save_strategy="steps", save_steps=2, ref_sync_steps=2)
+    make = lambda: DDOTrainer(  # noqa: E731
+        testing.make_generic_mlm(tok),
+        args=config(tmp_path / "out", **args),
+        train_dataset=rows(tok),
+        processing_class=tok,
+    )
+    uninterrupted = make()
+    uninterrupted.train()
+    (tmp_path / "out" / "checkpoint-3").rename(tmp_path / "later")  # resume_from_checkpoint=True: the last one
+    resumed = make()
+    resumed.train(resume_from_checkpoint=True)
+    assert losses(resumed) == losses(uninterrupted)
+    for ref, expected in zip(resumed.ref_model.parameters(), uninterrupted.ref_model.parameters()):
+        assert torch.equal(ref, expected) and not ref.requires_grad  # the policy of step 2
+
+
+# ---------------------------------------------------------------------------------------------- workers, seeds
+def test_dataloader_workers_train_on_the_same_states(tok, tmp_path):
+    runs = []
+    for workers in (0, 2):
+        trainer = DDOTrainer(
+            testing.make_generic_mlm(tok),
+            args=config(tmp_path / str(workers), max_steps=2, dataloader_num_workers=workers),
+            train_dataset=rows(tok),
+            processing_class=tok,
+        )
+        trainer.train()
+        runs.append(losses(trainer))
+    assert runs[0] == runs[1]
+
+
+def test_seed_decides_the_states(tok, tmp_path):
+    def first_batch(seed):
+        trainer = DDOTrainer(
+            testing.make_generic_mlm(tok),
+            args=config(tmp_path / str(seed), max_steps=1, seed=seed, mask_ratio_exponent=0.0),
+            train_dataset=rows(tok),
+            processing_class=tok,
+        )
+        return trainer.data_collator([trainer.train_dataset[k] for k in range(8)])["xt"]
+
+    assert torch.equal(first_batch(0), first_batch(0))
+    assert not torch.equal(first_batch(0), first_batch(1))
+
+
+# ---------------------------------------------------------------------------------------------- the pieces
+def test_sampler_gives_accelerates_order_as_state_keys():
+    from accelerate.data_loader import SeedableRandomSampler
+
+    reference = SeedableRandomSampler(data_source=range(10), data_seed=7)
+    sampler = KeyedSampler(10, seed=7)
+    for epoch in (0, 1, 5):
+        reference.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        assert list(sampler) == [epoch * 10 + row for row in reference]
+    assert list(KeyedSampler(4, seed=0, shuffle=False)) == [0, 1, 2, 3]
+    assert list(KeyedSampler(4, seed=0, shuffle=False)) == [0, 1, 2, 3]  # a fresh sampler starts at epoch 0
+
+
+def test_keyed_rows_carry_their_key_and_swap():
+    data = KeyedRows(Dataset.from_list([{"a": i} for i in range(4)]))
+    assert data[6] == {"a": 2, STATE_KEY: 6} and len(data) == 4 and data.column_names == ["a"]
+    data.swap(Dataset.from_list([{"a": 10 + i} for i in range(3)]))  # a round dropped one trajectory
+    assert data[6] == {"a": 12, STATE_KEY: 6} and data[3] == {"a": 10, STATE_KEY: 3}
+    assert derive_seed(0, "state", 1) != derive_seed(0, "state", 2) != derive_seed(1, "state", 1)
+
+
+@pytest.mark.parametrize("noise", ["mask", "uniform"])
+def test_a_keyed_state_does_not_depend_on_its_batch(noise):
+    """The same key gives the same state alone or in a batch, whatever the batch's padded length."""
+    collator = DDODataCollator(
+        pad_token_id=PAD, mask_token_id=MASK, noise=noise, random_token_ratio=0.3, vocab_size=50, mask_ratio_exponent=0
+    )
+    short = {"prompt_ids": [10, 11], "completion_ids": [20, 21, 22, 23], "step_map": [1, 0, 3, 2], "block_length": 2}
+    long = {"prompt_ids": [12], "completion_ids": list(range(30, 38)), "step_map": list(range(8)), "block_length": 2}
+    alone = collator([{**short, STATE_KEY: 5}])
+    batched = collator([{**long, STATE_KEY: 9}, {**short, STATE_KEY: 5}])
+    for key in ("xt", "loss_mask", "decode_rank"):
+        assert torch.equal(batched[key][1, :4], alone[key][0]), key
+    other = collator([{**short, STATE_KEY: 6}])
+    assert not all(torch.equal(other[k], alone[k]) for k in ("xt", "loss_mask"))
+
+
+def test_examples_without_key_draw_per_rank_and_worker(monkeypatch):
+    """Outside DDOTrainer (no `state_key`) the collator's stream is seeded by (seed, rank, worker)."""
+    feature = {
+        "prompt_ids": [10],
+        "completion_ids": list(range(20, 36)),
+        "step_map": list(range(16)),
+        "block_length": 4,
+    }
+
+    def draws():
+        collator = DDODataCollator(pad_token_id=PAD, mask_token_id=MASK, random_token_ratio=0.5, vocab_size=50)
+        return torch.stack([collator([feature])["xt"][0] for _ in range(4)])
+
+    monkeypatch.delenv("RANK", raising=False)
+    rank0 = draws()
+    monkeypatch.setenv("RANK", "1")
+    rank1 = draws()
+    assert not torch.equal(rank0, rank1)
+    monkeypatch.setenv("RANK", "0")
+    assert torch.equal(draws(), rank0)
+
+
+def test_diffusion_gemma_reads_its_config_through_a_ddp_wrapper(tok):
+    """Under DDP the trainer calls the adapter with the wrapper (`.module`, no `.config`)."""
+    from trl_t3d.adapters import get_adapter
+
+    model = testing.make_diffusion_gemma(tok, canvas_length=4)
+    adapter = get_adapter(model, tokenizer=tok)
+
+    class Wrapper(torch.nn.Module):  # what DistributedDataParallel exposes: `.module`, no `.config`
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    wrapped = Wrapper(model)
+    assert not hasattr(wrapped, "config") and adapter.canvas_length(wrapped) == 4
+    key_valid = torch.ones(1, 7, dtype=torch.bool)
+    masks, expected = (
+        adapter.canvas_masks(wrapped, key_valid, 3, 8, 4),
+        adapter.canvas_masks(model, key_valid, 3, 8, 4),
+    )
+    assert masks.keys() == expected.keys()
+    assert all(torch.equal(masks[k], expected[k]) for k in masks)
+
+
+def test_resume_needs_no_state_of_the_collator(tok):
+    """Nothing of the collator is saved: it has no state that training changes."""
+    collator = DDODataCollator(pad_token_id=PAD, mask_token_id=MASK)
+    feature = dict(rows(tok, n=1)[0], **{STATE_KEY: 3})
+    first = collator([feature])["xt"]
+    collator([dict(feature, **{STATE_KEY: 4})])
+    assert torch.equal(collator([feature])["xt"], first) and collator.generator is None

@@ -172,13 +172,28 @@ def test_fsdp2_matches_one_process(cases, single_process, tmp_path):
     (DTensor parameters), and the reference sync copies between shards."""
     fsdp_cases = [{**c, "env": DG_FSDP_ENV} if c["name"].startswith("dg") else c for c in cases]
     refused = {**cases[-1], "name": "dg_refused", "expect_error": True}  # the recipe as is: a clear error
-    out = launch(CONFIGS / "fsdp.yaml", {"cases": fsdp_cases + [refused]}, tmp_path)
+    # resumed from checkpoint 3 (between the syncs at 2 and 4; sharded checkpoints, fake tokens at temperature 1)
+    resumed = [
+        {**case, "name": f"{case['name']}_resumed", "max_steps": 4, "save_steps": 3, "reference_temperature": 1.0}
+        for case in cases[:2]
+    ]
+    out = launch(CONFIGS / "fsdp.yaml", {"cases": fsdp_cases + [refused] + resumed}, tmp_path)
     setup = json.loads((out / "setup.json").read_text())
     assert "fsdp_cpu_ram_efficient_loading: false" in setup.pop("dg_refused")["error"]
     for name, s in setup.items():
         assert s["distributed_type"] == "DistributedType.FSDP" and s["fsdp_version"] == 2, (name, s)
         assert s["policy_fully_sharded"] and s["policy_dtensor"] and s["reference_dtensor"], (name, s)
     assert_matches_single_process(out, cases, single_process)
+    for case in resumed:
+        run = torch.load(out / f"{case['name']}.pt", weights_only=False)
+        expected = run["uninterrupted"]
+        assert {"t3d_reference.safetensors", "t3d_rng_state_0.pth", "t3d_rng_state_1.pth"} <= set(
+            run["checkpoint_files"]
+        )
+        assert len(run["losses"]) == 4 and run["losses"] == expected["losses"], case["name"]
+        for part in ("policy", "reference"):
+            for key, value in run[part].items():
+                torch.testing.assert_close(value, expected[part][key], rtol=0, atol=0, msg=f"{case['name']}: {key}")
 
 
 @pytest.mark.accelerate_launch

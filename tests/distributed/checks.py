@@ -6,7 +6,8 @@
 SPEC.json: {"out": DIR, "cases": [CASE, ...], "collect": COLLECT or null}. Each CASE trains `DDOTrainer` a few steps
 (`build_trainer`, the same function the test uses for its 1-process runs) and rank 0 writes `DIR/<name>.pt`: the
 logged losses, the policy and reference weights as whole tensors, the reference's `requires_grad` flags, and the states
-(state keys and `x_t`) every rank trained on. COLLECT runs a sharded trajectory collection that every process
+(state keys and `x_t`) every rank trained on. A CASE with `save_steps` is then resumed from that checkpoint by a fresh
+trainer, whose results are written, with the uninterrupted run's under "uninterrupted". COLLECT runs a sharded trajectory collection that every process
 interrupts after its first shard, then resumes it; rank 0 saves the dataset. `DIR/setup.json` says how the models were
 actually wrapped (DDP, FSDP2 `fully_shard` with DTensor shards, DeepSpeed ZeRO stage).
 
@@ -76,7 +77,8 @@ def build_trainer(case: dict, output_dir: str, per_device_train_batch_size: int)
         learning_rate=1e-3,
         logging_steps=1,
         report_to="none",
-        save_strategy="no",
+        save_strategy="steps" if case.get("save_steps") else "no",
+        save_steps=case.get("save_steps") or 500,
         disable_tqdm=True,
         activation_checkpointing=False,
         seed=case.get("seed", 0),
@@ -84,6 +86,7 @@ def build_trainer(case: dict, output_dir: str, per_device_train_batch_size: int)
         ref_sync_steps=case.get("ref_sync_steps", 0),
         mask_ratio_exponent=case.get("mask_ratio_exponent", 8.0),
         random_token_ratio=case.get("random_token_ratio", 0.1),
+        reference_temperature=case.get("reference_temperature", 0.0),
     )
     rows = make_rows(len(tokenizer), **case.get("rows", {}))
     peft_config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False) if case.get("peft") else None
@@ -182,6 +185,13 @@ def run_case(case: dict, out: str, setup: dict) -> None:
         os.environ.update(saved_env)
     trainer.train()
     result = trained_weights(trainer)
+    if case.get("save_steps"):  # resume from the checkpoint in a fresh trainer: the result is the resumed run's
+        folder = os.path.join(out, case["name"], f"checkpoint-{case['save_steps']}")
+        uninterrupted = result
+        trainer = build_trainer(case, os.path.join(out, case["name"]), case.get("per_device_train_batch_size", 2))
+        trainer.train(resume_from_checkpoint=folder)
+        result = {**trained_weights(trainer), "uninterrupted": uninterrupted}
+        result["checkpoint_files"] = sorted(os.listdir(folder))
     states = gather_object([(trainer.args.process_index, trainer.data_collator.batches)])
     setup[case["name"]] = describe_setup(trainer)
     if trainer.is_world_process_zero():

@@ -432,13 +432,23 @@ class DDOTrainer(_BaseTrainer):
         strategy = getattr(self.args, "train_sampling_strategy", "random")
         if isinstance(dataset, KeyedRows) and strategy in ("random", "sequential"):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return KeyedSampler(len(dataset), seed, shuffle=strategy == "random")
+            self._keyed_sampler = KeyedSampler(len(dataset), seed, shuffle=strategy == "random")
+            return self._keyed_sampler
         logger.warning(
             "train_sampling_strategy=%r yields row indices, not state keys: each row gets the same state in every "
             "epoch. Use 'random' or 'sequential' for fresh states each epoch.",
             strategy,
         )
         return super()._get_train_sampler(train_dataset)
+
+    def get_train_dataloader(self):
+        dataloader = super().get_train_dataloader()
+        sampler = self.__dict__.pop("_keyed_sampler", None)
+        if sampler is not None and hasattr(dataloader, "set_sampler"):
+            # As accelerate does for its own seedable sampler: then `set_epoch` also reaches it through the
+            # dataloader `skip_first_batches` makes on a multi-process resume (else that epoch replays epoch 0's keys).
+            dataloader.set_sampler(sampler)
+        return dataloader
 
     # -------------------------------------------------------------------------------------- randomness
     def _fake_token_generator(self, device) -> torch.Generator:

@@ -5,8 +5,17 @@
 2. Threshold (parallel) decoding: tokens per forward. A random-weights model is never confident, so this part uses a
    small bidirectional model briefly trained here, in the benchmark, on repeating patterns (it becomes confident),
    and compares 1 token per step with `threshold=0.9`.
+3. Bidirectional KV cache (`--only bidirectional_cache`): Fast-dLLM's approximate prefix / dual cache vs exact
+   decoding on a native LLaDA of 50M parameters (random weights, output head sharpened so that some predictions pass
+   the threshold), prompt 512, 256 new tokens, block 32, at 1 and 4 tokens per step and threshold 0.9, batch 1 and 8.
+   A full exact decode of that size takes over an hour on one CPU thread, so each run is timed for a budget of
+   seconds: exact decoding costs the same at every forward (the whole sequence), so it may stop after any forward;
+   cached runs stop only after whole blocks (a cached block starts with one full forward), counted from the first
+   block, whose prefix window (block + tail) is the longest: prefix figures are a lower bound. With a threshold, how
+   many tokens a forward commits varies (the exact run's first forwards commit the most), so compare seconds per
+   forward (`seconds / forwards`) there, beside `tokens_per_forward`.
 
-Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/decode.py [--quick]
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/decode.py [--quick] [--only bidirectional_cache [--settings ...]]
 """
 
 from __future__ import annotations
@@ -134,13 +143,155 @@ def threshold_benchmark(tokenizer, train_steps, new_tokens, block_length, prompt
     }
 
 
+class _BudgetSpent(Exception):
+    pass
+
+
+def budgeted_decoding(model, input_ids, attention_mask, budget_s, whole_blocks, **kwargs):
+    """Decode until `budget_s` seconds have passed (checked before each forward; with `whole_blocks`, only before a
+    block's first forward), and return what was timed: forwards, committed tokens, seconds, tokens/s."""
+    block = kwargs["block_length"]
+    start, timed_run = time.perf_counter(), {}
+
+    def check(step, canvas, undecided):
+        elapsed = time.perf_counter() - start
+        current = int(undecided.any(0).nonzero()[0]) // block  # the first block with undecided positions
+        at_block_start = bool(undecided[:, current * block : (current + 1) * block].all())
+        if step > 0 and elapsed >= budget_s and (at_block_start or not whole_blocks):
+            timed_run.update(forwards=step, tokens=int((~undecided).sum()), seconds=elapsed)
+            raise _BudgetSpent
+
+    try:
+        out = diffusion_generate(
+            model,
+            input_ids,
+            attention_mask,
+            return_dict_in_generate=True,
+            stop_at_eos=False,
+            step_callback=check,
+            **kwargs,
+        )
+        timed_run.update(forwards=out.nfe, tokens=int(input_ids.shape[0] * kwargs["max_new_tokens"]))
+        timed_run["seconds"] = time.perf_counter() - start
+    except _BudgetSpent:
+        pass
+    batch = input_ids.shape[0]
+    return {
+        "forwards": timed_run["forwards"],
+        "tokens": timed_run["tokens"],
+        "seconds": round(timed_run["seconds"], 2),
+        "tokens_per_second": round(timed_run["tokens"] / timed_run["seconds"], 2),
+        "tokens_per_forward": round(timed_run["tokens"] / (batch * timed_run["forwards"]), 2),
+        "blocks_timed": round(timed_run["tokens"] / (batch * block), 2),
+    }
+
+
+def native_llada(quick: bool):
+    """A native `LLaDAModelLM` with LLaDA-8B's architecture options at 50M parameters (random weights)."""
+    from trl_t3d.models.llada import LLaDAConfig, LLaDAModelLM
+
+    sizes = (
+        dict(d_model=128, n_heads=4, n_layers=2, mlp_hidden_size=256)
+        if quick
+        else dict(d_model=640, n_heads=10, n_layers=8, mlp_hidden_size=1728)
+    )
+    config = LLaDAConfig(
+        **sizes,
+        n_kv_heads=sizes["n_heads"],
+        vocab_size=8192,
+        embedding_size=8192,
+        max_sequence_length=1024,
+        rope=True,
+        rope_theta=500000.0,
+        block_type="llama",
+        activation_type="silu",
+        layer_norm_type="rms",
+        rms_norm_eps=1e-5,
+        include_bias=False,
+        weight_tying=False,
+        mask_token_id=8191,
+        eos_token_id=8190,
+        pad_token_id=8190,
+        attention_dropout=0.0,
+        residual_dropout=0.0,
+        embedding_dropout=0.0,
+        init_device="cpu",
+        init_fn="mitchell",
+    )
+    torch.manual_seed(0)
+    model = LLaDAModelLM(config).eval()
+    with torch.no_grad():  # random weights predict near-uniformly; x8 makes some (not most) predictions pass 0.9
+        model.model.transformer.ff_out.weight.mul_(8.0)
+    return model
+
+
+def bidirectional_cache_benchmark(quick: bool, budget_s: float, only_settings=None):
+    model = native_llada(quick)
+    params = sum(p.numel() for p in model.parameters())
+    prompt_length, new_tokens, block = (64, 64, 16) if quick else (512, 256, 32)
+    generator = torch.Generator().manual_seed(0)
+    settings = {
+        "1_token_per_step": dict(tokens_per_step=1),
+        "4_tokens_per_step": dict(tokens_per_step=4),
+        "threshold_0.9": dict(threshold=0.9, threshold_rule="fast_dllm"),
+    }
+    settings = {k: v for k, v in settings.items() if not only_settings or k in only_settings}
+    runs = {}
+    for batch in (1, 8):
+        input_ids = torch.randint(0, 8000, (batch, prompt_length), generator=generator)
+        for name, extra in settings.items():
+            row = {}
+            for mode in ("none", "prefix", "dual"):
+                row[mode] = budgeted_decoding(
+                    model,
+                    input_ids,
+                    None,
+                    budget_s,
+                    whole_blocks=mode != "none",
+                    max_new_tokens=new_tokens,
+                    block_length=block,
+                    cache=mode,
+                    **extra,
+                )
+                print(f"batch {batch} {name} {mode}: {row[mode]}", flush=True)
+            for mode in ("prefix", "dual"):
+                row[f"{mode}_vs_none"] = round(row[mode]["tokens_per_second"] / row["none"]["tokens_per_second"], 2)
+            runs[f"batch_{batch}/{name}"] = row
+    return {
+        "model": f"native LLaDA (LLaDAModelLM), {model.config.n_layers} layers, d_model {model.config.d_model}, "
+        f"vocab 8192, {params / 1e6:.1f}M params, random weights, output head x8",
+        "prompt_length": prompt_length,
+        "max_new_tokens": new_tokens,
+        "block_length": block,
+        "budget_s": f"{budget_s} per run (at least one forward; cached runs time whole blocks from the first)",
+        "runs": runs,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--only", choices=["bidirectional_cache"], help="run one part; merged into the results file")
+    parser.add_argument("--budget_s", type=float, default=15.0, help="timing budget per bidirectional-cache run")
+    parser.add_argument("--settings", nargs="+", help="bidirectional-cache settings to (re)run, merged into the file")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     tokenizer = testing.make_tokenizer()
     quick = args.quick
+    if args.only == "bidirectional_cache":
+        part = bidirectional_cache_benchmark(quick, args.budget_s, args.settings)
+        print(json.dumps(part, indent=2))
+        if not quick:
+            report = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
+            if args.settings and "bidirectional_cache" in report:  # keep the other settings' runs
+                part["runs"] = {**report["bidirectional_cache"]["runs"], **part["runs"]}
+            report["bidirectional_cache"] = part
+            report["bidirectional_cache_machine"] = (
+                f"{platform.processor() or platform.machine()}, CPU, torch threads {torch.get_num_threads()}"
+            )
+            with open(RESULTS, "w") as f:
+                json.dump(report, f, indent=2)
+        return
     report = {
         "machine": f"{platform.processor() or platform.machine()}, CPU, torch threads {torch.get_num_threads()}",
         "torch": torch.__version__,
@@ -150,6 +301,7 @@ def main():
             ),
         ],
         "threshold": threshold_benchmark(tokenizer, 30 if quick else 800, 64, 32),
+        "bidirectional_cache": bidirectional_cache_benchmark(quick, args.budget_s),
     }
     if not quick:
         report["block_cache"].append(cache_benchmark(tokenizer, 256, 32, 64, 256, 4))

@@ -20,8 +20,14 @@ for _variable, _folder in (
 ):
     os.environ[_variable] = os.path.join(_HF_HOME, _folder)
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# The models here are tiny: one thread per process is several times faster than two fighting over a 2-core machine,
+# and subprocesses (accelerate launch, the demo) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from trl_t3d import testing  # noqa: E402
 

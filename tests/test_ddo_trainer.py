@@ -16,24 +16,9 @@ from trl_t3d import DDOConfig, DDOTrainer, testing  # noqa: E402
 
 
 def trajectories(tok, n=4, completion_length=8, block_length=4, seed=0, equal_prompts=False):
-    """Synthetic trajectories: tokens at random, step maps a random order inside each block, blocks in sequence."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for i in range(n):
-        prompt_len = 5 if equal_prompts else 4 + i % 3
-        steps = []
-        for start in range(0, completion_length, block_length):
-            size = min(block_length, completion_length - start)
-            steps += [start + int(p) for p in torch.randperm(size, generator=g)]
-        rows.append(
-            {
-                "prompt_ids": torch.randint(10, len(tok), (prompt_len,), generator=g).tolist(),
-                "completion_ids": torch.randint(10, len(tok), (completion_length,), generator=g).tolist(),
-                "step_map": steps,
-                "block_length": block_length,
-            }
-        )
-    return Dataset.from_list(rows)
+    """Random tokens; step maps a random order inside each block, blocks in sequence; prompts of 4-6 tokens."""
+    lengths = (5,) if equal_prompts else (4, 5, 6)
+    return testing.synthetic_trajectories(tok, n, completion_length, block_length, seed, prompt_lengths=lengths)
 
 
 def config(tmp_path, **kw):

@@ -427,7 +427,7 @@ def test_phrase_task_argmax_mixes_phrases_while_one_position_at_a_time_finds_one
     bank = phrase_bank(32, 8)
     for phrases in bank:
 
-        def marginal(position, fixed):
+        def marginal(position, fixed, phrases=phrases):
             alive = [(p, w) for p, w in zip(phrases, PHRASE_WEIGHTS) if all(p[i] == c for i, c in fixed.items())]
             total = sum(w for _, w in alive)
             counts = collections.Counter()

@@ -103,15 +103,6 @@ def flexible_extract(completion, reference):
     return _clean(last) == _clean(str(reference))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is fastest, and immune to a busy machine (spinning threads cost 10x there)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """(model, tokenizer, saved dir): a tiny bidirectional LM trained to answer the first 6 questions."""

@@ -85,7 +85,6 @@ def test_saved_student_keeps_the_published_config_and_the_original_code(tmp_path
 @pytest.mark.parametrize("use_peft", [False, True])
 def test_training_with_gradient_checkpointing_on_every_family(request, tmp_path, family, use_peft):
     from peft import LoraConfig
-    from test_ddo_trainer import trajectories  # tests/ is on sys.path (pytest's default import mode)
 
     tokenizer = testing.make_tokenizer()
     args = DDOConfig(
@@ -102,7 +101,7 @@ def test_training_with_gradient_checkpointing_on_every_family(request, tmp_path,
     trainer = DDOTrainer(
         request.getfixturevalue(f"{family}_dir"),
         args=args,
-        train_dataset=trajectories(tokenizer, completion_length=8),
+        train_dataset=testing.synthetic_trajectories(tokenizer),
         processing_class=tokenizer,
         peft_config=LoraConfig(r=4, lora_alpha=8) if use_peft else None,
     )

@@ -15,36 +15,13 @@ from trl_t3d.trainer.randomness import STATE_KEY, KeyedRows, KeyedSampler, deriv
 PAD, MASK = 0, 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train several times faster on one thread than on two busy ones (and so do the launched runs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return testing.make_tokenizer()
 
 
 def rows(tok, n=8, completion_length=8, block_length=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        steps = []
-        for start in range(0, completion_length, block_length):
-            steps += [start + int(p) for p in torch.randperm(block_length, generator=g)]
-        out.append(
-            {
-                "prompt_ids": torch.randint(10, len(tok), (5,), generator=g).tolist(),
-                "completion_ids": torch.randint(10, len(tok), (completion_length,), generator=g).tolist(),
-                "step_map": steps,
-                "block_length": block_length,
-            }
-        )
-    return Dataset.from_list(out)
+    return testing.synthetic_trajectories(tok, n, completion_length, block_length, seed, prompt_lengths=(5,))
 
 
 def config(output_dir, **kw):

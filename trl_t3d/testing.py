@@ -32,6 +32,32 @@ CHAT_TEMPLATE = (
 )
 
 
+def synthetic_trajectories(
+    tokenizer, n: int = 4, completion_length: int = 8, block_length: int = 4, seed: int = 0, prompt_lengths=(4, 5, 6)
+):
+    """A trajectory `Dataset` of random tokens: row i has a prompt of `prompt_lengths[i % len]` tokens, and its step
+    map decodes each block in a random order, blocks in sequence (the schema `collect_trajectories` writes)."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        steps = []
+        for start in range(0, completion_length, block_length):
+            size = min(block_length, completion_length - start)
+            steps += [start + int(p) for p in torch.randperm(size, generator=g)]
+        prompt_length = prompt_lengths[i % len(prompt_lengths)]
+        rows.append(
+            {
+                "prompt_ids": torch.randint(10, len(tokenizer), (prompt_length,), generator=g).tolist(),
+                "completion_ids": torch.randint(10, len(tokenizer), (completion_length,), generator=g).tolist(),
+                "step_map": steps,
+                "block_length": block_length,
+            }
+        )
+    return Dataset.from_list(rows)
+
+
 def make_tokenizer(save_directory: str | None = None):
     """Character-level fast tokenizer: every printable ASCII character is one token."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -84,10 +110,15 @@ def make_generic_mlm(tokenizer=None, hidden_size: int = 32, num_layers: int = 2,
     return LlamaForCausalLM(config).eval()
 
 
-def save_generic_mlm(save_directory: str, **kwargs) -> str:
+def _save_with_tokenizer(make, save_directory: str, **kwargs) -> str:
+    """`make(tokenizer, **kwargs)` saved with the char tokenizer in `save_directory` (the Hub layout)."""
     tokenizer = make_tokenizer(save_directory)
-    make_generic_mlm(tokenizer, **kwargs).save_pretrained(save_directory)
+    make(tokenizer, **kwargs).save_pretrained(save_directory)
     return save_directory
+
+
+def save_generic_mlm(save_directory: str, **kwargs) -> str:
+    return _save_with_tokenizer(make_generic_mlm, save_directory, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,9 +170,7 @@ def make_llada(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_h
 
 def save_llada(save_directory: str, **kwargs) -> str:
     """A tiny native LLaDA and the char tokenizer in the Hub layout; `AutoModel.from_pretrained(dir)` loads it."""
-    tokenizer = make_tokenizer(save_directory)
-    make_llada(tokenizer, **kwargs).save_pretrained(save_directory)
-    return save_directory
+    return _save_with_tokenizer(make_llada, save_directory, **kwargs)
 
 
 DREAM_AUTO_MAP = {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"}
@@ -187,9 +216,7 @@ def make_dream(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_h
 
 def save_dream(save_directory: str, **kwargs) -> str:
     """A tiny native Dream and the char tokenizer in the Hub layout; `AutoModel.from_pretrained(dir)` loads it."""
-    tokenizer = make_tokenizer(save_directory)
-    make_dream(tokenizer, **kwargs).save_pretrained(save_directory)
-    return save_directory
+    return _save_with_tokenizer(make_dream, save_directory, **kwargs)
 
 
 def make_sdar(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0):
@@ -211,9 +238,7 @@ def make_sdar(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_he
 def save_sdar(save_directory: str, **kwargs) -> str:
     """A tiny native SDAR and the char tokenizer in the Hub layout; `AutoModelForCausalLM.from_pretrained(dir)` loads
     it."""
-    tokenizer = make_tokenizer(save_directory)
-    make_sdar(tokenizer, **kwargs).save_pretrained(save_directory)
-    return save_directory
+    return _save_with_tokenizer(make_sdar, save_directory, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -619,6 +644,4 @@ def make_diffusion_gemma(
 
 def save_diffusion_gemma(save_directory: str, **kwargs) -> str:
     """Save a tiny DiffusionGemma and the char tokenizer; load back with `DiffusionGemmaForBlockDiffusion`."""
-    tokenizer = make_tokenizer(save_directory)
-    make_diffusion_gemma(tokenizer, **kwargs).save_pretrained(save_directory)
-    return save_directory
+    return _save_with_tokenizer(make_diffusion_gemma, save_directory, **kwargs)

@@ -6,12 +6,14 @@ from the teacher's weights on the same trajectories with the same budget, throug
 `loss_type`, switches the objective; the states and collator are shared). Every model is then evaluated on unseen
 test prompts at 1 / 2 / 4 tokens per step in blocks of 4 and 1 / 2 / 4 / 8 in one block of 16.
 
-Tasks (trl_t3d.evaluation.tasks): arithmetic (deterministic, answers of 1-3 digits), reverse (deterministic,
+Tasks (trl_t3d.evaluation.tasks): arithmetic (deterministic, answers of 2-3 digits), reverse (deterministic,
 4-10 letters over several blocks), permutation_skewed (many answers, a learnable joint mode), two_way_sort (two
 answers at 50/50), phrase (many answers with constraints across a two-block phrase).
 
     OMP_NUM_THREADS=1 python benchmarks/task_suite.py                     # 3 seeds -> benchmarks/results/task_suite.*
-    python benchmarks/task_suite.py --seeds 0 --methods ntd t3d --tag probe  # one seed, two methods
+    python benchmarks/task_suite.py --seeds 0 --methods ntd t3d_uniform --tag probe  # one seed, two methods
+    OMP_NUM_THREADS=1 python benchmarks/task_suite.py --seeds 1 --tag seed1 &   # one process per seed, then
+    python benchmarks/task_suite.py --merge benchmarks/results/seed0.json benchmarks/results/seed1.json ...
 
 Refuses to report (exit 2) when a teacher misses `--teacher_floor` at one token per step on any task: a student of
 an untrained teacher says nothing about the objective. Results do not depend on machine speed (fixed step counts).
@@ -66,7 +68,7 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--tasks", nargs="+", default=list(SUITE), choices=list(SUITE))
-    parser.add_argument("--teacher_steps", type=int, default=6000)
+    parser.add_argument("--teacher_steps", type=int, default=16000)
     parser.add_argument("--teacher_max_time_s", type=float, default=None, help="Opt-in time cap (not reproducible).")
     parser.add_argument("--teacher_floor", type=float, default=90.0, help="Min. 1-token accuracy (%%) of a teacher.")
     parser.add_argument("--trajectories_per_task", type=int, default=512)
@@ -76,6 +78,9 @@ def parse_args(argv=None):
     parser.add_argument("--test_prompts", type=int, default=128)
     parser.add_argument(
         "--cache_dir", default=None, help="Keep each seed's teacher and trajectories here and reuse them on reruns."
+    )
+    parser.add_argument(
+        "--merge", nargs="+", default=[], help="Only merge the per-seed results of these earlier JSON reports."
     )
     parser.add_argument("--output_dir", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--tag", default="task_suite", help="Output file stem.")
@@ -286,7 +291,12 @@ def main(argv=None) -> int:
     os.makedirs(args.output_dir, exist_ok=True)
     started = time.perf_counter()
     per_seed, teachers = {}, {}
-    for seed in args.seeds:
+    for path in args.merge:  # per-seed reports of earlier runs (e.g. seeds run as parallel processes)
+        with open(path) as f:
+            earlier = json.load(f)
+        per_seed.update({int(seed): results for seed, results in earlier["per_seed"].items()})
+        teachers.update({int(seed): log for seed, log in earlier["teachers"].items()})
+    for seed in [] if args.merge else args.seeds:
         torch.manual_seed(seed)
         teacher, tokenizer, log = cached_teacher(seed, args)
         results = {"teacher": evaluate(teacher, tokenizer, args, "teacher")}
@@ -326,7 +336,7 @@ def main(argv=None) -> int:
         )
     text = markdown(table, args.tasks)
     with open(f"{stem}.md", "w") as f:
-        f.write(f"# Task suite ({len(args.seeds)} seeds, mean ± std of accuracy %)\n{text}")
+        f.write(f"# Task suite ({len(per_seed)} seeds, mean ± std of accuracy %)\n{text}")
     plot(table, args.tasks, f"{stem}.png")
     print(text)
     print(f"Wrote {stem}.json/.md/.png in {time.perf_counter() - started:.0f} s")

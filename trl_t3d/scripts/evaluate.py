@@ -152,11 +152,26 @@ def main(script_args: EvalArguments, model_args: TeacherArguments):
     """Evaluate, print a table, write `few_step_eval.json` + `few_step_eval.png` to `output_dir`; returns the report."""
     if script_args.lm_eval_tasks:
         return evaluate_with_lm_eval(script_args, model_args)
-    task = build_task(script_args)
-    max_new_tokens, block_length = decoding_lengths(script_args, task)
     model, tokenizer = load_model_and_tokenizer(model_args)
     os.makedirs(script_args.output_dir, exist_ok=True)
-    report = evaluation.evaluate_few_step(
+    report = evaluate_task(
+        script_args, model, tokenizer, model_args.model_name_or_path, output_dir=script_args.output_dir
+    )
+    config = report["generation_config"]
+    print(
+        f"\n{report['task']}: {report['num_examples']} prompts, {config['max_new_tokens']} new tokens in blocks of "
+        f"{config['block_length']}.\n"
+    )
+    print(evaluation.markdown_table({report["model_name"]: report}))
+    print(f"\nReport and plot written to {script_args.output_dir}.")
+    return report
+
+
+def evaluate_task(script_args: EvalArguments, model, tokenizer, model_name: str, **kwargs) -> dict:
+    """`evaluate_few_step` on the built-in or dataset task of `script_args`, at its decoding lengths."""
+    task = build_task(script_args)
+    max_new_tokens, block_length = decoding_lengths(script_args, task)
+    return evaluation.evaluate_few_step(
         model,
         tokenizer,
         task,
@@ -165,15 +180,9 @@ def main(script_args: EvalArguments, model_args: TeacherArguments):
         block_length=block_length,
         batch_size=script_args.batch_size,
         cache=script_args.cache,
-        output_dir=script_args.output_dir,
-        model_name=model_args.model_name_or_path,
+        model_name=model_name,
+        **kwargs,
     )
-    print(
-        f"\n{task.name}: {report['num_examples']} prompts, {max_new_tokens} new tokens in blocks of {block_length}.\n"
-    )
-    print(evaluation.markdown_table({report["model_name"]: report}))
-    print(f"\nReport and plot written to {script_args.output_dir}.")
-    return report
 
 
 def evaluate_with_lm_eval(script_args: EvalArguments, model_args: TeacherArguments):
@@ -187,22 +196,7 @@ def evaluate_with_lm_eval(script_args: EvalArguments, model_args: TeacherArgumen
     name = model_args.model_name_or_path
     reports = []
     if script_args.task or script_args.dataset_name:
-        task = build_task(script_args)
-        max_new_tokens, block_length = decoding_lengths(script_args, task)
-        reports.append(
-            evaluation.evaluate_few_step(
-                model,
-                tokenizer,
-                task,
-                tokens_per_step=script_args.tokens_per_step,
-                max_new_tokens=max_new_tokens,
-                block_length=block_length,
-                batch_size=script_args.batch_size,
-                cache=script_args.cache,
-                model_name=name,
-                show_progress=False,
-            )
-        )
+        reports.append(evaluate_task(script_args, model, tokenizer, name, show_progress=False))
     lm_eval_reports = evaluate_lm_eval_tasks(
         model,
         tokenizer,

@@ -87,6 +87,7 @@ PYTHON_API = [
      r"`block_length`=4 does not divide `max_new_tokens`=6.*multiple of 4"),
     ("config-teacher-remasking", lambda t, p: ddo_config(t, generation_remasking="nope"), ValueError, r"remasking.*unknown.*Choose one of"),
     ("config-teacher-temperature", lambda t, p: ddo_config(t, generation_temperature=-1.0), ValueError, r"temperature` must be >= 0"),
+    ("config-unknown-preset", lambda t, p: ddo_config(t, preset="paper"), ValueError, r"preset='paper'.*recommended.*t3d_paper"),
     ("config-recollect-no-rounds", lambda t, p: ddo_config(t, recollect_each_round=True), ValueError, r"ref_sync_steps > 0"),
     # DDOTrainer: data and model
     ("trainer-no-dataset", lambda t, p: DDOTrainer(testing.make_generic_mlm(), args=ddo_config(t)), ValueError, r"train_dataset` is required"),

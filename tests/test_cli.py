@@ -77,6 +77,7 @@ def test_shipped_recipes_parse(recipe, tmp_path):
     )
     # T3D's settings (T3D_REFERENCE_NOTES.md)
     assert (args.alpha, args.beta, args.lambda_path, args.path_k_steps) == (0.5, 0.1, 0.2, 4)
+    assert args.preset == "t3d_paper" and args.generation_temperature == 0.1  # labelled as the paper's
     assert (args.generation_block_length, args.generation_tokens_per_step, args.random_token_ratio) == (4, 1, 0.1)
     assert args.mask_ratios == [1.0, 0.75, 0.5, 0.25] and args.mask_ratio_exponent == 8
     assert (args.warmup_steps, args.num_train_epochs, args.ref_sync_steps) == (20, 30, 10)
@@ -188,3 +189,18 @@ def test_readme_commands_parse():
             assert parsed, command
     finally:
         os.chdir(cwd)
+
+
+def test_recipe_switches_to_the_recommended_preset_with_one_flag(tmp_path):
+    recipe = str(ROOT / "recipes/llada/t3d/config_lora.yaml")
+    common = ["--config", recipe, "--output_dir", str(tmp_path), "--bf16", "false"]
+    _, args, _ = cli.parse_args("distill", [*common, "--preset", "recommended"])
+    assert (args.mask_ratio_exponent, args.random_token_ratio, args.ref_sync_steps, args.generation_temperature) == (
+        0.0,
+        0.0,
+        0,
+        0.0,
+    )
+    # an explicit field beats the preset
+    _, args, _ = cli.parse_args("distill", [*common, "--preset", "recommended", "--random_token_ratio", "0.05"])
+    assert (args.random_token_ratio, args.mask_ratio_exponent) == (0.05, 0.0)

@@ -66,7 +66,7 @@ def test_one_policy_and_one_reference_forward_per_micro_batch(tmp_path, tok):
 def test_one_forward_each_with_block_causal_and_peft(tmp_path, tok, sdar_dir):
     from peft import LoraConfig
 
-    args = config(tmp_path, trust_remote_code=True, max_steps=1)
+    args = config(tmp_path, trust_remote_code=True, max_steps=1, mask_ratios=[1.0])  # fully masked states
     trainer = DDOTrainer(
         sdar_dir,
         args=args,
@@ -314,6 +314,35 @@ def test_config_keeps_trls_checkpointing_default_without_a_deprecation_warning(t
         DDOConfig(output_dir=str(tmp_path), report_to="none", activation_checkpointing=False).gradient_checkpointing
         is False
     )
+
+
+def test_presets_fill_only_the_fields_left_unset(tmp_path, tok):
+    from trl_t3d.trainer.ddo_config import PRESETS
+
+    def settings(**kw):
+        args = DDOConfig(output_dir=str(tmp_path), report_to="none", **kw)
+        return {name: getattr(args, name) for name in PRESETS["recommended"]}
+
+    assert settings() == {
+        "mask_ratio_exponent": 0.0,
+        "random_token_ratio": 0.0,
+        "ref_sync_steps": 0,
+        "generation_temperature": 0.0,
+    }
+    assert settings(preset="t3d_paper") == {
+        "mask_ratio_exponent": 8.0,
+        "random_token_ratio": 0.1,
+        "ref_sync_steps": 10,
+        "generation_temperature": 0.1,
+    }
+    assert settings(preset="t3d_paper", random_token_ratio=0.0, ref_sync_steps=0)["random_token_ratio"] == 0.0
+    # the trainer's states use the resolved values
+    args = config(tmp_path, preset="t3d_paper")
+    trainer = DDOTrainer(
+        testing.make_generic_mlm(tok), args=args, train_dataset=trajectories(tok), processing_class=tok
+    )
+    collator = trainer.data_collator
+    assert (collator.mask_ratio_exponent, collator.random_token_ratio) == (8.0, 0.1)
 
 
 def test_ntd_objective_runs_no_reference_forward_and_keeps_no_reference(tmp_path, tok):

@@ -50,7 +50,7 @@ def test_readme_snippets_run_in_order(tmp_path, monkeypatch):
     for block in blocks:
         code = block.replace(HUB_ID, model_dir)
         if not torch.cuda.is_available():
-            assert "bf16=True)   # on a CPU-only machine: drop bf16" in code or "bf16" not in code
+            assert "bf16=True)  # on a CPU-only machine: drop bf16" in code or "bf16" not in code
             code = code.replace("bf16=True)", "bf16=False)")
         exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - the README's own code
 

@@ -140,11 +140,8 @@ def run_demo(args: argparse.Namespace) -> dict:
         report_to=[],
         seed=args.seed,
         use_cpu=not torch.cuda.is_available(),
-        # T3D's loss (alpha, beta, lambda_path at their defaults) with two settings changed for an 8-token canvas:
-        # random tokens leave the student no clean fully masked state to learn from, and p(r) ∝ r^8 trains 90%
-        # fully masked blocks; both cost accuracy here (benchmarks/reproduce_small.py, t3d vs t3d_paper).
-        random_token_ratio=0.0,
-        mask_ratio_exponent=0.0,
+        # T3D's loss with DDOConfig's recommended preset: uniform mask ratios, no random tokens (the paper's
+        # p(r) ∝ r^8 and random tokens cost accuracy here: benchmarks/task_suite.py, t3d vs t3d_paper).
     )
     trainer = DDOTrainer(student, args=training_args, train_dataset=trajectories, processing_class=tokenizer)
     trainer.train()

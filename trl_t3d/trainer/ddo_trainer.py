@@ -924,7 +924,7 @@ class DDOTrainer(_BaseTrainer):
   ({stats.get("num_truncated_prompts", 0)} prompts cut, {stats.get("num_dropped_long_completions", 0)} long and
   {stats.get("num_dropped_empty_completions", 0)} empty completions dropped); teacher decoding: `{json.dumps(meta.get("generation_config", {}))}`
 - DDO: alpha = {args.alpha}, beta = {args.beta}; path loss lambda = {args.lambda_path}, k = {args.path_k_steps}
-- States: mask ratios {list(args.mask_ratios)} (p ∝ r^{args.mask_ratio_exponent}), random-token ratio {args.random_token_ratio}
+- Preset `{args.preset}`; states: mask ratios {list(args.mask_ratios)} (p ∝ r^{args.mask_ratio_exponent}), random-token ratio {args.random_token_ratio}
 - Optimizer steps: {self.state.global_step}; learning rate {args.learning_rate}; reference ← policy {rounds}
 
 Recommended decoding (saved as `diffusion_generation_config.json`, the default of `diffusion_generate`):

@@ -168,6 +168,11 @@ def test_eval_command_writes_json_and_png(generic_dir, tmp_path):
               "--verifier", "number", "--tokens_per_step", "1", "2", "--max_new_tokens", "4", "--output_dir",
               str(out)])  # fmt: skip
     assert (out / "few_step_eval.json").exists() and any(p.suffix == ".png" for p in out.iterdir())
+    cli.main(["eval", "--model_name_or_path", generic_dir, "--dataset_name", str(path), "--answer_column", "answer",
+              "--verifier", "number", "--tokens_per_step", "1", "--max_new_tokens", "4", "--block_length", "4",
+              "--cache", "dual", "--cache_refresh_interval", "2", "--output_dir", str(out / "cached")])  # fmt: skip
+    saved = json.loads((out / "cached" / "few_step_eval.json").read_text())["generation_config"]
+    assert (saved["cache"], saved["cache_refresh_interval"]) == ("dual", 2)
 
 
 def test_readme_commands_parse():

@@ -82,6 +82,27 @@ def test_first_forward_of_each_block_is_exact_and_later_ones_run_the_window(tok,
             assert not torch.allclose(logits[:, :4], exact[:, start : start + 4], atol=1e-4), f"step {step}"
 
 
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_refresh_interval_reruns_the_whole_sequence_every_n_forwards(tok, mode):
+    """Interval 2 in blocks of 4 at one token per step: forwards 0 and 2 of each block are full and exact, 1 and 3
+    run the window; interval 1 is exact decoding, token for token."""
+    model = confident_model(tok, num_layers=2)
+    widths = []
+    hook = model.register_forward_hook(lambda m, a, kw, out: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        out = decode(model, tok, PROMPTS[:2], block_length=4, cache=mode, cache_refresh_interval=2)
+    finally:
+        hook.remove()
+    full = out.sequences.shape[1]
+    assert [w == full for w in widths] == [True, False] * 8
+    exact = decode(model, tok, PROMPTS, block_length=8, tokens_per_step=2)
+    every_forward = decode(
+        model, tok, PROMPTS, block_length=8, tokens_per_step=2, cache=mode, cache_refresh_interval=1
+    )
+    assert torch.equal(every_forward.sequences, exact.sequences)
+    assert torch.equal(every_forward.step_map, exact.step_map)
+
+
 def stale_reference_logits(model, sequence, first_sequence, stale_positions):
     """An independent reference for the cached steps of a multi-layer Llama: a full forward of `sequence` in which
     the keys/values of `stale_positions` (every layer) are those of a forward of `first_sequence`, injected by hooks on
@@ -254,6 +275,8 @@ def test_dream_schedule_skips_empty_steps(tok):
         (dict(factor=1.0, remasking="random"), "`factor` compares the model's confidence"),
         (dict(remasking="origin"), "set schedule='dream'"),
         (dict(schedule="dream", eps=1.5), "`eps` must be in"),
+        (dict(cache="dual", cache_refresh_interval=0), "`cache_refresh_interval` must be a positive int"),
+        (dict(cache_refresh_interval=2), "cache='none' decodes exactly already"),
     ],
 )
 def test_bad_settings_raise(kwargs, match):
@@ -263,7 +286,13 @@ def test_bad_settings_raise(kwargs, match):
 
 def test_settings_roundtrip(tmp_path):
     config = DiffusionGenerationConfig(
-        max_new_tokens=8, cache="dual", threshold=0.9, threshold_rule="fast_dllm", schedule="dream", eps=0.01
+        max_new_tokens=8,
+        cache="dual",
+        cache_refresh_interval=2,
+        threshold=0.9,
+        threshold_rule="fast_dllm",
+        schedule="dream",
+        eps=0.01,
     )
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "diffusion_generation_config.json").read_text())
@@ -275,6 +304,7 @@ def test_settings_roundtrip(tmp_path):
     }
     loaded = DiffusionGenerationConfig.from_pretrained(tmp_path)
     assert (loaded.cache, loaded.threshold_rule, loaded.schedule, loaded.eps) == ("dual", "fast_dllm", "dream", 0.01)
+    assert loaded.cache_refresh_interval == saved["cache_refresh_interval"] == 2
 
 
 class WithoutCacheArgument(torch.nn.Module):

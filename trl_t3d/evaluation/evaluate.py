@@ -72,6 +72,7 @@ def evaluate_few_step(
     temperature: float | None = None,
     remasking: str | None = None,
     cache: str | None = None,
+    cache_refresh_interval: int | None = None,
     apply_chat_template: bool | None = None,
     num_examples: int | None = None,
     seed: int = 0,
@@ -90,6 +91,8 @@ def evaluate_few_step(
             `max_new_tokens`/`block_length`. `max_new_tokens`, `block_length`, `temperature`, `remasking` override it.
         cache: `"none"`, `"prefix"` or `"dual"`: Fast-dLLM's approximate KV cache (bidirectional families), for
             every budget; overrides the base config's.
+        cache_refresh_interval: with `cache`, a full refresh every this many forwards of a block (see
+            `DiffusionGenerationConfig`); overrides the base config's.
         batch_size: prompts decoded together (left padded; sorted by length to limit padding).
         adapter: family adapter (name or instance); detected when omitted.
         output_dir: when given, the report is written to `output_dir/few_step_eval.json` and its frontier plot to
@@ -132,6 +135,7 @@ def evaluate_few_step(
             temperature=temperature,
             remasking=remasking,
             cache=cache,
+            cache_refresh_interval=cache_refresh_interval,
         ),
     )
     too_large = [k for k in budgets if k > base.resolved_block_length]
@@ -239,6 +243,7 @@ def evaluate_few_step(
                 "factor",
                 "threshold_rule",
                 "cache",
+                "cache_refresh_interval",
                 "top_k",
                 "top_p",
             )

@@ -53,6 +53,9 @@ class DiffusionGenerationConfig(GenerationConfig):
             `"dual"`: later steps run only the block; what precedes and follows it comes from the cache. Faster, but
             a cached step's predictions differ slightly from exact ones (block-causal families are always cached
             exactly and reject this option).
+        cache_refresh_interval (`int`, *optional*): with `cache="prefix"` / `"dual"`, every this many forwards of a
+            block the whole sequence is run again (exact logits) and the cache refilled; `None` refreshes only at the
+            block's first forward (Fast-dLLM). A speed/accuracy knob: 1 is exact decoding.
         temperature (`float`, defaults to 0.0): 0 is greedy; > 0 samples with Gumbel-max noise in float64.
         top_k (`int`, *optional*): sample only among the k most likely tokens.
         top_p (`float`, *optional*): sample only in the nucleus of probability mass `top_p`.
@@ -77,6 +80,7 @@ class DiffusionGenerationConfig(GenerationConfig):
         eps = kwargs.pop("eps", None)
         self.eps = 1e-3 if eps is None else eps
         self.cache = kwargs.pop("cache", None) or "none"
+        self.cache_refresh_interval = kwargs.pop("cache_refresh_interval", None)
         self.mask_token_id = kwargs.pop("mask_token_id", None)
         stop_at_eos = kwargs.pop("stop_at_eos", None)
         self.stop_at_eos = True if stop_at_eos is None else stop_at_eos
@@ -209,6 +213,18 @@ class DiffusionGenerationConfig(GenerationConfig):
         ):
             if value not in allowed:
                 raise ValueError(f"`{name}`={value!r} is unknown. Choose one of {list(allowed)}.")
+        if self.cache_refresh_interval is not None:
+            interval = self.cache_refresh_interval
+            if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+                raise ValueError(
+                    f"`cache_refresh_interval` must be a positive int (forwards between full refreshes), got "
+                    f"{interval!r}. Use None to refresh once per block."
+                )
+            if self.cache == "none":
+                raise ValueError(
+                    f"`cache_refresh_interval`={interval} refreshes Fast-dLLM's approximate cache, but cache='none' "
+                    "decodes exactly already. Set cache='prefix' or 'dual', or drop cache_refresh_interval."
+                )
         if self.threshold is not None and not 0.0 < float(self.threshold) <= 1.0:
             raise ValueError(f"`threshold` must be in (0, 1], got {self.threshold!r}. Use None to disable it.")
         if self.factor is not None and not float(self.factor) > 0.0:
@@ -277,6 +293,7 @@ class DiffusionGenerationConfig(GenerationConfig):
             "schedule",
             "eps",
             "cache",
+            "cache_refresh_interval",
             "temperature",
             "stop_at_eos",
             "mask_token_id",

@@ -108,12 +108,13 @@ class BidirectionalCacheSession:
     the family's logits are shifted (Dream: the logit at i - 1 predicts token i).
     """
 
-    def __init__(self, model, adapter, prompt_ids, prompt_attention_mask, mode):
+    def __init__(self, model, adapter, prompt_ids, prompt_attention_mask, mode, refresh_interval=None):
         _check_approximate_cache(model, adapter, mode)
         self.model, self.adapter, self.mode = model, adapter, mode
         self.prompt_ids, self.prompt_attention_mask = prompt_ids, prompt_attention_mask
         self.cache_argument = _cache_argument(model)
         self.cache, self.block_start = None, None
+        self.refresh_interval, self.forwards_in_block = refresh_interval, 0
 
     def block_logits(self, canvas: torch.Tensor, start: int, end: int) -> torch.Tensor:
         prompt_length = self.prompt_ids.shape[1]
@@ -123,8 +124,14 @@ class BidirectionalCacheSession:
             ones = torch.ones_like(canvas, dtype=self.prompt_attention_mask.dtype)
             attention_mask = torch.cat([self.prompt_attention_mask, ones], dim=1)
         kwargs = self.adapter.forward_kwargs(sequence, attention_mask)
-        if start != self.block_start:  # the block's first forward: the whole sequence, refreshing the cache
-            self.block_start, self.cache = start, DiffusionKVCache(self.mode)
+        if start != self.block_start:
+            self.block_start, self.forwards_in_block = start, 0
+        refresh = self.forwards_in_block == 0 or (
+            self.refresh_interval is not None and self.forwards_in_block % self.refresh_interval == 0
+        )
+        self.forwards_in_block += 1
+        if refresh:  # the block's first forward (or a scheduled refresh): the whole sequence, refilling the cache
+            self.cache = DiffusionKVCache(self.mode)
             logits = self._forward(kwargs)
             return logits[:, prompt_length + start : prompt_length + end]
         window_start = max(prompt_length + start - self.adapter.logits_shift, 0)
@@ -182,12 +189,22 @@ def _check_approximate_cache(model, adapter, mode: str) -> None:
 
 
 def make_session(
-    model, adapter, prompt_ids, prompt_attention_mask, completion_length, block_length, use_cache, cache_mode="none"
+    model,
+    adapter,
+    prompt_ids,
+    prompt_attention_mask,
+    completion_length,
+    block_length,
+    use_cache,
+    cache_mode="none",
+    cache_refresh_interval=None,
 ):
     """Fast-dLLM's prefix/dual cache when asked for, else the adapter's own decoding session when it has one, else the
     exact block cache or the plain loop."""
     if use_cache and cache_mode != "none":
-        return BidirectionalCacheSession(model, adapter, prompt_ids, prompt_attention_mask, cache_mode)
+        return BidirectionalCacheSession(
+            model, adapter, prompt_ids, prompt_attention_mask, cache_mode, cache_refresh_interval
+        )
     session = adapter.decoding_session(
         model, prompt_ids, prompt_attention_mask, completion_length, block_length, use_cache
     )
@@ -222,7 +239,7 @@ def resolve_generation_config(model, generation_config, kwargs) -> DiffusionGene
             raise ValueError(
                 f"Unknown decoding arguments {unknown}. Valid ones are the fields of DiffusionGenerationConfig "
                 "(max_new_tokens, block_length, steps, tokens_per_step, remasking, schedule, eps, threshold, factor, "
-                "threshold_rule, cache, temperature, top_k, top_p, mask_token_id, eos_token_id, stop_at_eos, "
+                "threshold_rule, cache, cache_refresh_interval, temperature, top_k, top_p, mask_token_id, eos_token_id, stop_at_eos, "
                 "output_step_map, return_dict_in_generate)."
             )
         for key, value in kwargs.items():
@@ -369,7 +386,17 @@ def diffusion_generate(
     step_map = torch.full((batch, length), -1, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     eos_tensor = torch.tensor(eos_ids, dtype=torch.long, device=device)
-    session = make_session(model, adapter, input_ids, attention_mask, length, block_length, use_cache, config.cache)
+    session = make_session(
+        model,
+        adapter,
+        input_ids,
+        attention_mask,
+        length,
+        block_length,
+        use_cache,
+        config.cache,
+        config.cache_refresh_interval,
+    )
     if streamer is not None:
         streamer.put(input_ids.cpu())
 

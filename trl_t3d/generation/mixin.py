@@ -119,12 +119,34 @@ class AutoModelForDiffusionLM:
         """
         import transformers
 
-        kwargs = prefer_native(pretrained_model_name_or_path, kwargs, use_remote_code)
+        _check_local_path(pretrained_model_name_or_path)
         config_kwargs = {
             k: kwargs[k]
             for k in ("trust_remote_code", "revision", "token", "cache_dir", "local_files_only")
             if k in kwargs
         }
+        lora_base = _lora_base_model(pretrained_model_name_or_path, config_kwargs, kwargs)
+        if lora_base is not None:  # a LoRA student: its base model, then the adapter on top
+            from peft import PeftModel
+
+            base_kwargs = {k: v for k, v in kwargs.items() if k != "revision"}
+            base = cls.from_pretrained(
+                lora_base,
+                *model_args,
+                adapter=adapter,
+                mask_token_id=mask_token_id,
+                processing_class=processing_class,
+                use_remote_code=use_remote_code,
+                **base_kwargs,
+            )
+            saved = _saved_generation_config(pretrained_model_name_or_path, config_kwargs)
+            if saved is not None:  # the student's recommended decoding, not the base model's
+                if mask_token_id is not None:
+                    saved.mask_token_id = int(mask_token_id)
+                base.diffusion_generation_config = saved
+            revision = {"revision": kwargs["revision"]} if "revision" in kwargs else {}
+            return PeftModel.from_pretrained(base, pretrained_model_name_or_path, **revision).eval()
+        kwargs = prefer_native(pretrained_model_name_or_path, kwargs, use_remote_code)
         config = kwargs.pop("config", None)
         if config is None and use_remote_code:
             config_class = remote_code_class(pretrained_model_name_or_path, "AutoConfig", **kwargs)
@@ -155,17 +177,7 @@ class AutoModelForDiffusionLM:
                     "class; give the adapter a `load_model(name_or_path, config=..., **kwargs)` classmethod."
                 )
             model = auto.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
-        generation_config = None
-        local = os.path.join(str(pretrained_model_name_or_path), DIFFUSION_GENERATION_CONFIG_NAME)
-        if os.path.isfile(local):
-            generation_config = DiffusionGenerationConfig.from_pretrained(pretrained_model_name_or_path)
-        elif not os.path.isdir(str(pretrained_model_name_or_path)):
-            try:
-                generation_config = DiffusionGenerationConfig.from_pretrained(
-                    pretrained_model_name_or_path, **config_kwargs
-                )
-            except (OSError, ValueError):
-                generation_config = None
+        generation_config = _saved_generation_config(pretrained_model_name_or_path, config_kwargs)
         if generation_config is None:
             generation_config = DiffusionGenerationConfig()
         if mask_token_id is not None:
@@ -174,3 +186,58 @@ class AutoModelForDiffusionLM:
             adapter = adapter_cls.name if adapter is None else adapter
         model.eval()
         return add_diffusion_generation(model, adapter, processing_class, generation_config)
+
+
+def _check_local_path(name_or_path) -> None:
+    """A path that does not exist gets an error that says so, not huggingface_hub's "Repo id must be in the form"."""
+    name = str(name_or_path)
+    if name.startswith(("./", "../", "/", "~")) and not os.path.isdir(os.path.expanduser(name)):
+        raise OSError(
+            f"No model directory at {name!r}: the path does not exist. Give the folder that holds the checkpoint "
+            "(config.json and weights, or a LoRA student's adapter_config.json), or a Hub id such as "
+            "'GSAI-ML/LLaDA-8B-Instruct'."
+        )
+
+
+def _lora_base_model(name_or_path, config_kwargs: dict, kwargs: dict) -> str | None:
+    """The base model of a LoRA student (a folder or repo with `adapter_config.json` and no `config.json`), else None."""
+    import json
+
+    name = str(name_or_path)
+    if os.path.isdir(name):
+        if os.path.isfile(os.path.join(name, "config.json")):
+            return None
+        path = os.path.join(name, "adapter_config.json")
+        path = path if os.path.isfile(path) else None
+    else:
+        from transformers.utils import find_adapter_config_file
+
+        hub_kwargs = {k: v for k, v in config_kwargs.items() if k != "trust_remote_code"}
+        try:
+            path = find_adapter_config_file(name, **hub_kwargs)
+        except (OSError, ValueError):
+            path = None
+    if path is None:
+        return None
+    with open(path) as f:
+        base = json.load(f).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(
+            f"{path} names no `base_model_name_or_path`: cannot tell which model the LoRA adapter is for."
+        )
+    if kwargs.get("config") is not None:
+        raise ValueError("`config=` describes a full model, but the folder holds a LoRA adapter; drop `config`.")
+    return base
+
+
+def _saved_generation_config(name_or_path, config_kwargs: dict) -> DiffusionGenerationConfig | None:
+    """The `diffusion_generation_config.json` saved next to the weights (a student's recommended decoding), if any."""
+    name = str(name_or_path)
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, DIFFUSION_GENERATION_CONFIG_NAME)):
+            return None
+        return DiffusionGenerationConfig.from_pretrained(name)
+    try:
+        return DiffusionGenerationConfig.from_pretrained(name, **config_kwargs)
+    except (OSError, ValueError):
+        return None

@@ -79,6 +79,9 @@ class EvalArguments(DatasetArguments):
         default="none",
         metadata={"help": "Approximate KV cache: none, prefix or dual.", "choices": ["none", "prefix", "dual"]},
     )
+    cache_refresh_interval: int | None = field(
+        default=None, metadata={"help": "With prefix/dual: full refresh every N forwards of a block (None: once)."}
+    )
     output_dir: str = field(default="eval", metadata={"help": "Where the JSON report and PNG plot go."})
     lm_eval_tasks: str | None = field(
         default=None, metadata={"help": "lm-eval tasks, comma-separated (e.g. gsm8k,humaneval); needs the eval extra."}
@@ -180,6 +183,7 @@ def evaluate_task(script_args: EvalArguments, model, tokenizer, model_name: str,
         block_length=block_length,
         batch_size=script_args.batch_size,
         cache=script_args.cache,
+        cache_refresh_interval=script_args.cache_refresh_interval,
         model_name=model_name,
         **kwargs,
     )
@@ -213,6 +217,7 @@ def evaluate_with_lm_eval(script_args: EvalArguments, model_args: TeacherArgumen
         max_new_tokens=script_args.max_new_tokens,
         block_length=script_args.block_length or max(script_args.tokens_per_step),
         cache=script_args.cache,
+        cache_refresh_interval=script_args.cache_refresh_interval,
     )
     if lm_eval_reports is None:
         return None

@@ -148,6 +148,9 @@ class DecodingArguments:
         default="none",
         metadata={"help": "Approximate KV cache (bidirectional models).", "choices": ["none", "prefix", "dual"]},
     )
+    cache_refresh_interval: int | None = field(
+        default=None, metadata={"help": "With prefix/dual: full refresh every N forwards of a block (None: once)."}
+    )
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 = greedy."})
     top_k: int | None = field(default=None, metadata={"help": "Top-k filtering."})
     top_p: float | None = field(default=None, metadata={"help": "Nucleus (top-p) filtering."})
@@ -165,6 +168,7 @@ class DecodingArguments:
             "factor",
             "threshold_rule",
             "cache",
+            "cache_refresh_interval",
             "temperature",
             "top_k",
             "top_p",
@@ -278,28 +282,15 @@ def load_model_and_tokenizer(model_args: TeacherArguments):
         trust_remote_code=model_args.trust_remote_code,
         revision=model_args.model_revision,
     )
-    adapter_config = os.path.join(model_args.model_name_or_path, "adapter_config.json")
-    lora_base = None
-    if os.path.isfile(adapter_config):  # a LoRA student: its base model + the adapter
-        import json
-
-        with open(adapter_config) as f:
-            lora_base = json.load(f).get("base_model_name_or_path")
-        if not lora_base:
-            raise ValueError(f"{adapter_config} names no `base_model_name_or_path`: cannot tell which model to load.")
-    model = load_diffusion_model(
-        lora_base or model_args.model_name_or_path,
+    model = load_diffusion_model(  # a LoRA student folder loads its base model with the adapter on top
+        model_args.model_name_or_path,
         adapter=model_args.adapter,
         trust_remote_code=model_args.trust_remote_code,
-        revision=None if lora_base else model_args.model_revision,
+        revision=model_args.model_revision,
         dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation,
         processing_class=tokenizer,
     )
-    if lora_base:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, model_args.model_name_or_path).eval()
     return model, tokenizer
 
 

@@ -97,6 +97,8 @@ PYTHON_API = [
     ("trainer-lost-step-map", lambda t, p: trainer(t, dataset=rows().add_column("prompt", ["a", "b"]).remove_columns("step_map")),
      ValueError, r"no `step_map`.*remove_columns"),
     ("trainer-empty", lambda t, p: trainer(t, dataset=rows().select([])), ValueError, r"empty \(0 rows"),
+    ("trainer-block-straddles", lambda t, p: trainer(t, config=ddo_config(t, block_length=6)), ValueError,
+     r"`block_length`=6 \(training\) is not a multiple of the decoding block length of 2 train trajectories \(decoded with blocks of \[4\]\).*multiple of 4"),
     ("trainer-step-map-string", lambda t, p: trainer(t, dataset=rows(step_map="1032")), ValueError, r"list of ints, got the string '1032'"),
     ("trainer-step-map-length", lambda t, p: trainer(t, dataset=rows(step_map=[0, 1, 2])), ValueError,
      r"`step_map` has 3 entries but the completion has 4 tokens.*keep the decoder's token ids"),

@@ -173,6 +173,25 @@ def test_quick_start_of_a_lora_student_loads_base_plus_adapter(generic_dir, tmp_
         with student.disable_adapter():  # the adapter matters: without it the logits differ
             assert not torch.allclose(logits, student(input_ids=inputs["input_ids"]).logits)
 
+    # the folder also loads in one call, as a full student does: base + adapter, the student's decoding settings
+    from peft import PeftModel
+
+    direct = AutoModelForDiffusionLM.from_pretrained(str(out))
+    assert isinstance(direct, PeftModel) and not direct.training
+    assert (direct.diffusion_generation_config.block_length, direct.diffusion_generation_config.tokens_per_step) == (
+        4,
+        4,
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(direct(input_ids=inputs["input_ids"]).logits, logits)
+    output = direct.diffusion_generate(inputs["input_ids"], inputs["attention_mask"], processing_class=tok)
+    assert torch.equal(output, expected)
+
+
+def test_a_path_that_does_not_exist_says_so():
+    with pytest.raises(OSError, match=r"No model directory at './no/such/student': the path does not exist"):
+        AutoModelForDiffusionLM.from_pretrained("./no/such/student")
+
 
 def test_push_student_points_the_card_at_the_repo_it_pushes_to(generic_dir, tmp_path, monkeypatch):
     from huggingface_hub import HfApi

@@ -198,6 +198,24 @@ class DDOSyncRefModelCallback(SyncRefModelCallback):
 
 
 # ------------------------------------------------------------------------------------------------ trainer
+def _check_training_block(dataset, block_length: int | None, name: str) -> None:
+    """A training block must be whole decoding blocks, or its states mix blocks the decoder never had open together."""
+    if not block_length or "block_length" not in dataset.column_names or len(dataset) == 0:
+        return
+    from collections import Counter
+
+    decoded = Counter(int(b) for b in dataset["block_length"])
+    bad = {b: n for b, n in sorted(decoded.items()) if block_length % b}
+    if bad:
+        raise ValueError(
+            f"`block_length`={block_length} (training) is not a multiple of the decoding block length of "
+            f"{sum(bad.values())} {name} trajectories (decoded with blocks of {sorted(bad)}): their states would "
+            f"straddle decoding blocks and mask tokens in an order no decoder followed. Set `block_length` to a "
+            f"multiple of {max(bad)} (T3D trains SDAR with 8 over decoding blocks of 4), or None to use the "
+            "decoding block."
+        )
+
+
 class DDOTrainer(_BaseTrainer):
     """
     Trainer for T3D: few-step diffusion LMs by trajectory self-distillation with Direct Discriminative Optimization
@@ -497,6 +515,7 @@ class DDOTrainer(_BaseTrainer):
         )
         logger.info("%s trajectories: %s", name, stats.to_dict())
         self.__dict__.setdefault("_dataset_stats", {})[name] = stats.to_dict()
+        _check_training_block(dataset, args.block_length, name)
         return dataset
 
     def _generation_config(self, args):

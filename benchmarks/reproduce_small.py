@@ -168,7 +168,8 @@ def train_ddo(teacher, tokenizer, trajectories, args, seed, **overrides):
     """`DDOTrainer` from the teacher's weights; loss settings from `args`, then `overrides` (e.g. lambda_path=0)."""
     import tempfile
 
-    from trl_t3d import DDOConfig, DDOTrainer
+    from trl_t3d import DDOTrainer
+    from trl_t3d.pretraining import toy_distillation_config
 
     settings = {
         "beta": args.beta,
@@ -181,19 +182,12 @@ def train_ddo(teacher, tokenizer, trajectories, args, seed, **overrides):
         **overrides,
     }
     student = copy.deepcopy(teacher)
-    config = DDOConfig(
-        output_dir=tempfile.mkdtemp(prefix="reproduce_small_ddo_"),
-        max_steps=args.distill_steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="constant_with_warmup",
-        warmup_steps=10,
-        logging_steps=max(1, args.distill_steps // 5),
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
+    config = toy_distillation_config(
+        tempfile.mkdtemp(prefix="reproduce_small_ddo_"),
+        args.distill_steps,
+        args.batch_size,
+        args.learning_rate,
+        seed,
         **settings,
     )
     trainer = DDOTrainer(student, args=config, train_dataset=trajectories, processing_class=tokenizer)

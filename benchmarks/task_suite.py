@@ -182,22 +182,17 @@ def collect(teacher, tokenizer, args, seed: int):
 
 
 def train_student(teacher, tokenizer, trajectories, args, seed: int, method: str):
-    from trl_t3d import DDOConfig, DDOTrainer
+    from trl_t3d import DDOTrainer
+    from trl_t3d.pretraining import toy_distillation_config
 
-    config = DDOConfig(
-        output_dir=tempfile.mkdtemp(prefix=f"task_suite_{method}_"),
-        max_steps=args.student_steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="constant_with_warmup",
-        warmup_steps=10,
+    config = toy_distillation_config(
+        tempfile.mkdtemp(prefix=f"task_suite_{method}_"),
+        args.student_steps,
+        args.batch_size,
+        args.learning_rate,
+        seed,
         logging_steps=max(1, args.student_steps // 4),
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        disable_tqdm=True,
         activation_checkpointing=False,
-        use_cpu=not torch.cuda.is_available(),
         **METHODS[method],
     )
     trainer = DDOTrainer(copy.deepcopy(teacher), args=config, train_dataset=trajectories, processing_class=tokenizer)

@@ -69,9 +69,9 @@ def _section(title: str) -> None:
 def run_demo(args: argparse.Namespace) -> dict:
     from datasets import Dataset, concatenate_datasets
 
-    from . import DDOConfig, DDOTrainer, DiffusionGenerationConfig, collect_trajectories
+    from . import DDOTrainer, DiffusionGenerationConfig, collect_trajectories
     from .evaluation import evaluate_few_step, get_task, markdown_table, plot_frontier
-    from .pretraining import check_teacher_floor, make_toy_teacher
+    from .pretraining import check_teacher_floor, make_toy_teacher, toy_distillation_config
 
     torch.manual_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
@@ -128,20 +128,16 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     _section("3/4 Distilling a few-step student with DDO + path loss")
     student = copy.deepcopy(teacher)
-    training_args = DDOConfig(
-        output_dir=os.path.join(args.output_dir, "student"),
-        max_steps=args.distill_steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="constant_with_warmup",
-        warmup_steps=10,
+    # T3D's loss with DDOConfig's recommended preset: uniform mask ratios, no random tokens (the paper's p(r) ∝ r^8
+    # and random tokens cost accuracy here: benchmarks/task_suite.py, t3d vs t3d_paper).
+    training_args = toy_distillation_config(
+        os.path.join(args.output_dir, "student"),
+        args.distill_steps,
+        args.batch_size,
+        args.learning_rate,
+        args.seed,
         logging_steps=max(1, args.distill_steps // 10),
-        save_strategy="no",
-        report_to=[],
-        seed=args.seed,
-        use_cpu=not torch.cuda.is_available(),
-        # T3D's loss with DDOConfig's recommended preset: uniform mask ratios, no random tokens (the paper's
-        # p(r) ∝ r^8 and random tokens cost accuracy here: benchmarks/task_suite.py, t3d vs t3d_paper).
+        disable_tqdm=False,
     )
     trainer = DDOTrainer(student, args=training_args, train_dataset=trajectories, processing_class=tokenizer)
     trainer.train()

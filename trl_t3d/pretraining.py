@@ -239,6 +239,29 @@ def make_toy_teacher(
     return (model, tokenizer, log) if return_log else (model, tokenizer)
 
 
+def toy_distillation_config(output_dir: str, steps: int, batch_size: int, learning_rate: float, seed: int, **settings):
+    """The `DDOConfig` every toy experiment distills with (demo, task suite, small reproduction): a fixed step count,
+    constant learning rate after 10 warm-up steps, nothing saved, CPU unless a GPU is present; `settings` (the
+    objective, the states, ...) go on top."""
+    from .trainer import DDOConfig
+
+    defaults = dict(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=10,
+        logging_steps=max(1, steps // 5),
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    return DDOConfig(**{**defaults, **settings})
+
+
 DEFAULT_TEACHER_FLOOR = 80.0  # % at one token per step; the default toy teacher reaches 98-100 on both tasks
 
 

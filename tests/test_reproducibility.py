@@ -103,6 +103,50 @@ def test_resume_from_a_boundary_rebuilds_the_reference_from_the_policy(tok, tmp_
         assert torch.equal(ref, expected) and not ref.requires_grad  # the policy of step 2
 
 
+@pytest.mark.parametrize("peft", [False, True])
+def test_resume_with_recollection_trains_on_the_interrupted_rounds_trajectories(tok, tmp_path, monkeypatch, peft):
+    """Prompts only, fresh trajectories each round (syncs at 2 and 4), checkpoint at 3 inside round 1: the resumed
+    run recollects round 1's trajectories with the restored reference and repeats losses and weights exactly."""
+    from peft import LoraConfig
+
+    collected = []
+    original = DDOTrainer._collect
+
+    def counting_collect(self, model, *args, **kwargs):
+        dataset = original(self, model, *args, **kwargs)
+        collected.append(dataset["completion_ids"])
+        return dataset
+
+    monkeypatch.setattr(DDOTrainer, "_collect", counting_collect)
+    prompts = Dataset.from_list([{"prompt": p} for p in ("1+1=", "2+3=", "perm:abc", "12+9=", "ab", "7+7=")])
+    settings = dict(max_steps=5, save_strategy="steps", save_steps=3, ref_sync_steps=2, recollect_each_round=True)
+    settings.update(generation_max_new_tokens=8, generation_block_length=4, max_completion_length=8)
+
+    def trainer():
+        return DDOTrainer(
+            testing.make_generic_mlm(tok),
+            args=config(tmp_path / "out", **settings),
+            train_dataset=prompts,
+            processing_class=tok,
+            peft_config=LoraConfig(r=4, lora_alpha=8, init_lora_weights=False) if peft else None,
+        )
+
+    uninterrupted = trainer()
+    uninterrupted.train()
+    assert len(collected) == 3  # the teacher, then the references of steps 2 and 4
+    assert collected[1] != collected[0]  # the rounds train on different data: recollection matters
+    round_one = collected[1]
+
+    collected.clear()
+    resumed = trainer()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+    assert len(collected) == 3 and collected[1] == round_one  # the teacher, round 1 again (restored), step 4
+    assert losses(resumed) == losses(uninterrupted)
+    final = dict(uninterrupted.model.named_parameters())
+    for name, param in resumed.model.named_parameters():
+        assert torch.equal(param, final[name]), name
+
+
 # ---------------------------------------------------------------------------------------------- workers, seeds
 def test_dataloader_workers_train_on_the_same_states(tok, tmp_path):
     runs = []

@@ -548,10 +548,12 @@ class DDOTrainer(_BaseTrainer):
             model.train(was_training)
 
     def _recollect(self):
-        """New round: fresh trajectories from the current policy (the new reference)."""
-        model = self.accelerator.unwrap_model(self.model)
-        with torch.no_grad():
-            dataset = self._collect(model, self.processing_class, self._prompt_dataset, self.args)
+        """New round: fresh trajectories from the reference of the round (at a sync, the policy it was just copied
+        from; on a resume, the restored reference, so the resumed round trains on the data the interrupted one had)."""
+        with torch.no_grad(), self._reference(self.model) as reference:
+            dataset = self._collect(
+                self.accelerator.unwrap_model(reference), self.processing_class, self._prompt_dataset, self.args
+            )
         self.train_dataset.swap(self._prepare(dataset, self.processing_class, self.args, "train"))
 
     # -------------------------------------------------------------------------------------- models
@@ -875,18 +877,20 @@ class DDOTrainer(_BaseTrainer):
         checkpoint, step, k = self.__dict__.get("_resume_checkpoint"), self.state.global_step, self.args.ref_sync_steps
         if not checkpoint or "ddo" not in self.loss_terms or not k or step < k:
             return  # the reference is still the teacher, as built in __init__
-        if self._reference_lags_policy(step) and load_reference(self._reference_parameters(), checkpoint):
-            return
-        if self._reference_lags_policy(step):
-            logger.warning(
-                "%s holds no reference weights (%s): the reference restarts from this checkpoint's policy instead of "
-                "the policy of step %d, so the run is not an exact continuation.",
-                checkpoint,
-                "t3d_reference.safetensors",
-                step - step % k,
-            )
-        self.sync_reference()
-        self._metrics["train"].pop("ref_syncs", None)  # a restored reference, not a new round
+        restored = self._reference_lags_policy(step) and load_reference(self._reference_parameters(), checkpoint)
+        if not restored:
+            if self._reference_lags_policy(step):
+                logger.warning(
+                    "%s holds no reference weights (%s): the reference restarts from this checkpoint's policy instead "
+                    "of the policy of step %d, so the run is not an exact continuation.",
+                    checkpoint,
+                    "t3d_reference.safetensors",
+                    step - step % k,
+                )
+            self.sync_reference()
+            self._metrics["train"].pop("ref_syncs", None)  # a restored reference, not a new round
+        if self.args.recollect_each_round and self._prompt_dataset is not None:
+            self._recollect()  # the trajectories of the interrupted round, written by its reference
 
     def init_hf_repo(self, token=None, private=None):
         from ..hub import reaching_the_hub

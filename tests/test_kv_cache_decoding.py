@@ -387,6 +387,101 @@ def test_parity_with_fast_dllm(fast_dllm_model, case):
                 assert alone.nfe <= their_nfe, (method, row)
 
 
+# ---------------------------------------------------------------------------------------------- golden: Fast-dLLM Dream
+FAST_DLLM_DREAM = os.path.join(GOLDEN, "fastdllm_dream")
+
+
+def fast_dllm_dream_cases():
+    with open(os.path.join(FAST_DLLM_DREAM, "cases.json")) as f:
+        return json.load(f)["cases"]
+
+
+@pytest.fixture(scope="module")
+def fast_dllm_dream_model():
+    from trl_t3d import AutoModelForDiffusionLM
+
+    return AutoModelForDiffusionLM.from_pretrained(FAST_DLLM_DREAM)
+
+
+def fast_dllm_dream_decode(model, prompts, attention_mask, mode, gen_length, block_length, steps, threshold, eps):
+    """Fast-dLLM's Dream block decoding (`dream/model/generation_utils_block.py`), written with trl_t3d's pieces:
+    the Dream adapter's forward arguments (left padding: key mask and cumulative positions) and logit shift,
+    `DiffusionKVCache` windows cut as `BidirectionalCacheSession` cuts them, and the commit rules of `sampling` /
+    `schedules`. It is not `diffusion_generate`'s policy, which differs by design in two places:
+
+    - the whole-sequence forward that starts a block commits only the block's FIRST position (greedy, from its exact
+      shifted logit); `diffusion_generate` commits by confidence (threshold / schedule) over the whole block there;
+    - the cached windows start AT the block (that position is decided, so the query before it, whose logit predicts
+      it, is not needed); `diffusion_generate` starts them one position earlier for Dream, since its block's first
+      position may still be undecided, which also recomputes that position's keys/values at every step.
+    """
+    from trl_t3d.adapters import get_adapter
+    from trl_t3d.generation.decode import _window_kwargs
+    from trl_t3d.generation.sampling import propose_tokens, select_commits
+
+    adapter = get_adapter(model)
+    mask_id, (batch, width) = adapter.mask_token_id, prompts.shape
+    canvas = torch.full((batch, gen_length), mask_id)
+    undecided = torch.ones(batch, gen_length, dtype=torch.bool)
+    full_mask = None if attention_mask is None else torch.cat([attention_mask, torch.ones_like(canvas)], 1)
+    steps_per_block = steps // (gen_length // block_length)
+
+    def logits_of(cache, window=None):
+        kwargs = adapter.forward_kwargs(torch.cat([prompts, canvas], 1), full_mask)
+        if window is not None:
+            cache.set_window(*window)
+            kwargs = _window_kwargs(kwargs, *window)
+        kwargs.update(cache=cache, use_cache=True)
+        with torch.no_grad():
+            return adapter.align_logits(model(**kwargs).logits)
+
+    for start in range(0, gen_length, block_length):
+        end = start + block_length
+        cache = DiffusionKVCache(mode)
+        x0, _ = propose_tokens(logits_of(cache)[:, width + start], "low_confidence", never_ids=(mask_id,))
+        canvas[:, start], undecided[:, start] = x0, False
+        window = (width + start, width + (gen_length if mode == "prefix" else end))
+        step = 1
+        while bool(undecided[:, start:end].any()):
+            assert threshold is not None or step < steps_per_block, "Fast-dLLM would leave masks in this block"
+            logits, block_undecided = logits_of(cache, window)[:, :block_length], undecided[:, start:end]
+            if threshold is not None:  # confidence_threshold: the most probable position and every one >= threshold
+                x0, confidence = propose_tokens(logits, "low_confidence", never_ids=(mask_id,))
+                counts = torch.ones(batch, dtype=torch.long)
+            else:  # any other alg: negative entropy, Dream's counts for steps 1 .. steps_per_block - 1
+                x0, confidence = propose_tokens(logits, "entropy", never_ids=(mask_id,))
+                counts = dream_commit_counts(block_undecided.sum(-1), step, steps_per_block, eps)
+                step += 1
+            commit = select_commits(confidence, block_undecided, counts, threshold)
+            canvas[:, start:end] = torch.where(commit, x0, canvas[:, start:end])
+            undecided[:, start:end] &= ~commit
+    return torch.cat([prompts, canvas], 1)
+
+
+@pytest.mark.parametrize("case", fast_dllm_dream_cases(), ids=lambda c: c["name"])
+def test_parity_with_fast_dllm_dream(fast_dllm_dream_model, case):
+    """Native Dream + `DiffusionKVCache` ("prefix" / "dual") give the tokens of Fast-dLLM's Dream block decoder
+    (`diffusion_generate` of its generation_utils_block.py, tests/golden/gen_fastdllm_dream.py) when driven by its
+    policy (`fast_dllm_dream_decode`), for each prompt alone and for all prompts of a case in one left-padded batch
+    (Fast-dLLM itself decodes one unpadded prompt at a time)."""
+    from safetensors.torch import load_file
+
+    golden = load_file(os.path.join(FAST_DLLM_DREAM, "golden.safetensors"))
+    name, pad = case["name"], fast_dllm_dream_model.config.pad_token_id
+    prompts = [golden[f"{name}/{row}/prompt"][0] for row in range(case["num_prompts"])]
+    settings = {k: case[k] for k in ("gen_length", "block_length", "steps", "threshold", "eps")}
+    width = max(len(p) for p in prompts)
+    batch = torch.stack([torch.cat([torch.full((width - len(p),), pad), p]) for p in prompts])
+    attention_mask = torch.stack([torch.arange(width) >= width - len(p) for p in prompts]).long()
+    for mode in case["modes"]:
+        together = fast_dllm_dream_decode(fast_dllm_dream_model, batch, attention_mask, mode, **settings)
+        for row, prompt in enumerate(prompts):
+            want = golden[f"{name}/{row}/{mode}/sequences"]
+            alone = fast_dllm_dream_decode(fast_dllm_dream_model, prompt[None], None, mode, **settings)
+            assert torch.equal(alone, want), (mode, row)
+            assert torch.equal(together[row, width:], want[0, len(prompt) :]), (mode, row, "batched")
+
+
 # ---------------------------------------------------------------------------------------------- golden: Dream
 DREAM = os.path.join(GOLDEN, "dream")
 DREAM_ALGORITHMS = {"maskgit_plus": "low_confidence", "topk_margin": "margin", "entropy": "entropy"}

@@ -218,10 +218,11 @@ CLI = [
 
 
 @pytest.mark.parametrize("call, error, match", [case[1:] for case in CLI], ids=[c[0] for c in CLI])
-def test_cli_bad_input(call, error, match, tmp_path, paths):
+def test_cli_bad_input(call, error, match, tmp_path, paths, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a default output_dir ("eval") would land
     with pytest.raises(error, match=match):
         call(tmp_path, paths)
-    assert not (tmp_path / "o").exists()  # nothing was written before the error
+    assert not (tmp_path / "o").exists() and not (tmp_path / "eval").exists()  # nothing written before the error
 
 
 def test_recipe_with_an_unknown_key_is_an_error(tmp_path):

@@ -156,7 +156,6 @@ def main(script_args: EvalArguments, model_args: TeacherArguments):
     if script_args.lm_eval_tasks:
         return evaluate_with_lm_eval(script_args, model_args)
     model, tokenizer = load_model_and_tokenizer(model_args)
-    os.makedirs(script_args.output_dir, exist_ok=True)
     report = evaluate_task(
         script_args, model, tokenizer, model_args.model_name_or_path, output_dir=script_args.output_dir
     )

@@ -180,7 +180,11 @@ class DDOConfig(_BaseConfig):
 
     preset: str = field(
         default="recommended",
-        metadata={"help": "Source of the unset state/reference settings.", "choices": list(PRESETS)},
+        metadata={
+            "help": "Values of mask_ratio_exponent, random_token_ratio, ref_sync_steps and generation_temperature "
+            "left unset: recommended (measured on the task suite) or t3d_paper (the paper's recipe).",
+            "choices": list(PRESETS),
+        },
     )
 
     # Overridden TrainingArguments defaults

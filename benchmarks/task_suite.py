@@ -65,7 +65,9 @@ EVAL_VERSION = 2  # bump when `evaluate` measures more, so cached results are re
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="Candidate seeds, in order.")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=list(range(8)), help="Candidate seeds, tried in order."
+    )
     parser.add_argument("--num_seeds", type=int, default=3, help="Valid seeds wanted (at most len(--seeds)).")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--tasks", nargs="+", default=list(SUITE), choices=list(SUITE))

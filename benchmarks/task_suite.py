@@ -63,6 +63,7 @@ PROBES: dict[str, dict] = {
     "t3d_beta1": {"beta": 1.0},
     "t3d_beta1_path1": {"beta": 1.0, "lambda_path": 1.0},
 }
+ALL_METHODS = {**METHODS, **PROBES}
 RECOMMENDED = "t3d"
 # Threshold decoding (Fast-dLLM's rule: the most confident token plus every one at or above the threshold).
 THRESHOLDS = (0.9, 0.7, 0.5)
@@ -75,7 +76,7 @@ def parse_args(argv=None):
         "--seeds", type=int, nargs="+", default=list(range(8)), help="Candidate seeds, tried in order."
     )
     parser.add_argument("--num_seeds", type=int, default=3, help="Valid seeds wanted (at most len(--seeds)).")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *PROBES])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL_METHODS))
     parser.add_argument("--tasks", nargs="+", default=list(SUITE), choices=list(SUITE))
     parser.add_argument("--teacher_steps", type=int, default=16000)
     parser.add_argument("--teacher_max_time_s", type=float, default=None, help="Opt-in time cap (not reproducible).")
@@ -148,7 +149,7 @@ def cached_student_results(teacher, tokenizer, trajectories, args, seed: int, me
     """Train and evaluate one student; with --cache_dir its results are kept, keyed by everything that shapes them."""
     key = json.dumps(
         [
-            {**METHODS, **PROBES}[method],
+            ALL_METHODS[method],
             args.student_steps,
             args.batch_size,
             args.learning_rate,
@@ -208,7 +209,7 @@ def train_student(teacher, tokenizer, trajectories, args, seed: int, method: str
         seed,
         logging_steps=max(1, args.student_steps // 4),
         activation_checkpointing=False,
-        **{**METHODS, **PROBES}[method],
+        **ALL_METHODS[method],
     )
     trainer = DDOTrainer(copy.deepcopy(teacher), args=config, train_dataset=trajectories, processing_class=tokenizer)
     trainer.train()
@@ -436,7 +437,7 @@ def main(argv=None) -> int:
             {
                 "command": " ".join(["python", "benchmarks/task_suite.py", *(argv or sys.argv[1:])]),
                 "settings": vars(args),
-                "methods": {m: {**METHODS, **PROBES}[m] for m in args.methods},
+                "methods": {m: ALL_METHODS[m] for m in args.methods},
                 "seeds": sorted(per_seed),
                 "skipped_seeds": {s: log["floor_misses"] for s, log in teachers.items() if log.get("floor_misses")},
                 "teachers": teachers,

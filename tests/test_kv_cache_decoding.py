@@ -335,13 +335,18 @@ def test_families_without_the_cache_say_so(tok, sdar_dir):
 
 
 # ---------------------------------------------------------------------------------------------- golden: Fast-dLLM
+def golden_cases(folder: str, name: str) -> list[dict]:
+    """The recorded calls of a golden folder (every argument of every case)."""
+    with open(os.path.join(folder, name)) as f:
+        return json.load(f)["cases"]
+
+
 FAST_DLLM = os.path.join(GOLDEN, "fastdllm")
 FAST_DLLM_METHODS = {"generate": "none", "generate_with_prefix_cache": "prefix", "generate_with_dual_cache": "dual"}
 
 
 def fast_dllm_cases():
-    with open(os.path.join(FAST_DLLM, "cases.json")) as f:
-        return json.load(f)["cases"]
+    return golden_cases(FAST_DLLM, "cases.json")
 
 
 @pytest.fixture(scope="module")
@@ -392,8 +397,7 @@ FAST_DLLM_DREAM = os.path.join(GOLDEN, "fastdllm_dream")
 
 
 def fast_dllm_dream_cases():
-    with open(os.path.join(FAST_DLLM_DREAM, "cases.json")) as f:
-        return json.load(f)["cases"]
+    return golden_cases(FAST_DLLM_DREAM, "cases.json")
 
 
 @pytest.fixture(scope="module")
@@ -488,8 +492,7 @@ DREAM_ALGORITHMS = {"maskgit_plus": "low_confidence", "topk_margin": "margin", "
 
 
 def dream_cases():
-    with open(os.path.join(DREAM, "generate_cases.json")) as f:
-        return json.load(f)["cases"]
+    return golden_cases(DREAM, "generate_cases.json")
 
 
 @pytest.fixture(scope="module")

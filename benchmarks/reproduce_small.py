@@ -172,6 +172,7 @@ def train_ddo(teacher, tokenizer, trajectories, args, seed, **overrides):
     from trl_t3d.pretraining import toy_distillation_config
 
     settings = {
+        "loss_type": "t3d",  # the paper's objective (DDOConfig's default is trl-t3d's recommended one)
         "beta": args.beta,
         "alpha": args.alpha,
         "lambda_path": args.lambda_path,

@@ -1,4 +1,5 @@
-"""Does the objective win beyond one task? Teacher vs NTD vs T3D variants on a suite of five task families.
+"""Does the objective win beyond one task? Teacher vs NTD vs the recommended objective vs T3D variants, on five task
+families.
 
 For every seed: a toy teacher is pretrained from scratch (fixed step count) on the training split of every task,
 decodes trajectories one token per step in blocks of 4 (the paper's collection), and each method trains a student
@@ -45,26 +46,38 @@ COLLECT_SEED = 1
 METHODS: dict[str, dict] = {
     # The paper's baseline: masked cross-entropy on the same trajectory states.
     "ntd": {"loss_type": "ntd"},
-    # T3D with DDOConfig's defaults (preset "recommended": uniform mask ratios, no random tokens, frozen teacher).
-    "t3d": {},
-    # T3D with the paper's exact settings (preset "t3d_paper": p(r) ∝ r^8, 10% random tokens, reference <- policy
-    # every 10 steps).
+    # DDOConfig's defaults (preset "recommended"): T3D's objective + mean-field reverse KL to the frozen teacher (the
+    # student's argmax fills the block), uniform mask ratios, no random tokens.
+    "recommended": {},
+    # NTD + the mean-field term (no DDO: one reference forward fewer per step).
+    "ntd_mf": {"loss_type": "ntd_mf"},
+    # T3D's objective (DDO + path loss) on the recommended states, without the mean-field term.
+    "t3d": {"loss_type": "t3d"},
+    # T3D with the paper's exact settings (preset "t3d_paper": its objective, p(r) ∝ r^8, 10% random tokens,
+    # reference <- policy every 10 steps).
     "t3d_paper": {"preset": "t3d_paper"},
-    # The paper's states alone, with a frozen teacher: separates state sampling from self-play.
-    "t3d_paper_states": {"mask_ratio_exponent": 8.0, "random_token_ratio": 0.1},
-    # T3D anchored by NTD on the same states.
-    "t3d_ntd": {"loss_type": ["ddo", "path", "ntd"], "loss_weights": [1.0, 0.2, 1.0]},
+    # The recommended objective with the block filled by a sample of the student instead of its argmax.
+    "recommended_sampled": {"mean_field_temperature": 1.0},
     # NTD with dParallel's certainty forcing.
     "ntd_certainty": {"loss_type": ["ntd", "certainty"], "loss_weights": [1.0, 0.5]},
 }
 # Probes run on request (`--methods ... t3d_beta1`), not by default.
 PROBES: dict[str, dict] = {
-    # A 10x sharper implicit discriminator: DDO's gradient at beta=0.1 is ~20x weaker than CE's.
-    "t3d_beta1": {"beta": 1.0},
-    "t3d_beta1_path1": {"beta": 1.0, "lambda_path": 1.0},
+    # The paper's states alone, with a frozen teacher: separates state sampling from self-play.
+    "t3d_paper_states": {"loss_type": "t3d", "mask_ratio_exponent": 8.0, "random_token_ratio": 0.1},
+    # T3D anchored by NTD on the same states.
+    "t3d_ntd": {"loss_type": ["ddo", "path", "ntd"], "loss_weights": [1.0, 0.2, 1.0]},
+    # A 10x sharper DDO discriminator: DDO's gradient at beta=0.1 is ~20x weaker than CE's.
+    "t3d_beta1": {"loss_type": "t3d", "beta": 1.0},
+    "t3d_beta1_path1": {"loss_type": "t3d", "beta": 1.0, "lambda_path": 1.0},
+    # Mean-field term alone (no NTD anchor), with two queries, and with weights 0.3 and 3.
+    "mf_only": {"loss_type": ["mean_field"]},
+    "recommended_q2": {"mean_field_queries": 2},
+    "ntd_mf_w03": {"loss_type": ["ntd", "mean_field"], "loss_weights": [1.0, 0.3]},
+    "ntd_mf_w3": {"loss_type": ["ntd", "mean_field"], "loss_weights": [1.0, 3.0]},
 }
 ALL_METHODS = {**METHODS, **PROBES}
-RECOMMENDED = "t3d"
+RECOMMENDED = "recommended"
 # Threshold decoding (Fast-dLLM's rule: the most confident token plus every one at or above the threshold).
 THRESHOLDS = (0.9, 0.7, 0.5)
 EVAL_VERSION = 2  # bump when `evaluate` measures more, so cached results are recomputed
@@ -146,18 +159,11 @@ def cached_trajectories(teacher, tokenizer, args, seed: int):
 
 
 def cached_student_results(teacher, tokenizer, trajectories, args, seed: int, method: str) -> dict:
-    """Train and evaluate one student; with --cache_dir its results are kept, keyed by everything that shapes them."""
-    key = json.dumps(
-        [
-            ALL_METHODS[method],
-            args.student_steps,
-            args.batch_size,
-            args.learning_rate,
-            args.test_prompts,
-            EVAL_VERSION,
-        ],
-        sort_keys=True,
-    )
+    """Train and evaluate one student; with --cache_dir its results are kept, keyed by everything that shapes them:
+    the resolved `DDOConfig` (so a changed default is never served from an old run) and the evaluation."""
+    settings = student_config(args, seed, method, output_dir="-").to_dict()
+    settings = {k: v for k, v in settings.items() if not k.endswith("_dir")}
+    key = json.dumps([settings, args.test_prompts, EVAL_VERSION], sort_keys=True, default=str)
     path = _cache_path(args, seed, f"results-{args.trajectories_per_task}-{zlib.crc32(key.encode()):08x}.json")
     if path and os.path.exists(path):
         with open(path) as f:
@@ -197,12 +203,11 @@ def collect(teacher, tokenizer, args, seed: int):
     return concatenate_datasets(parts).shuffle(seed=seed)
 
 
-def train_student(teacher, tokenizer, trajectories, args, seed: int, method: str):
-    from trl_t3d import DDOTrainer
+def student_config(args, seed: int, method: str, output_dir: str):
     from trl_t3d.pretraining import toy_distillation_config
 
-    config = toy_distillation_config(
-        tempfile.mkdtemp(prefix=f"task_suite_{method}_"),
+    return toy_distillation_config(
+        output_dir,
         args.student_steps,
         args.batch_size,
         args.learning_rate,
@@ -211,6 +216,12 @@ def train_student(teacher, tokenizer, trajectories, args, seed: int, method: str
         activation_checkpointing=False,
         **ALL_METHODS[method],
     )
+
+
+def train_student(teacher, tokenizer, trajectories, args, seed: int, method: str):
+    from trl_t3d import DDOTrainer
+
+    config = student_config(args, seed, method, tempfile.mkdtemp(prefix=f"task_suite_{method}_"))
     trainer = DDOTrainer(copy.deepcopy(teacher), args=config, train_dataset=trajectories, processing_class=tokenizer)
     trainer.train()
     return trainer.model.eval()

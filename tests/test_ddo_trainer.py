@@ -34,6 +34,7 @@ def config(tmp_path, **kw):
         activation_checkpointing=False,
         use_cpu=True,
         seed=0,
+        loss_type="t3d",  # these tests check T3D's terms; the default objective is tested in test_mean_field.py
     )
     defaults.update(kw)
     return DDOConfig(**defaults)
@@ -324,20 +325,23 @@ def test_presets_fill_only_the_fields_left_unset(tmp_path, tok):
         return {name: getattr(args, name) for name in PRESETS["recommended"]}
 
     assert settings() == {
+        "loss_type": ["t3d_mf"],
         "mask_ratio_exponent": 0.0,
         "random_token_ratio": 0.0,
         "ref_sync_steps": 0,
         "generation_temperature": 0.0,
     }
     assert settings(preset="t3d_paper") == {
+        "loss_type": ["t3d"],
         "mask_ratio_exponent": 8.0,
         "random_token_ratio": 0.1,
         "ref_sync_steps": 10,
         "generation_temperature": 0.1,
     }
     assert settings(preset="t3d_paper", random_token_ratio=0.0, ref_sync_steps=0)["random_token_ratio"] == 0.0
+    assert settings(loss_type="ntd")["loss_type"] == "ntd"  # an explicit objective wins over the preset's
     # the trainer's states use the resolved values
-    args = config(tmp_path, preset="t3d_paper")
+    args = config(tmp_path, preset="t3d_paper", loss_type=None)
     trainer = DDOTrainer(
         testing.make_generic_mlm(tok), args=args, train_dataset=trajectories(tok), processing_class=tok
     )
@@ -385,7 +389,7 @@ def test_weighted_terms_sum_to_the_loss(tmp_path, tok):
         ({"loss_type": ["ntd", "ntd"]}, "distinct"),
         ({"loss_type": "t3d", "loss_weights": [1.0, 0.2]}, "preset"),
         ({"loss_type": ["ntd", "path"], "loss_weights": [1.0]}, "one weight"),
-        ({"loss_type": "ntd", "ref_sync_steps": 10}, "no 'ddo' term"),
+        ({"loss_type": "ntd", "ref_sync_steps": 10}, "no term that reads it"),
     ],
 )
 def test_bad_loss_types_name_the_fix(tmp_path, kwargs, match):

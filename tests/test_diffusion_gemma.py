@@ -231,7 +231,7 @@ def test_lora_on_resolved_targets_gets_gradient(tok, adapter):
     assert not dead, dead
 
 
-def test_ddo_trainer_with_lora_runs_one_policy_and_one_reference_forward(tmp_path, tok, dg_dir):
+def test_ddo_trainer_with_lora_runs_one_policy_forward_and_the_reference_forwards_of_its_terms(tmp_path, tok, dg_dir):
     from datasets import Dataset
     from peft import LoraConfig
 
@@ -255,6 +255,7 @@ def test_ddo_trainer_with_lora_runs_one_policy_and_one_reference_forward(tmp_pat
         save_strategy="no",
         disable_tqdm=True,
         use_cpu=True,
+        mask_ratios=[1.0],  # fully masked: every mean-field query of the default objective holds a position
     )
     trainer = DDOTrainer(
         dg_dir,
@@ -268,7 +269,7 @@ def test_ddo_trainer_with_lora_runs_one_policy_and_one_reference_forward(tmp_pat
     handle = trainer.model.get_base_model().register_forward_hook(lambda *a: calls.append(1))
     trainer.train()
     handle.remove()
-    assert len(calls) == 2  # policy + reference (adapters disabled)
+    assert len(calls) == 1 + 1 + 4  # policy, DDO's reference (adapters disabled), 4 mean-field queries
     assert all(torch.isfinite(torch.tensor(v)) for v in trainer.state.log_history[0].values() if isinstance(v, float))
     # encoder and decoder share base weights but not adapters: merging would add both deltas to one weight
     for merge in (

@@ -193,7 +193,7 @@ def test_push_to_hub_uploads_the_complete_student(sdar_dir, prompts_file, tmp_pa
         "README.md",
     } <= set(files)  # the tiny SDAR is trl_t3d's native class: no modeling code to upload
     assert "trajectories/**" in ignore  # the cached trajectories go to their own dataset repo
-    assert card.startswith("---\n") and "DDO: alpha = 0.5, beta = 0.1" in card
+    assert card.startswith("---\n") and "ddo x 1 (alpha = 0.5, beta = 0.1)" in card
     assert 'repo_id = "me/sdar-t3d"' in card  # the quick start loads what was pushed
     assert gen["block_length"] == 4
     # ... and the self-collected trajectories went to a dataset repo with a card

@@ -53,12 +53,20 @@ def losses(trainer):
     ],
 )
 def test_resume_reproduces_the_uninterrupted_run(tok, tmp_path, peft, num_rows):
-    """Random states (default mask ratios, 10% random tokens), fake tokens sampled at temperature 1 and a reference
-    that is an earlier policy at the checkpoint (synced at step 2, saved at 3): the resumed run repeats the losses
-    and weights step for step."""
+    """Random states (default mask ratios, 10% random tokens), fake tokens and mean-field samples drawn at temperature
+    1 and a reference that is an earlier policy at the checkpoint (synced at step 2, saved at 3): the resumed run
+    repeats the losses and weights step for step."""
     from peft import LoraConfig
 
-    args = dict(max_steps=4, save_strategy="steps", save_steps=3, reference_temperature=1.0, ref_sync_steps=2)
+    args = dict(
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=3,
+        reference_temperature=1.0,
+        ref_sync_steps=2,
+        loss_type=["ddo", "path", "mean_field"],  # the mean-field term's student samples are random too
+        loss_weights=[1.0, 0.2, 1.0],
+    )
 
     def trainer():
         return DDOTrainer(
@@ -74,6 +82,7 @@ def test_resume_reproduces_the_uninterrupted_run(tok, tmp_path, peft, num_rows):
     folder = tmp_path / "out" / "checkpoint-3"
     assert (folder / "t3d_reference.safetensors").exists() and (folder / "t3d_rng_state_0.pth").exists()
     assert not (tmp_path / "out" / "checkpoint-4" / "t3d_reference.safetensors").exists()  # a boundary: the policy
+    assert set(torch.load(folder / "t3d_rng_state_0.pth", weights_only=True)) == {"fake_tokens", "mean_field"}
 
     resumed = trainer()
     resumed.train(resume_from_checkpoint=str(folder))

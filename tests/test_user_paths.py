@@ -127,7 +127,8 @@ def test_card_is_trls_and_its_quick_start_loads_the_full_student(llada_dir, tmp_
         assert line in readme, line  # framework versions from TRL's template
     assert "This model was trained with T3D-DDO" in readme and "huggingface.co/papers/2602.12262" in readme
     assert "pipeline(" not in readme  # TRL's causal-LM quick start does not apply to a diffusion LM
-    assert "DDO: alpha = 0.5, beta = 0.1" in readme and "block length 4, 4 tokens per step" in readme
+    assert "mean_field x 1 (4 queries, fill temperature 0.0)" in readme  # the recommended objective
+    assert "block length 4, 4 tokens per step" in readme
     code = quick_start_code(readme, str(out))
     assert 'repo_id = "me/llada-t3d"' in readme
     assert "trust_remote_code" not in code  # trl_t3d's native LLaDA class loads it, no remote code

@@ -151,3 +151,37 @@ def sample_fake_tokens(
     uniform = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
     gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
     return (logits + gumbel).argmax(-1)
+
+
+def mean_field_queries(
+    loss_mask: torch.Tensor, block_length: int, num_queries: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(S, B, L) bool, S = `num_queries`: query s holds, in every block, the s-th position of that block's masked
+    set in a random order (empty where the block has <= s masked positions).
+
+    Blocks never share a query position, so one teacher forward per query gives each block's exact conditional
+    for bidirectional states (a single trained block) and block-causal ones (blocks see only each other's clean
+    tokens).
+    """
+    if num_queries < 1:
+        raise ValueError(f"`mean_field_queries` must be >= 1, got {num_queries}.")
+    batch, length = loss_mask.shape
+    mask = loss_mask.bool()
+    num_blocks = -(-length // block_length)
+    keys = torch.rand((batch, length), generator=generator, device=mask.device).masked_fill(~mask, 2.0)
+    padded = torch.full((batch, num_blocks * block_length), 3.0, device=mask.device)
+    padded[:, :length] = keys
+    order = padded.view(batch, num_blocks, block_length).argsort(-1)
+    ranks = torch.empty_like(order).scatter_(
+        -1, order, torch.arange(block_length, device=mask.device).expand_as(order).contiguous()
+    )
+    ranks = ranks.view(batch, -1)[:, :length]
+    slots = torch.arange(num_queries, device=mask.device).view(-1, 1, 1)
+    return mask.unsqueeze(0) & (ranks.unsqueeze(0) == slots)
+
+
+def mean_field_kl(policy_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:
+    """Per row, KL(q_i || p_i) = Σ_v q_i(v) (log q_i(v) - log p_i(v)) over (N, V) log-probs, fp32: the mode-seeking
+    (reverse) KL of the student's one-step prediction q_i from the teacher's conditional p_i."""
+    policy_log_probs = policy_log_probs.float()
+    return (policy_log_probs.exp() * (policy_log_probs - teacher_log_probs.float())).sum(-1)

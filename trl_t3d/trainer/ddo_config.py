@@ -2,27 +2,51 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
+from transformers.utils import logging
 from trl.trainer.base_config import _BaseConfig
 
-# Named objectives: T3D (the paper's), DDO alone, and the paper's naive trajectory-distillation baseline.
-LOSS_PRESETS: dict[str, tuple[str, ...]] = {"t3d": ("ddo", "path"), "ddo": ("ddo",), "ntd": ("ntd",)}
-LOSS_TERMS = ("ddo", "path", "ntd", "certainty")
+logger = logging.get_logger(__name__)
+
+# Named objectives: T3D (the paper's), DDO alone, the paper's naive trajectory-distillation baseline, and T3D or NTD
+# with the mean-field reverse KL to the teacher ("t3d_mf" is trl-t3d's recommended objective).
+LOSS_PRESETS: dict[str, tuple[str, ...]] = {
+    "t3d": ("ddo", "path"),
+    "ddo": ("ddo",),
+    "ntd": ("ntd",),
+    "t3d_mf": ("ddo", "path", "mean_field"),
+    "ntd_mf": ("ntd", "mean_field"),
+}
+LOSS_TERMS = ("ddo", "path", "ntd", "certainty", "mean_field")
+# Terms that read the frozen reference (the teacher): without one of them no reference is kept or run.
+REFERENCE_TERMS = frozenset({"ddo", "mean_field"})
+# Settings that only act through one term: set to a non-default value without that term, they warn.
+TERM_SETTINGS = {
+    "alpha": "ddo",
+    "beta": "ddo",
+    "reference_temperature": "ddo",
+    "lambda_path": "path",
+    "path_k_steps": "path",
+    "mean_field_queries": "mean_field",
+    "mean_field_temperature": "mean_field",
+}
 
 # Settings a preset decides, for every one of these fields left unset (None). "recommended" is what the task suite
 # (benchmarks/task_suite.py, README "Which objective") measured best; "t3d_paper" is the paper's exact recipe
 # (T3D's configs/ddo_sdar_full_self.yaml), kept to reproduce it.
 PRESETS: dict[str, dict[str, Any]] = {
     "recommended": {
+        "loss_type": ["t3d_mf"],
         "mask_ratio_exponent": 0.0,
         "random_token_ratio": 0.0,
         "ref_sync_steps": 0,
         "generation_temperature": 0.0,
     },
     "t3d_paper": {
+        "loss_type": ["t3d"],
         "mask_ratio_exponent": 8.0,
         "random_token_ratio": 0.1,
         "ref_sync_steps": 10,
@@ -118,10 +142,12 @@ class DDOConfig(_BaseConfig):
         loss_type (`str` or `list[str]`, *optional*, defaults to `["t3d"]`):
             The objective: a preset, `"t3d"` (DDO + `lambda_path` x path loss, the paper's), `"ddo"` (DDO alone) or
             `"ntd"` (naive trajectory distillation: masked cross-entropy on the same trajectory states, the paper's
-            baseline), or a list of terms among `"ddo"`, `"path"`, `"ntd"` and `"certainty"` (dParallel's certainty
-            forcing: the entropy of correct predictions on the masked positions), summed with `loss_weights`. Every
-            objective shares the states, the collator and the metrics, so one flag compares them on your data.
-            Without a `"ddo"` term no reference forward is run.
+            baseline), or a list of terms among `"ddo"`, `"path"`, `"ntd"`, `"certainty"` (dParallel's certainty
+            forcing: the entropy of correct predictions on the masked positions) and `"mean_field"` (mean-field
+            reverse KL to the teacher: the student's one-step sample fills the masked set and the frozen reference
+            scores each position given the others, `mean_field_queries` reference forwards per step), summed with
+            `loss_weights`. Every objective shares the states, the collator and the metrics, so one flag compares
+            them on your data. Without a `"ddo"` or `"mean_field"` term no reference is kept or run.
         loss_weights (`list[float]`, *optional*):
             Weights of the `loss_type` terms, in order. `None`: 1 for every term except `"path"`, which gets
             `lambda_path`.
@@ -136,6 +162,13 @@ class DDOConfig(_BaseConfig):
         reference_temperature (`float`, *optional*, defaults to `0.0`):
             Temperature of the fake sample ŷ drawn from the reference at the masked positions: 0 = argmax, else
             Gumbel-max (drawn once and scored by both models).
+        mean_field_queries (`int`, *optional*, defaults to `4`):
+            Reference forwards per step of the `"mean_field"` term; each puts one masked position per block back to
+            noise, so up to this many positions per block are trained (all of a block of 4).
+        mean_field_temperature (`float`, *optional*, defaults to `0.0`):
+            Temperature of the student's one-step prediction that fills the masked set for the `"mean_field"` term:
+            0 = its argmax, what few-step greedy decoding commits (measured best on the task suite); 1 = a sample of
+            the student, whose expectation is the exact mean-field reverse-KL gradient.
 
         > Parameters that control the reference and multi-round self-play
 
@@ -183,8 +216,9 @@ class DDOConfig(_BaseConfig):
     preset: str = field(
         default="recommended",
         metadata={
-            "help": "Values of mask_ratio_exponent, random_token_ratio, ref_sync_steps and generation_temperature "
-            "left unset: recommended (measured on the task suite) or t3d_paper (the paper's recipe).",
+            "help": "Values of loss_type, mask_ratio_exponent, random_token_ratio, ref_sync_steps and "
+            "generation_temperature left unset: recommended (measured on the task suite) or t3d_paper (the paper's "
+            "recipe).",
             "choices": list(PRESETS),
         },
     )
@@ -234,9 +268,12 @@ class DDOConfig(_BaseConfig):
     )
 
     # Loss
-    loss_type: list[str] = field(
-        default_factory=lambda: ["t3d"],
-        metadata={"help": "Objective: 't3d', 'ddo', 'ntd', or a list of ddo/path/ntd/certainty terms."},
+    loss_type: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Objective: 't3d_mf', 't3d', 'ntd_mf', 'ntd', 'ddo', or a list of ddo/path/ntd/certainty/"
+            "mean_field terms; None = preset's."
+        },
     )
     loss_weights: list[float] | None = field(
         default=None, metadata={"help": "Weights of the loss_type terms; None: 1, and lambda_path for 'path'."}
@@ -246,6 +283,12 @@ class DDOConfig(_BaseConfig):
     lambda_path: float = field(default=0.2, metadata={"help": "Weight of the path loss."})
     path_k_steps: int = field(default=4, metadata={"help": "Tokens per path level."})
     reference_temperature: float = field(default=0.0, metadata={"help": "Temperature of the fake sample; 0 = argmax."})
+    mean_field_queries: int = field(
+        default=4, metadata={"help": "Reference forwards per step of the mean_field term."}
+    )
+    mean_field_temperature: float = field(
+        default=0.0, metadata={"help": "Temperature of the student's fill in the mean_field term; 0 = argmax."}
+    )
 
     # Reference
     ref_sync_steps: int | None = field(
@@ -303,6 +346,10 @@ class DDOConfig(_BaseConfig):
             )
         if self.reference_temperature < 0:
             raise ValueError(f"`reference_temperature` must be >= 0, got {self.reference_temperature}.")
+        if self.mean_field_queries < 1:
+            raise ValueError(f"`mean_field_queries` must be >= 1, got {self.mean_field_queries}.")
+        if self.mean_field_temperature < 0:
+            raise ValueError(f"`mean_field_temperature` must be >= 0, got {self.mean_field_temperature}.")
         if self.ref_sync_steps < 0:
             raise ValueError(f"`ref_sync_steps` must be >= 0, got {self.ref_sync_steps}.")
         if self.block_length is not None and self.block_length < 1:
@@ -310,15 +357,26 @@ class DDOConfig(_BaseConfig):
         for name in ("generation_cache", "student_cache"):
             if getattr(self, name) not in ("none", "prefix", "dual"):
                 raise ValueError(f"`{name}` must be 'none', 'prefix' or 'dual', got {getattr(self, name)!r}.")
-        if self.ref_sync_steps > 0 and "ddo" not in self.loss_terms():  # also validates loss_type now
+        if self.ref_sync_steps > 0 and not REFERENCE_TERMS & set(self.loss_terms()):  # also validates loss_type
             raise ValueError(
-                f"`ref_sync_steps`={self.ref_sync_steps} updates the DDO reference, but loss_type={self.loss_type} "
-                "has no 'ddo' term. Set ref_sync_steps=0 or add 'ddo' to loss_type."
+                f"`ref_sync_steps`={self.ref_sync_steps} updates the reference, but loss_type={self.loss_type} has "
+                "no term that reads it ('ddo' or 'mean_field'). Set ref_sync_steps=0 or add one of them."
             )
-        self.loss_terms()
+        self._warn_unused_term_settings()
         if self.recollect_each_round and self.ref_sync_steps == 0:
             raise ValueError("`recollect_each_round=True` needs rounds: set `ref_sync_steps > 0`.")
         self._check_sizes_and_teacher_decoding()
+
+    def _warn_unused_term_settings(self):
+        """A loss setting changed from its default while its term is not in the objective does nothing: say so."""
+        terms = self.loss_terms()  # also validates loss_type
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, term in TERM_SETTINGS.items():
+            if term not in terms and getattr(self, name) != defaults[name]:
+                logger.warning(
+                    f"`{name}`={getattr(self, name)} has no effect: loss_type={list(terms)} has no '{term}' term "
+                    f"(preset {self.preset!r}). Add '{term}' to loss_type, or drop `{name}`."
+                )
 
     def _check_sizes_and_teacher_decoding(self):
         """Sizes must be positive, and the teacher's decoding settings valid now, not at the first collection."""

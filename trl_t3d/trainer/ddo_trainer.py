@@ -31,16 +31,19 @@ from ..losses import (
     certainty_loss,
     ddo_loss,
     masked_log_probs,
+    mean_field_kl,
+    mean_field_queries,
     mean_over_mask,
     ntd_loss,
     path_loss_from_token_logps,
     picked_token_logps,
     sample_fake_tokens,
+    scatter_rows,
 )
 from ..resolved import DiffusionLM, load_diffusion_lm
 from ..trajectories import dataset_metadata, is_prompt_only, prepare_trajectory_dataset
 from .collator import DDODataCollator
-from .ddo_config import DDOConfig
+from .ddo_config import REFERENCE_TERMS, DDOConfig
 from .randomness import KeyedRows, KeyedSampler, derive_seed
 from .reference_state import load_reference, save_reference
 
@@ -367,11 +370,13 @@ class DDOTrainer(_BaseTrainer):
         self._use_peft = is_peft_model(model)
 
         # 5. Reference: frozen copy (built before accelerate/deepspeed wraps the policy), or disabled adapters; none
-        #    when the objective has no DDO term
+        #    when the objective has no term that reads it (DDO, mean-field)
         self.loss_terms = args.loss_terms()
-        if "ddo" not in self.loss_terms:
+        if not REFERENCE_TERMS & set(self.loss_terms):
             if ref_model is not None:
-                logger.warning("`ref_model` is unused: loss_type=%s has no 'ddo' term.", list(self.loss_terms))
+                logger.warning(
+                    "`ref_model` is unused: loss_type=%s has no 'ddo' or 'mean_field' term.", list(self.loss_terms)
+                )
             ref_model = None
         elif ref_model is None and not self._use_peft:
             ref_model = self._frozen_copy(model, args)
@@ -433,7 +438,7 @@ class DDOTrainer(_BaseTrainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._tokens_since_log = {"train": 0, "eval": 0}
         self._time_of_last_log = {"train": None, "eval": None}
-        self._fake_generator, self._fake_generator_state = None, None
+        self._generators, self._generator_states = {}, {}
         if args.ref_sync_steps > 0:
             self.add_callback(DDOSyncRefModelCallback(self))
         if hasattr(self.model, "add_model_tags"):
@@ -469,34 +474,35 @@ class DDOTrainer(_BaseTrainer):
         return dataloader
 
     # -------------------------------------------------------------------------------------- randomness
-    def _fake_token_generator(self, device) -> torch.Generator:
-        """Gumbel noise of the fake tokens: one stream per process (seeded by seed and rank), saved in checkpoints."""
-        if self._fake_generator is None:
-            seed = derive_seed(self.args.seed, "fake_tokens", self.args.process_index)
-            self._fake_generator = torch.Generator(device=device).manual_seed(seed)
-            if self._fake_generator_state is not None:
-                self._fake_generator.set_state(self._fake_generator_state)
-                self._fake_generator_state = None
-        return self._fake_generator
+    def _generator(self, name: str, device) -> torch.Generator:
+        """Noise of the fake tokens ("fake_tokens") or of the mean-field samples ("mean_field"): one stream per
+        process and name (seeded by seed, name and rank), saved in checkpoints."""
+        if name not in self._generators:
+            seed = derive_seed(self.args.seed, name, self.args.process_index)
+            self._generators[name] = torch.Generator(device=device).manual_seed(seed)
+            if name in self._generator_states:
+                self._generators[name].set_state(self._generator_states.pop(name))
+        return self._generators[name]
 
     def _rng_file(self, directory: str) -> str:
         return os.path.join(directory, f"t3d_rng_state_{self.args.process_index}.pth")
 
     def _save_rng_state(self, output_dir):
-        """The Trainer's RNG states, plus this process's fake-token generator (the collator's states need none)."""
+        """The Trainer's RNG states, plus this process's fake-token and mean-field generators (the collator's states
+        need none)."""
         super()._save_rng_state(output_dir)
-        if self._fake_generator is not None:
-            torch.save({"fake_tokens": self._fake_generator.get_state()}, self._rng_file(output_dir))
+        if self._generators:
+            torch.save({k: g.get_state() for k, g in self._generators.items()}, self._rng_file(output_dir))
 
     def _load_rng_state(self, checkpoint):
         super()._load_rng_state(checkpoint)
         if checkpoint is None or not os.path.isfile(self._rng_file(checkpoint)):
             return
-        state = torch.load(self._rng_file(checkpoint), weights_only=True)["fake_tokens"]
-        if self._fake_generator is not None:
-            self._fake_generator.set_state(state)
-        else:
-            self._fake_generator_state = state
+        for name, state in torch.load(self._rng_file(checkpoint), weights_only=True).items():
+            if name in self._generators:
+                self._generators[name].set_state(state)
+            else:
+                self._generator_states[name] = state
 
     def _prepare(self, dataset, processing_class, args, name):
         if isinstance(dataset, dict):
@@ -693,7 +699,7 @@ class DDOTrainer(_BaseTrainer):
         if "ddo" in terms:
             with torch.no_grad(), self._reference(model) as reference:
                 ref_rows = self._completion_logits(reference, inputs)[loss_mask].float()  # (N, V): rows of M only
-                generator = self._fake_token_generator(ref_rows.device) if args.reference_temperature > 0 else None
+                generator = self._generator("fake_tokens", ref_rows.device) if args.reference_temperature > 0 else None
                 fake_rows = sample_fake_tokens(ref_rows, args.reference_temperature, generator)
                 ref_log_probs = ref_rows.log_softmax(-1)
                 del ref_rows
@@ -713,6 +719,8 @@ class DDOTrainer(_BaseTrainer):
         }
         if "certainty" in terms:
             losses["certainty"] = certainty_loss(policy_log_probs, labels, loss_mask)
+        if "mean_field" in terms:
+            losses["mean_field"] = self._mean_field_loss(model, inputs, policy_log_probs, block_length)
         if "ddo" in terms:
             policy_fake_tok = picked_token_logps(policy_log_probs, loss_mask, fake)
             ddo_terms = {
@@ -740,6 +748,35 @@ class DDOTrainer(_BaseTrainer):
                 outputs["policy_fake_logps"] = ddo_terms["policy_fake"]
             return loss, outputs
         return loss
+
+    def _mean_field_loss(self, model, inputs, policy_log_probs, block_length):
+        """Mean-field reverse KL to the teacher's joint over the masked set, per example.
+
+        The student's one-step sample x̃ ~ q (no gradient) fills the masked set; for each query the teacher (the
+        frozen reference) sees x̃ with one position per block put back to noise and gives p(x_i | x̃_-i, context).
+        Then Σ_i KL(q_i || p(· | x̃_-i)) has, in expectation, the gradient of KL(q || p_teacher) over factorized q:
+        the student is pulled to one coherent answer that few-step decoding can emit at once, where cross-entropy on
+        the trajectories (NTD) keeps every answer's share and parallel decoding mixes them.
+        """
+        loss_mask = inputs["loss_mask"].bool()
+        generator = self._generator("mean_field", policy_log_probs.device)
+        sampled = sample_fake_tokens(policy_log_probs.detach(), self.args.mean_field_temperature, generator)
+        filled = inputs["xt"].masked_scatter(loss_mask, sampled.to(inputs["xt"].dtype))
+        queries = mean_field_queries(loss_mask, block_length, self.args.mean_field_queries, generator)
+        row_of = torch.zeros(loss_mask.shape, dtype=torch.long, device=loss_mask.device)
+        row_of[loss_mask] = torch.arange(int(loss_mask.sum()), device=loss_mask.device)
+        teacher_rows = torch.zeros(policy_log_probs.shape, dtype=torch.float32, device=policy_log_probs.device)
+        covered = torch.zeros_like(loss_mask)
+        with torch.no_grad(), self._reference(model) as reference:
+            for query in queries:
+                if not query.any():  # later queries hold even fewer positions
+                    break
+                state = dict(inputs, xt=torch.where(query, inputs["xt"], filled))
+                teacher_rows[row_of[query]] = self._completion_logits(reference, state)[query].float().log_softmax(-1)
+                covered |= query
+        rows = covered[loss_mask]
+        kl = mean_field_kl(policy_log_probs[rows], teacher_rows[rows])
+        return mean_over_mask(scatter_rows(kl, covered), covered)
 
     def _record_metrics(self, mode, losses, ddo_terms, inputs):
         gather = self.accelerator.gather_for_metrics
@@ -831,6 +868,20 @@ class DDOTrainer(_BaseTrainer):
             if not _internal_call:
                 self.create_model_card(output_dir=output_dir)
 
+    def _objective_summary(self) -> str:
+        """The loss terms with their weights and the settings each one reads, for the model card."""
+        args = self.args
+        details = {
+            "ddo": f"alpha = {args.alpha}, beta = {args.beta}",
+            "path": f"k = {args.path_k_steps}",
+            "mean_field": f"{args.mean_field_queries} queries, fill temperature {args.mean_field_temperature}",
+        }
+        parts = [
+            f"{term} x {weight:g}" + (f" ({details[term]})" if term in details else "")
+            for term, weight in self.loss_terms.items()
+        ]
+        return f"`loss_type={list(self.loss_terms)}`: " + "; ".join(parts)
+
     def _save_generation_config(self, output_dir):
         settings = {k: v for k, v in self._student_generation_settings().items() if v is not None}
         from ..generation import DiffusionGenerationConfig
@@ -854,7 +905,7 @@ class DDOTrainer(_BaseTrainer):
     def _reference_lags_policy(self, step: int) -> bool:
         """Whether, at `step`, the reference is the policy of an earlier round boundary (not the teacher, not now)."""
         k = self.args.ref_sync_steps
-        return "ddo" in self.loss_terms and k > 0 and step > k and step % k != 0
+        return bool(REFERENCE_TERMS & set(self.loss_terms)) and k > 0 and step > k and step % k != 0
 
     def _reference_parameters(self) -> list:
         if self.ref_model is not None:
@@ -875,7 +926,7 @@ class DDOTrainer(_BaseTrainer):
         """A resumed run's reference is the one the interrupted run had at its checkpoint (called at train begin,
         once the checkpoint's weights are loaded and the models wrapped)."""
         checkpoint, step, k = self.__dict__.get("_resume_checkpoint"), self.state.global_step, self.args.ref_sync_steps
-        if not checkpoint or "ddo" not in self.loss_terms or not k or step < k:
+        if not checkpoint or not REFERENCE_TERMS & set(self.loss_terms) or not k or step < k:
             return  # the reference is still the teacher, as built in __init__
         restored = self._reference_lags_policy(step) and load_reference(self._reference_parameters(), checkpoint)
         if not restored:
@@ -946,7 +997,7 @@ class DDOTrainer(_BaseTrainer):
 - Trajectory data: {dataset_name or "self-collected or user trajectories"}; {stats.get("num_kept", "?")} trajectories
   ({stats.get("num_truncated_prompts", 0)} prompts cut, {stats.get("num_dropped_long_completions", 0)} long and
   {stats.get("num_dropped_empty_completions", 0)} empty completions dropped); teacher decoding: `{json.dumps(meta.get("generation_config", {}))}`
-- DDO: alpha = {args.alpha}, beta = {args.beta}; path loss lambda = {args.lambda_path}, k = {args.path_k_steps}
+- Objective: {self._objective_summary()}
 - Preset `{args.preset}`; states: mask ratios {list(args.mask_ratios)} (p ∝ r^{args.mask_ratio_exponent}), random-token ratio {args.random_token_ratio}
 - Optimizer steps: {self.state.global_step}; learning rate {args.learning_rate}; reference ← policy {rounds}
 

@@ -1,0 +1,156 @@
+"""The mean-field reverse-KL term: query layout, the KL itself by hand, the reference forwards it costs, and its value
+against a naive per-position recomputation."""
+
+import math
+
+import pytest
+import torch
+
+from trl_t3d import DDOConfig, DDOTrainer, testing
+from trl_t3d.losses import mean_field_kl, mean_field_queries
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return testing.make_tokenizer()
+
+
+def config(tmp_path, **kw):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        max_steps=1,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        activation_checkpointing=False,
+        use_cpu=True,
+        seed=0,
+        random_token_ratio=0.0,
+        loss_type=["ntd", "mean_field"],
+    )
+    return DDOConfig(**{**defaults, **kw})
+
+
+def trajectories(tok, n=4, completion_length=8, block_length=4):
+    return testing.synthetic_trajectories(tok, n, completion_length, block_length, 0, prompt_lengths=(4, 5, 6))
+
+
+class _Counter:
+    def __init__(self, module):
+        self.count = 0
+        module.register_forward_hook(self)
+
+    def __call__(self, *args):
+        self.count += 1
+
+
+def test_queries_take_one_masked_position_per_block_each():
+    mask = torch.tensor([[1, 1, 0, 1, 0, 1, 1, 0, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    queries = mean_field_queries(mask, block_length=4, num_queries=4, generator=torch.Generator().manual_seed(0))
+    assert queries.shape == (4, 2, 10)
+    assert torch.equal(queries.sum(0), mask.long())  # every masked position in exactly one query, nothing else
+    per_block = torch.nn.functional.pad(queries.long(), (0, 2)).view(4, 2, 3, 4).sum(-1)
+    assert int(per_block.max()) == 1  # never two positions of one block in one query
+    few = mean_field_queries(mask, block_length=4, num_queries=2, generator=torch.Generator().manual_seed(0))
+    covered = torch.nn.functional.pad(few.any(0).long(), (0, 2)).view(2, 3, 4).sum(-1)
+    assert covered.tolist() == [[2, 2, 2], [0, 2, 0]]  # min(masked in the block, queries)
+    with pytest.raises(ValueError, match="mean_field_queries"):
+        mean_field_queries(mask, 4, 0)
+
+
+def test_kl_by_hand():
+    q = torch.tensor([[0.5, 0.5], [0.9, 0.1]]).log()
+    p = torch.tensor([[0.25, 0.75], [0.9, 0.1]]).log()
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert mean_field_kl(q, p).tolist() == pytest.approx([expected, 0.0], abs=1e-6)
+
+
+def test_one_reference_forward_per_query_and_none_for_empty_queries(tmp_path, tok):
+    args = config(tmp_path, mask_ratios=[1.0], mean_field_queries=6, per_device_train_batch_size=2)
+    trainer = DDOTrainer(
+        testing.make_generic_mlm(tok), args=args, train_dataset=trajectories(tok), processing_class=tok
+    )
+    assert trainer.ref_model is not None  # the term reads the frozen teacher
+    policy, ref = _Counter(trainer.model), _Counter(trainer.ref_model)
+    trainer.train()
+    # one optimizer step: 1 policy forward; 4 reference forwards (a fully masked block of 4 has 4 positions, so
+    # queries 5 and 6 are empty and skipped)
+    assert (policy.count, ref.count) == (1, 4)
+    assert [h for h in trainer.state.log_history if "loss_mean_field" in h]
+
+
+def test_value_equals_a_naive_per_position_recomputation(tmp_path, tok):
+    """Argmax filling and as many queries as the block is long: the term is the mean over masked positions of
+    KL(q_i || p_ref(. | x_t with every other masked position set to the student's argmax))."""
+    policy = testing.make_generic_mlm(tok, seed=1)
+    args = config(tmp_path, loss_type=["mean_field"], mean_field_temperature=0.0, mean_field_queries=4)
+    trainer = DDOTrainer(policy, args=args, train_dataset=trajectories(tok), processing_class=tok)
+    with torch.no_grad():  # make the reference differ from the policy
+        for p in trainer.ref_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    loss = trainer.compute_loss(trainer.model.train(), batch)
+
+    with torch.no_grad():
+        q = trainer._completion_logits(trainer.model, batch).float().log_softmax(-1)
+        argmax = q.argmax(-1)
+        per_example = []
+        for b in range(batch["xt"].shape[0]):
+            kls = []
+            for i in batch["loss_mask"][b].nonzero().flatten().tolist():
+                others = batch["loss_mask"][b].clone()
+                others[i] = False
+                xt = batch["xt"].clone()
+                xt[b, others] = argmax[b, others]
+                p = trainer._completion_logits(trainer.ref_model, dict(batch, xt=xt))[b, i].float().log_softmax(-1)
+                kls.append(float((q[b, i].exp() * (q[b, i] - p)).sum()))
+            per_example.append(sum(kls) / max(len(kls), 1))
+    assert loss.item() == pytest.approx(sum(per_example) / len(per_example), rel=1e-5)
+    assert trainer._metrics["train"]["loss_mean_field"][-1] == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_gradient_reaches_the_policy_only(tmp_path, tok):
+    args = config(tmp_path, loss_type=["mean_field"])
+    trainer = DDOTrainer(
+        testing.make_generic_mlm(tok), args=args, train_dataset=trajectories(tok), processing_class=tok
+    )
+    with torch.no_grad():
+        for p in trainer.ref_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.compute_loss(trainer.model.train(), batch).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters())
+    assert all(p.grad is None for p in trainer.ref_model.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"mean_field_queries": 0}, "mean_field_queries"), ({"mean_field_temperature": -1.0}, "mean_field_temperature")],
+)
+def test_bad_settings_name_the_field(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        config(tmp_path, **kwargs)
+
+
+def test_default_objective_on_block_causal_lora(tmp_path, tok, sdar_dir):
+    """The recommended preset's objective (T3D + mean-field) on SDAR with LoRA: the reference is the base model with
+    adapters disabled; DDO reads it once and each query once more."""
+    from peft import LoraConfig
+
+    args = config(tmp_path, loss_type=None, trust_remote_code=True, mask_ratios=[1.0])  # fully masked blocks
+    trainer = DDOTrainer(
+        sdar_dir,
+        args=args,
+        train_dataset=trajectories(tok, completion_length=10),
+        processing_class=tok,
+        peft_config=LoraConfig(r=4, lora_alpha=8),
+    )
+    assert trainer.loss_terms == {"ddo": 1.0, "path": 0.2, "mean_field": 1.0} and trainer.ref_model is None
+    root = _Counter(trainer.model.get_base_model())
+    trainer.train()
+    assert root.count == 1 + 1 + 4  # policy, DDO's reference, 4 queries (blocks of 4, 4, 2: <= 4 positions each)
+    logged = [h for h in trainer.state.log_history if "loss_mean_field" in h]
+    assert logged and math.isfinite(logged[0]["loss_mean_field"])

@@ -22,22 +22,10 @@ def trajectories(tok, n=4, completion_length=8, block_length=4, seed=0, equal_pr
 
 
 def config(tmp_path, **kw):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        max_steps=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        activation_checkpointing=False,
-        use_cpu=True,
-        seed=0,
-        loss_type="t3d",  # these tests check T3D's terms; the default objective is tested in test_mean_field.py
+    # these tests check T3D's terms; the default objective is tested in test_mean_field.py
+    return testing.quick_ddo_config(
+        tmp_path / "out", **{"max_steps": 2, "learning_rate": 1e-3, "loss_type": "t3d", **kw}
     )
-    defaults.update(kw)
-    return DDOConfig(**defaults)
 
 
 @pytest.fixture(scope="module")

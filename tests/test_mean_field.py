@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from trl_t3d import DDOConfig, DDOTrainer, testing
+from trl_t3d import DDOTrainer, testing
 from trl_t3d.losses import mean_field_kl, mean_field_queries
 
 
@@ -16,22 +16,8 @@ def tok():
 
 
 def config(tmp_path, **kw):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        max_steps=1,
-        learning_rate=1e-3,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        activation_checkpointing=False,
-        use_cpu=True,
-        seed=0,
-        random_token_ratio=0.0,
-        loss_type=["ntd", "mean_field"],
-    )
-    return DDOConfig(**{**defaults, **kw})
+    settings = {"max_steps": 1, "learning_rate": 1e-3, "random_token_ratio": 0.0, "loss_type": ["ntd", "mean_field"]}
+    return testing.quick_ddo_config(tmp_path / "out", **{**settings, **kw})
 
 
 def trajectories(tok, n=4, completion_length=8, block_length=4):

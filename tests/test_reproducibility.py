@@ -8,7 +8,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_t3d import DDOConfig, DDOTrainer, testing
+from trl_t3d import DDOTrainer, testing
 from trl_t3d.trainer.collator import DDODataCollator
 from trl_t3d.trainer.randomness import STATE_KEY, KeyedRows, KeyedSampler, derive_seed
 
@@ -25,19 +25,7 @@ def rows(tok, n=8, completion_length=8, block_length=4, seed=0):
 
 
 def config(output_dir, **kw):
-    defaults = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        activation_checkpointing=False,
-        use_cpu=True,
-        seed=0,
-    )
-    return DDOConfig(**{**defaults, **kw})
+    return testing.quick_ddo_config(output_dir, **{"learning_rate": 1e-2, **kw})
 
 
 def losses(trainer):

@@ -11,6 +11,7 @@ back through the same `from_pretrained` paths a user takes:
 - `save_remote_mlm`: a remote-code bidirectional model of no known family ("any other diffusion LM").
 - `save_llada2_like`: remote code with LLaDA2's calling convention (block diffusion), until a native port exists.
 - `make_diffusion_gemma`: a tiny native `DiffusionGemmaForBlockDiffusion`.
+- `quick_ddo_config`: a `DDOConfig` for a few CPU steps of training on these models, nothing saved or reported.
 """
 
 from __future__ import annotations
@@ -56,6 +57,25 @@ def synthetic_trajectories(
             }
         )
     return Dataset.from_list(rows)
+
+
+def quick_ddo_config(output_dir, **overrides):
+    """A `DDOConfig` for a few CPU steps: batch 2, a log line every step, seed 0, no saving, reporting, progress bar or
+    activation checkpointing; `overrides` go on top."""
+    from .trainer import DDOConfig
+
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        activation_checkpointing=False,
+        use_cpu=True,
+        seed=0,
+    )
+    return DDOConfig(**{**settings, **overrides})
 
 
 def make_tokenizer(save_directory: str | None = None):

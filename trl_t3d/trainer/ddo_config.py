@@ -174,7 +174,8 @@ class DDOConfig(_BaseConfig):
             Gumbel-max (drawn once and scored by both models).
         mean_field_queries (`int`, *optional*, defaults to `4`):
             Reference forwards per step of the `"mean_field"` term; each puts one masked position per block back to
-            noise, so up to this many positions per block are trained (all of a block of 4).
+            noise, so up to this many positions per block are trained (all of a block of 4). The reference plays
+            the teacher: with `ref_sync_steps > 0` it is the last synced policy for this term too.
         mean_field_temperature (`float`, *optional*, defaults to `0.0`):
             Temperature of the student's one-step prediction that fills the masked set for the `"mean_field"` term:
             0 = its argmax, what few-step greedy decoding commits (measured best on the task suite); 1 = a sample of

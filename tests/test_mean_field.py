@@ -83,9 +83,9 @@ def test_value_equals_a_naive_per_position_recomputation(tmp_path, tok):
     with torch.no_grad():
         q = trainer._completion_logits(trainer.model, batch).float().log_softmax(-1)
         argmax = q.argmax(-1)
-        per_example = []
+        per_example, agreement = [], []
         for b in range(batch["xt"].shape[0]):
-            kls = []
+            kls, agrees = [], []
             for i in batch["loss_mask"][b].nonzero().flatten().tolist():
                 others = batch["loss_mask"][b].clone()
                 others[i] = False
@@ -93,9 +93,13 @@ def test_value_equals_a_naive_per_position_recomputation(tmp_path, tok):
                 xt[b, others] = argmax[b, others]
                 p = trainer._completion_logits(trainer.ref_model, dict(batch, xt=xt))[b, i].float().log_softmax(-1)
                 kls.append(float((q[b, i].exp() * (q[b, i] - p)).sum()))
+                agrees.append(float(p.argmax() == q[b, i].argmax()))
             per_example.append(sum(kls) / max(len(kls), 1))
+            agreement.append(sum(agrees) / max(len(agrees), 1))
     assert loss.item() == pytest.approx(sum(per_example) / len(per_example), rel=1e-5)
     assert trainer._metrics["train"]["loss_mean_field"][-1] == pytest.approx(loss.item(), rel=1e-5)
+    expected_agreement = sum(agreement) / len(agreement)
+    assert trainer._metrics["train"]["mean_field/teacher_agrees"][-1] == pytest.approx(expected_agreement, abs=1e-6)
 
 
 def test_gradient_reaches_the_policy_only(tmp_path, tok):
@@ -140,3 +144,19 @@ def test_default_objective_on_block_causal_lora(tmp_path, tok, sdar_dir):
     assert root.count == 1 + 1 + 4  # policy, DDO's reference, 4 queries (blocks of 4, 4, 2: <= 4 positions each)
     logged = [h for h in trainer.state.log_history if "loss_mean_field" in h]
     assert logged and math.isfinite(logged[0]["loss_mean_field"])
+
+
+def test_a_teacher_that_ignores_context_agrees_everywhere_and_costs_nothing(tmp_path, tok):
+    """With attention outputs zeroed, each position's prediction depends on its own token only: the teacher's
+    conditional at a queried (noised) position equals the student's prediction there, whatever fills the rest."""
+    model = testing.make_generic_mlm(tok, seed=2)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+    trainer = DDOTrainer(model, args=config(tmp_path), train_dataset=trajectories(tok), processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    loss = trainer.compute_loss(trainer.model.train(), batch)
+    metrics = trainer._metrics["train"]
+    assert metrics["loss_mean_field"][-1] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["mean_field/teacher_agrees"][-1] == 1.0
+    assert loss.item() == pytest.approx(metrics["loss_ntd"][-1], abs=1e-6)

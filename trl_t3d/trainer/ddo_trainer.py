@@ -719,8 +719,11 @@ class DDOTrainer(_BaseTrainer):
         }
         if "certainty" in terms:
             losses["certainty"] = certainty_loss(policy_log_probs, labels, loss_mask)
+        extra_metrics = {}
         if "mean_field" in terms:
-            losses["mean_field"] = self._mean_field_loss(model, inputs, policy_log_probs, block_length)
+            losses["mean_field"], extra_metrics["mean_field/teacher_agrees"] = self._mean_field_loss(
+                model, inputs, policy_log_probs, block_length
+            )
         if "ddo" in terms:
             policy_fake_tok = picked_token_logps(policy_log_probs, loss_mask, fake)
             ddo_terms = {
@@ -741,7 +744,7 @@ class DDOTrainer(_BaseTrainer):
         del policy_log_probs
         loss = sum(weight * losses[term] for term, weight in terms.items()).mean()
 
-        self._record_metrics(mode, losses, ddo_terms, inputs)
+        self._record_metrics(mode, losses, ddo_terms, inputs, extra_metrics)
         if return_outputs:
             outputs = {"policy_real_logps": mean_over_mask(policy_real_tok, loss_mask)}
             if ddo_terms is not None:
@@ -750,7 +753,9 @@ class DDOTrainer(_BaseTrainer):
         return loss
 
     def _mean_field_loss(self, model, inputs, policy_log_probs, block_length):
-        """Mean-field reverse KL to the teacher's joint over the masked set, per example.
+        """Mean-field reverse KL to the teacher's joint over the masked set, per example, and the share of queried
+        positions where the teacher's best token given the student's fill is the student's own (1 = the block the
+        student writes in one step is one the teacher would keep).
 
         The student's one-step sample x̃ ~ q (no gradient) fills the masked set; for each query the teacher (the
         frozen reference) sees x̃ with one position per block put back to noise and gives p(x_i | x̃_-i, context).
@@ -776,11 +781,14 @@ class DDOTrainer(_BaseTrainer):
                 covered |= query
         rows = covered[loss_mask]
         kl = mean_field_kl(policy_log_probs[rows], teacher_rows[rows])
-        return mean_over_mask(scatter_rows(kl, covered), covered)
+        agrees = (teacher_rows[rows].argmax(-1) == policy_log_probs[rows].argmax(-1)).float()
+        return mean_over_mask(scatter_rows(kl, covered), covered), mean_over_mask(
+            scatter_rows(agrees, covered), covered
+        )
 
-    def _record_metrics(self, mode, losses, ddo_terms, inputs):
+    def _record_metrics(self, mode, losses, ddo_terms, inputs, extra=None):
         gather = self.accelerator.gather_for_metrics
-        values = {f"loss_{term}": value for term, value in losses.items()}
+        values = {f"loss_{term}": value for term, value in losses.items()} | (extra or {})
         if ddo_terms is not None:
             margin_real = (ddo_terms["policy_real"] - ddo_terms["ref_real"]).detach()
             margin_fake = (ddo_terms["policy_fake"] - ddo_terms["ref_fake"]).detach()

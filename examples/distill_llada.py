@@ -8,7 +8,8 @@
         --use_peft --load_in_4bit --output_dir LLaDA-8B-Instruct-T3D-QLoRA
 
 If the dataset holds prompts only, the model first collects its own trajectories (resumable, cached in
-`<output_dir>/trajectories`); then DDO trains the student, which is saved (weights, tokenizer,
+`<output_dir>/trajectories`); then the student trains (without `--config`: `DDOConfig`'s defaults, T3D's DDO + path
+loss + the mean-field term; the recipes hold the paper's exact settings) and is saved (weights, tokenizer,
 `diffusion_generation_config.json`, model card) and pushed with `--push_to_hub`.
 """
 

@@ -75,6 +75,11 @@ PROBES: dict[str, dict] = {
     "recommended_q2": {"mean_field_queries": 2},
     "ntd_mf_w03": {"loss_type": ["ntd", "mean_field"], "loss_weights": [1.0, 0.3]},
     "ntd_mf_w3": {"loss_type": ["ntd", "mean_field"], "loss_weights": [1.0, 3.0]},
+    # LoRA adapters (rank 8, the family's targets; the reference is the base with adapters disabled) instead of full
+    # fine-tuning, at a LoRA learning rate.
+    "ntd_lora": {"loss_type": "ntd", "lora_r": 8, "learning_rate": 2e-3},
+    "t3d_lora": {"loss_type": "t3d", "lora_r": 8, "learning_rate": 2e-3},
+    "recommended_lora": {"lora_r": 8, "learning_rate": 2e-3},
 }
 ALL_METHODS = {**METHODS, **PROBES}
 RECOMMENDED = "recommended"
@@ -163,7 +168,10 @@ def cached_student_results(teacher, tokenizer, trajectories, args, seed: int, me
     the resolved `DDOConfig` (so a changed default is never served from an old run) and the evaluation."""
     settings = student_config(args, seed, method, output_dir="-").to_dict()
     settings = {k: v for k, v in settings.items() if not k.endswith("_dir")}
-    key = json.dumps([settings, args.test_prompts, EVAL_VERSION], sort_keys=True, default=str)
+    lora_r = ALL_METHODS[method].get("lora_r")
+    key = json.dumps(
+        [settings, args.test_prompts, EVAL_VERSION] + ([lora_r] if lora_r else []), sort_keys=True, default=str
+    )
     path = _cache_path(args, seed, f"results-{args.trajectories_per_task}-{zlib.crc32(key.encode()):08x}.json")
     if path and os.path.exists(path):
         with open(path) as f:
@@ -204,25 +212,36 @@ def collect(teacher, tokenizer, args, seed: int):
 
 
 def student_config(args, seed: int, method: str, output_dir: str):
+    """The method's `DDOConfig` (its `lora_r`, if any, is not a config field: `train_student` reads it)."""
     from trl_t3d.pretraining import toy_distillation_config
 
+    settings = {k: v for k, v in ALL_METHODS[method].items() if k != "lora_r"}
     return toy_distillation_config(
         output_dir,
         args.student_steps,
         args.batch_size,
-        args.learning_rate,
+        settings.pop("learning_rate", args.learning_rate),
         seed,
         logging_steps=max(1, args.student_steps // 4),
         activation_checkpointing=False,
-        **ALL_METHODS[method],
+        **settings,
     )
 
 
 def train_student(teacher, tokenizer, trajectories, args, seed: int, method: str):
+    from peft import LoraConfig
+
     from trl_t3d import DDOTrainer
 
     config = student_config(args, seed, method, tempfile.mkdtemp(prefix=f"task_suite_{method}_"))
-    trainer = DDOTrainer(copy.deepcopy(teacher), args=config, train_dataset=trajectories, processing_class=tokenizer)
+    lora_r = ALL_METHODS[method].get("lora_r")
+    trainer = DDOTrainer(
+        copy.deepcopy(teacher),
+        args=config,
+        train_dataset=trajectories,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=lora_r, lora_alpha=2 * lora_r) if lora_r else None,
+    )
     trainer.train()
     return trainer.model.eval()
 

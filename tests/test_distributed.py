@@ -162,19 +162,22 @@ def test_fsdp2_matches_one_process(cases, single_process, tmp_path):
     """`recipes/accelerate_configs/fsdp.yaml` (FSDP2, `fully_shard`): the policy and the frozen reference are sharded
     (DTensor parameters), and the reference sync copies between shards."""
     fsdp_cases = [{**c, "env": DG_FSDP_ENV} if c["name"].startswith("dg") else c for c in cases]
+    # uniform mask ratios: the ranks' blocks hold different numbers of masked positions, yet every rank must run as
+    # many mean-field queries through the sharded reference (else the all-gathers of the shorter rank hang)
+    uneven = identical_rows_case(cases)
     refused = {**cases[-1], "name": "dg_refused", "expect_error": True}  # the recipe as is: a clear error
     # resumed from checkpoint 3 (between the syncs at 2 and 4; sharded checkpoints, fake tokens at temperature 1)
     resumed = [
         {**case, "name": f"{case['name']}_resumed", "max_steps": 4, "save_steps": 3, "reference_temperature": 1.0}
         for case in cases[:2]
     ]
-    out = launch(CONFIGS / "fsdp.yaml", {"cases": fsdp_cases + [refused] + resumed}, tmp_path)
+    out = launch(CONFIGS / "fsdp.yaml", {"cases": fsdp_cases + [uneven, refused] + resumed}, tmp_path)
     setup = json.loads((out / "setup.json").read_text())
     assert "fsdp_cpu_ram_efficient_loading: false" in setup.pop("dg_refused")["error"]
     for name, s in setup.items():
         assert s["distributed_type"] == "DistributedType.FSDP" and s["fsdp_version"] == 2, (name, s)
         assert s["policy_fully_sharded"] and s["policy_dtensor"] and s["reference_dtensor"], (name, s)
-    assert_matches_single_process(out, cases, single_process)
+    assert_matches_single_process(out, cases + [uneven], single_process)
     for case in resumed:
         run = torch.load(out / f"{case['name']}.pt", weights_only=False)
         expected = run["uninterrupted"]

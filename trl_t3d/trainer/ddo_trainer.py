@@ -773,9 +773,7 @@ class DDOTrainer(_BaseTrainer):
         teacher_rows = torch.zeros(policy_log_probs.shape, dtype=torch.float32, device=policy_log_probs.device)
         covered = torch.zeros_like(loss_mask)
         with torch.no_grad(), self._reference(model) as reference:
-            for query in queries:
-                if not query.any():  # later queries hold even fewer positions
-                    break
+            for query in queries[: self._num_nonempty_queries(queries)]:
                 state = dict(inputs, xt=torch.where(query, inputs["xt"], filled))
                 teacher_rows[row_of[query]] = self._completion_logits(reference, state)[query].float().log_softmax(-1)
                 covered |= query
@@ -785,6 +783,14 @@ class DDOTrainer(_BaseTrainer):
         return mean_over_mask(scatter_rows(kl, covered), covered), mean_over_mask(
             scatter_rows(agrees, covered), covered
         )
+
+    def _num_nonempty_queries(self, queries) -> int:
+        """Queries holding a position (later ones hold fewer, so they come first), the maximum over processes: a
+        sharded reference (ZeRO-3, FSDP) gathers its weights in every forward, so every rank must run as many."""
+        count = queries.flatten(1).any(-1).sum()
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.gather(count[None]).max()
+        return int(count)
 
     def _record_metrics(self, mode, losses, ddo_terms, inputs, extra=None):
         gather = self.accelerator.gather_for_metrics

@@ -110,6 +110,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--merge", nargs="+", default=[], help="Only merge the per-seed results of these earlier JSON reports."
     )
+    parser.add_argument(
+        "--save_students", default=None, help="Also save each student to DIR/seed{S}/{method} (for cache_accuracy.py)."
+    )
     parser.add_argument("--output_dir", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--tag", default="task_suite", help="Output file stem.")
     return parser.parse_args(argv)
@@ -173,11 +176,12 @@ def cached_student_results(teacher, tokenizer, trajectories, args, seed: int, me
         [settings, args.test_prompts, EVAL_VERSION] + ([lora_r] if lora_r else []), sort_keys=True, default=str
     )
     path = _cache_path(args, seed, f"results-{args.trajectories_per_task}-{zlib.crc32(key.encode()):08x}.json")
-    if path and os.path.exists(path):
+    save_dir = os.path.join(args.save_students, f"seed{seed}", method) if args.save_students else None
+    if path and os.path.exists(path) and (save_dir is None or os.path.isdir(save_dir)):
         with open(path) as f:
             return json.load(f)
     print(f"seed {seed}: training {method}", flush=True)
-    student = train_student(teacher, tokenizer, trajectories, args, seed, method)
+    student = train_student(teacher, tokenizer, trajectories, args, seed, method, save_dir)
     results = evaluate(student, tokenizer, args, method)
     if path:
         with open(path, "w") as f:
@@ -228,7 +232,7 @@ def student_config(args, seed: int, method: str, output_dir: str):
     )
 
 
-def train_student(teacher, tokenizer, trajectories, args, seed: int, method: str):
+def train_student(teacher, tokenizer, trajectories, args, seed: int, method: str, save_dir: str | None = None):
     from peft import LoraConfig
 
     from trl_t3d import DDOTrainer
@@ -243,6 +247,8 @@ def train_student(teacher, tokenizer, trajectories, args, seed: int, method: str
         peft_config=LoraConfig(r=lora_r, lora_alpha=2 * lora_r) if lora_r else None,
     )
     trainer.train()
+    if save_dir:
+        trainer.save_model(save_dir)  # weights, tokenizer, diffusion_generation_config.json, model card
     return trainer.model.eval()
 
 

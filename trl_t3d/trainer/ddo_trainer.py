@@ -1,8 +1,9 @@
 """`DDOTrainer`: T3D trajectory self-distillation of a diffusion LM with Direct Discriminative Optimization.
 
 Per micro-batch, exactly one reference forward (no grad) and one policy forward, both at the same state x_t, give
-every term: the reference logits give log p_ref(y), the fake tokens ŷ (argmax or Gumbel, drawn once) and
-log p_ref(ŷ); the policy logits give log p_θ(y), log p_θ(ŷ) and the path loss. The T3D reference code runs four.
+every term of T3D's loss: the reference logits give log p_ref(y), the fake tokens ŷ (argmax or Gumbel, drawn once) and
+log p_ref(ŷ); the policy logits give log p_θ(y), log p_θ(ŷ), the path, NTD and certainty losses. The T3D reference
+code runs four. The mean-field term (the default objective's third) adds `mean_field_queries` reference forwards.
 """
 
 from __future__ import annotations
@@ -223,6 +224,8 @@ class DDOTrainer(_BaseTrainer):
     """
     Trainer for T3D: few-step diffusion LMs by trajectory self-distillation with Direct Discriminative Optimization
     ([paper](https://huggingface.co/papers/2602.12262)). A subclass of [`~transformers.Trainer`] like TRL's trainers.
+    The objective is `args.loss_type`: by default T3D's loss plus a mean-field reverse KL to the frozen teacher (see
+    [`DDOConfig`]); the paper's own (`"t3d"`) and its baseline (`"ntd"`) are one flag away.
 
     Example:
 

@@ -3,7 +3,7 @@
 1. pretrain a toy bidirectional diffusion LM from scratch on the built-in tasks (arithmetic, permutation_skewed) for
    a fixed number of steps, and evaluate it; below `--teacher_floor` at one token per step the demo stops (exit 2);
 2. let it write its own slow trajectories (one token per step) with `collect_trajectories`;
-3. distill a few-step student with `DDOTrainer` (DDOConfig's recommended objective: NTD + mean-field reverse KL);
+3. distill a few-step student with `DDOTrainer` (DDOConfig's recommended objective: T3D + mean-field reverse KL);
 4. evaluate the student at 1, 2 and 4 tokens per step: a table (teacher vs student) on stdout, JSON and a PNG plot.
 
 Everything is the code users run on real models; only the model and the tasks are small. Fixed step counts make the
@@ -128,8 +128,8 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     _section("3/4 Distilling a few-step student (DDOConfig's recommended preset)")
     student = copy.deepcopy(teacher)
-    # DDOConfig's defaults: NTD + mean-field reverse KL to the frozen teacher, uniform mask ratios, no random tokens
-    # (measured on benchmarks/task_suite.py; preset="t3d_paper" is the paper's exact recipe).
+    # DDOConfig's defaults: T3D's loss + mean-field reverse KL to the frozen teacher, uniform mask ratios, no random
+    # tokens (measured on benchmarks/task_suite.py; preset="t3d_paper" is the paper's exact recipe).
     training_args = toy_distillation_config(
         os.path.join(args.output_dir, "student"),
         args.distill_steps,

@@ -153,6 +153,19 @@ def sample_fake_tokens(
     return (logits + gumbel).argmax(-1)
 
 
+def ranks_within_blocks(keys: torch.Tensor, block_length: int) -> torch.Tensor:
+    """Rank of each position inside its block of `block_length` by (key, position), 0 = smallest, over the last dim
+    of `keys` (..., L); a last block shorter than `block_length` ranks its own positions only."""
+    length = keys.shape[-1]
+    num_blocks = -(-length // block_length)
+    fill = torch.finfo(keys.dtype).max if keys.is_floating_point() else torch.iinfo(keys.dtype).max
+    padded = torch.full((*keys.shape[:-1], num_blocks * block_length), fill, dtype=keys.dtype, device=keys.device)
+    padded[..., :length] = keys
+    order = torch.argsort(padded.view(*keys.shape[:-1], num_blocks, block_length), dim=-1, stable=True)
+    positions = torch.arange(block_length, device=keys.device).expand_as(order).contiguous()
+    return torch.empty_like(order).scatter_(-1, order, positions).flatten(-2)[..., :length]
+
+
 def mean_field_queries(
     loss_mask: torch.Tensor, block_length: int, num_queries: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -165,17 +178,9 @@ def mean_field_queries(
     """
     if num_queries < 1:
         raise ValueError(f"`mean_field_queries` must be >= 1, got {num_queries}.")
-    batch, length = loss_mask.shape
     mask = loss_mask.bool()
-    num_blocks = -(-length // block_length)
-    keys = torch.rand((batch, length), generator=generator, device=mask.device).masked_fill(~mask, 2.0)
-    padded = torch.full((batch, num_blocks * block_length), 3.0, device=mask.device)
-    padded[:, :length] = keys
-    order = padded.view(batch, num_blocks, block_length).argsort(-1)
-    ranks = torch.empty_like(order).scatter_(
-        -1, order, torch.arange(block_length, device=mask.device).expand_as(order).contiguous()
-    )
-    ranks = ranks.view(batch, -1)[:, :length]
+    keys = torch.rand(mask.shape, generator=generator, device=mask.device).masked_fill(~mask, 2.0)  # masked first
+    ranks = ranks_within_blocks(keys, block_length)
     slots = torch.arange(num_queries, device=mask.device).view(-1, 1, 1)
     return mask.unsqueeze(0) & (ranks.unsqueeze(0) == slots)
 

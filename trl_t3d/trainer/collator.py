@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..losses import ranks_within_blocks
 from .randomness import STATE_KEY, derive_seed, keyed_generator
 
 
@@ -33,14 +34,7 @@ def mask_ratio_probabilities(mask_ratios: Sequence[float], exponent: float) -> t
 
 def decode_ranks(step_map: torch.Tensor, block_length: int) -> torch.Tensor:
     """Rank of each position inside its block by (step, position): 0 = decoded first. Shape of `step_map`."""
-    length = step_map.shape[0]
-    num_blocks = -(-length // block_length)
-    padded = torch.full((num_blocks * block_length,), torch.iinfo(torch.long).max, dtype=torch.long)
-    padded[:length] = step_map
-    order = torch.argsort(padded.view(num_blocks, block_length), dim=-1, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(block_length).expand(num_blocks, -1).contiguous())
-    return ranks.flatten()[:length]
+    return ranks_within_blocks(step_map, block_length)
 
 
 def capped_trailing_eos(

@@ -368,7 +368,7 @@ class DDOConfig(_BaseConfig):
         for name in ("generation_cache", "student_cache"):
             if getattr(self, name) not in ("none", "prefix", "dual"):
                 raise ValueError(f"`{name}` must be 'none', 'prefix' or 'dual', got {getattr(self, name)!r}.")
-        if self.ref_sync_steps > 0 and not REFERENCE_TERMS & set(self.loss_terms()):  # also validates loss_type
+        if self.ref_sync_steps > 0 and not self.reads_reference():  # also validates loss_type
             raise ValueError(
                 f"`ref_sync_steps`={self.ref_sync_steps} updates the reference, but loss_type={self.loss_type} has "
                 "no term that reads it ('ddo' or 'mean_field'). Set ref_sync_steps=0 or add one of them."
@@ -438,6 +438,10 @@ class DDOConfig(_BaseConfig):
         if len(weights) != len(terms) or any(w < 0 for w in weights):
             raise ValueError(f"`loss_weights`={weights} must give one weight >= 0 per term of loss_type={terms}.")
         return dict(zip(terms, (float(w) for w in weights)))
+
+    def reads_reference(self) -> bool:
+        """Whether the objective has a term that reads the frozen reference (DDO, mean-field): else none is kept."""
+        return bool(REFERENCE_TERMS & set(self.loss_terms()))
 
     def teacher_generation_settings(self) -> dict:
         """The teacher's decoding settings for self-collected trajectories: `generation_config`, else `generation_*`."""

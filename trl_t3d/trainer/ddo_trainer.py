@@ -44,7 +44,7 @@ from ..losses import (
 from ..resolved import DiffusionLM, load_diffusion_lm
 from ..trajectories import dataset_metadata, is_prompt_only, prepare_trajectory_dataset
 from .collator import DDODataCollator
-from .ddo_config import REFERENCE_TERMS, DDOConfig
+from .ddo_config import DDOConfig
 from .randomness import KeyedRows, KeyedSampler, derive_seed
 from .reference_state import load_reference, save_reference
 
@@ -375,7 +375,7 @@ class DDOTrainer(_BaseTrainer):
         # 5. Reference: frozen copy (built before accelerate/deepspeed wraps the policy), or disabled adapters; none
         #    when the objective has no term that reads it (DDO, mean-field)
         self.loss_terms = args.loss_terms()
-        if not REFERENCE_TERMS & set(self.loss_terms):
+        if not args.reads_reference():
             if ref_model is not None:
                 logger.warning(
                     "`ref_model` is unused: loss_type=%s has no 'ddo' or 'mean_field' term.", list(self.loss_terms)
@@ -771,8 +771,7 @@ class DDOTrainer(_BaseTrainer):
         sampled = sample_fake_tokens(policy_log_probs.detach(), self.args.mean_field_temperature, generator)
         filled = inputs["xt"].masked_scatter(loss_mask, sampled.to(inputs["xt"].dtype))
         queries = mean_field_queries(loss_mask, block_length, self.args.mean_field_queries, generator)
-        row_of = torch.zeros(loss_mask.shape, dtype=torch.long, device=loss_mask.device)
-        row_of[loss_mask] = torch.arange(int(loss_mask.sum()), device=loss_mask.device)
+        row_of = scatter_rows(torch.arange(policy_log_probs.shape[0], device=loss_mask.device), loss_mask)
         teacher_rows = torch.zeros(policy_log_probs.shape, dtype=torch.float32, device=policy_log_probs.device)
         covered = torch.zeros_like(loss_mask)
         with torch.no_grad(), self._reference(model) as reference:
@@ -922,7 +921,7 @@ class DDOTrainer(_BaseTrainer):
     def _reference_lags_policy(self, step: int) -> bool:
         """Whether, at `step`, the reference is the policy of an earlier round boundary (not the teacher, not now)."""
         k = self.args.ref_sync_steps
-        return bool(REFERENCE_TERMS & set(self.loss_terms)) and k > 0 and step > k and step % k != 0
+        return self.args.reads_reference() and k > 0 and step > k and step % k != 0
 
     def _reference_parameters(self) -> list:
         if self.ref_model is not None:
@@ -943,7 +942,7 @@ class DDOTrainer(_BaseTrainer):
         """A resumed run's reference is the one the interrupted run had at its checkpoint (called at train begin,
         once the checkpoint's weights are loaded and the models wrapped)."""
         checkpoint, step, k = self.__dict__.get("_resume_checkpoint"), self.state.global_step, self.args.ref_sync_steps
-        if not checkpoint or not REFERENCE_TERMS & set(self.loss_terms) or not k or step < k:
+        if not checkpoint or not self.args.reads_reference() or not k or step < k:
             return  # the reference is still the teacher, as built in __init__
         restored = self._reference_lags_policy(step) and load_reference(self._reference_parameters(), checkpoint)
         if not restored:

@@ -359,3 +359,19 @@ def test_collection_at_high_temperature_never_commits_the_mask(tok):
         handle.remove()
     assert len(out) == 8 and all(len(ids) == 8 for ids in out["completion_ids"])
     assert not any(tok.mask_token_id in ids for ids in out["completion_ids"])
+
+
+def test_block_causal_collection_records_the_block_the_decoder_used(tok):
+    """Issue 20.1: without `block_length`, SDAR decodes with its trained `config.block_size`; the trajectories (column,
+    metadata, fingerprinted settings) must record that block, not `max_new_tokens`."""
+    sdar = testing.make_sdar(tok)
+    sdar.config.block_size = 4
+    config = DiffusionGenerationConfig(max_new_tokens=8, tokens_per_step=1, mask_token_id=tok.mask_token_id)
+    dataset = datasets.Dataset.from_dict({"prompt": ["1+1=", "hi"]})
+    ds = collect_trajectories(sdar, tok, dataset, config, show_progress=False)
+    meta = dataset_metadata(ds)
+    assert ds["block_length"] == [4, 4]
+    assert meta["block_length"] == 4
+    assert meta["generation_config"]["block_length"] == 4
+    explicit = collect_trajectories(sdar, tok, dataset, gen_config(tok, block_length=4), show_progress=False)
+    assert ds["completion_ids"] == explicit["completion_ids"] and ds["step_map"] == explicit["step_map"]

@@ -82,13 +82,32 @@ def _eos_ids(generation_config, adapter) -> list[int]:
     return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
 
+def _with_setting(generation_config, name: str, value):
+    """A copy of the decoding settings (config object or dict) with `name` set to `value`."""
+    if isinstance(generation_config, dict):
+        return {**generation_config, name: value}
+    config = copy.deepcopy(generation_config)
+    setattr(config, name, value)
+    return config
+
+
 def _with_stop_at_eos(generation_config, value: bool):
     """A copy of the decoding settings (config object or dict) with `stop_at_eos` set."""
-    if isinstance(generation_config, dict):
-        return {**generation_config, "stop_at_eos": value}
-    config = copy.deepcopy(generation_config)
-    config.stop_at_eos = value
-    return config
+    return _with_setting(generation_config, "stop_at_eos", value)
+
+
+def _decoding_block_length(model, adapter, generation_config) -> int:
+    """The block length the decoder will use for these settings (`generation.decode.decoding_block_length`): the
+    given `block_length`, else a block-causal model's trained block when it divides `max_new_tokens`, else one block."""
+    from types import SimpleNamespace
+
+    from .generation.decode import decoding_block_length
+
+    settings = SimpleNamespace(
+        block_length=_get(generation_config, "block_length"),
+        max_new_tokens=int(_get(generation_config, "max_new_tokens")),
+    )
+    return decoding_block_length(model, adapter, settings)
 
 
 def cut_after_eos(completion: list[int], step_map: list[int], eos_token_ids) -> tuple[list[int], list[int], bool]:
@@ -289,7 +308,11 @@ def collect_trajectories(
     max_new_tokens = _get(generation_config, "max_new_tokens")
     if not max_new_tokens:
         raise ValueError("`generation_config.max_new_tokens` must be set: it is the teacher's completion budget.")
-    block_length = int(_get(generation_config, "block_length") or max_new_tokens)
+    block_length = _decoding_block_length(model, adapter, generation_config)
+    if not _get(generation_config, "block_length") and block_length != int(max_new_tokens):
+        # The decoder falls back to the model's trained block (SDAR's `block_size`, DiffusionGemma's canvas): say it
+        # in the settings, so the recorded block, the fingerprint and the decoding are one and the same.
+        generation_config = _with_setting(generation_config, "block_length", block_length)
     eos_token_ids = _eos_ids(generation_config, adapter)
     full_canvas = (not adapter.block_causal) if keep_full_canvas is None else bool(keep_full_canvas)
     if full_canvas:  # decode every position, as LLaDA's reference does, so the whole canvas has a step

@@ -248,6 +248,19 @@ def resolve_generation_config(model, generation_config, kwargs) -> DiffusionGene
     return config
 
 
+def decoding_block_length(model, adapter, config) -> int:
+    """The block length `diffusion_generate` decodes with: `config.block_length` when set; else, for a block-causal
+    family, the block the model was trained with (`adapter.trained_block_length`, e.g. SDAR's `config.block_size`)
+    when it divides `max_new_tokens`; else one block of `max_new_tokens`. Collection records this very value."""
+    if config.block_length is not None:
+        return int(config.block_length)
+    if adapter.block_causal:
+        trained_block = adapter.trained_block_length(model)
+        if trained_block and config.max_new_tokens % int(trained_block) == 0:
+            return int(trained_block)
+    return int(config.max_new_tokens)
+
+
 def _resolve_adapter(model, adapter, processing_class, mask_token_id):
     adapter = get_adapter(model, adapter, tokenizer=processing_class, mask_token_id=mask_token_id)
     if mask_token_id is not None and adapter.noise == "mask" and adapter.mask_token_id != mask_token_id:
@@ -357,10 +370,10 @@ def diffusion_generate(
     # 1. Settings and family.
     config = resolve_generation_config(model, generation_config, kwargs)
     adapter = _resolve_adapter(model, adapter, processing_class, config.mask_token_id)
-    if config.block_length is None and adapter.block_causal:
-        trained_block = adapter.trained_block_length(model)
-        if trained_block and config.max_new_tokens % int(trained_block) == 0:
-            config.block_length = int(trained_block)  # decode with the block size the model was trained with
+    if config.block_length is None:
+        block = decoding_block_length(model, adapter, config)
+        if block != config.max_new_tokens:
+            config.block_length = block  # decode with the block size the model was trained with
             config.validate()
     eos_ids = _as_list(config.eos_token_id) or list(adapter.eos_token_ids)
     pad_id = config.pad_token_id if config.pad_token_id is not None else adapter.pad_token_id

@@ -246,8 +246,6 @@ def student_model_card(
 
     Returns a `huggingface_hub.ModelCard`; `card.save(path)` writes it.
     """
-    from importlib.metadata import version
-
     from trl.trainer.utils import generate_model_card
 
     paper = paper or {}
@@ -274,9 +272,22 @@ def student_model_card(
         )
     text = _replace_section(text, "## Quick start", quick_start)
     text = text.replace("### Framework versions", f"{training_details.strip()}\n\n### Framework versions", 1)
-    text = text.replace("- TRL: ", f"- trl-t3d: {version('trl-t3d')}\n- TRL: ", 1)
+    text = text.replace("- TRL: ", f"- trl-t3d: {trl_t3d_version()}\n- TRL: ", 1)
     card.text = text
     return card
+
+
+def trl_t3d_version() -> str:
+    """The installed distribution's version, else the package's own `__version__` (a source checkout on `PYTHONPATH`
+    is not an installed distribution: `importlib.metadata` raises there, and a checkpoint save must not)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trl-t3d")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 def _replace_section(text: str, heading: str, section: str) -> str:
@@ -290,36 +301,77 @@ def _replace_section(text: str, heading: str, section: str) -> str:
     return text[:start] + section.rstrip() + "\n\n" + text[end:]
 
 
-def set_card_repo_id(folder: str, repo_id: str) -> bool:
-    """Point the quick start of `folder/README.md` at `repo_id` (the repository it is pushed to); True if changed."""
+# What `push_student_to_hub` leaves out of the upload: checkpoints, logs, optimizer states, cached trajectories.
+STUDENT_UPLOAD_IGNORE = ("checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "trajectories/**")
+
+
+def card_for_repo(folder: str, repo_id: str) -> str | None:
+    """The text of `folder/README.md` with its quick start pointed at `repo_id`; None when there is nothing to change.
+    The local file is left as it is."""
     path = os.path.join(folder, "README.md")
     if not os.path.isfile(path):
-        return False
+        return None
     with open(path, encoding="utf-8") as f:
         text = f.read()
     new = REPO_ID_LINE.sub(lambda _: f'repo_id = "{repo_id}"', text, count=1)
-    if new == text:
+    return None if new == text else new
+
+
+def set_card_repo_id(folder: str, repo_id: str) -> bool:
+    """Point the quick start of `folder/README.md` at `repo_id` (the repository it is pushed to); True if changed."""
+    new = card_for_repo(folder, repo_id)
+    if new is None:
         return False
-    with open(path, "w", encoding="utf-8") as f:
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
         f.write(new)
     return True
 
 
-def check_student_folder(folder: str) -> list[str]:
-    """The files of a saved student, after checking it has weights, a tokenizer, a decoding config and a card."""
-    files = _list_files(folder)
-    names = {os.path.basename(f) for f in files}
-    problems = [f for f in STUDENT_FILES_REQUIRED if f not in names]
-    if not any(n.endswith(".safetensors") or n.endswith(".bin") for n in names):
+def student_upload_files(folder: str) -> list[str]:
+    """The files of `folder` that `push_student_to_hub` uploads (repo paths, sorted): `huggingface_hub`'s own filter
+    with the same ignore patterns, so the check and the upload see one list."""
+    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
+    files = [f.replace(os.sep, "/") for f in _list_files(folder)]
+    return sorted(filter_repo_objects(files, ignore_patterns=[*STUDENT_UPLOAD_IGNORE, *DEFAULT_IGNORE_PATTERNS]))
+
+
+def _student_problems(top_level: set[str]) -> list[str]:
+    problems = [f for f in STUDENT_FILES_REQUIRED if f not in top_level]
+    if not any(n.endswith((".safetensors", ".bin")) for n in top_level):
         problems.append("weights (*.safetensors)")
-    if not names & {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"}:
+    if not top_level & {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"}:
         problems.append("tokenizer files")
-    if "diffusion_generation_config.json" not in names:
+    if "diffusion_generation_config.json" not in top_level:
         problems.append("diffusion_generation_config.json")
+    return problems
+
+
+def check_student_folder(folder: str) -> list[str]:
+    """The files `push_student_to_hub` would upload, after checking that they make a student: weights, config,
+    tokenizer, decoding config and card at the top of the folder (checkpoints, which the upload skips, do not count).
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"No student folder {folder}: give the `output_dir` the student was saved to.")
+    files = student_upload_files(folder)
+    problems = _student_problems({f for f in files if "/" not in f})
     if problems:
+        checkpoints = sorted(
+            (d for d in os.listdir(folder) if re.fullmatch(r"checkpoint-\d+", d)), key=lambda d: int(d.split("-")[1])
+        )
+        complete = [d for d in checkpoints if not _student_problems(set(os.listdir(os.path.join(folder, d))))]
+        hint = (
+            "Save the final student with `trainer.save_model(...)` and `processing_class.save_pretrained(...)` first."
+        )
+        if complete:
+            hint = (
+                f"The upload skips `checkpoint-*/`, and {folder} holds a student only there ({', '.join(complete)}). "
+                f"Push the checkpoint itself (`push_student_to_hub('{os.path.join(folder, complete[-1])}', repo_id)`),"
+                " or save the final student into the folder with `trainer.save_model(...)` and "
+                "`processing_class.save_pretrained(...)`."
+            )
         raise ValueError(
-            f"{folder} is not a complete student: missing {problems}. Save it with `trainer.save_model(...)` and "
-            "`processing_class.save_pretrained(...)` first."
+            f"{folder} is not a complete student: missing {problems} among the files it would upload. {hint}"
         )
     return files
 
@@ -334,22 +386,34 @@ def push_student_to_hub(
 ):
     """Push a saved student folder (weights, tokenizer, `diffusion_generation_config.json`, model card).
 
-    The card's quick start is pointed at `repo_id` first, so its code loads what was pushed.
+    Exactly the files `check_student_folder` checked are uploaded, with the card's quick start pointed at `repo_id`
+    so that its code loads what was pushed. The local card is rewritten the same way only once the upload succeeded.
     """
     from huggingface_hub import HfApi
 
-    check_student_folder(folder)
-    set_card_repo_id(folder, repo_id)
+    files = check_student_folder(folder)
+    card = card_for_repo(folder, repo_id)
     api = HfApi(token=token)
-    with reaching_the_hub(f"push the student in {folder} to '{repo_id}'"):
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        return api.upload_folder(
-            folder_path=folder,
-            repo_id=repo_id,
-            repo_type="model",
-            commit_message=commit_message,
-            ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "trajectories/**"],
-        )
+    with tempfile.TemporaryDirectory() as staging:
+        for name in files:  # links to the checked files (no copy of the weights); the retargeted card as a file
+            target = os.path.join(staging, name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if name == "README.md" and card is not None:
+                with open(target, "w", encoding="utf-8") as f:
+                    f.write(card)
+            else:
+                os.symlink(os.path.abspath(os.path.join(folder, name)), target)
+        with reaching_the_hub(f"push the student in {folder} to '{repo_id}'"):
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            info = api.upload_folder(
+                folder_path=staging,
+                repo_id=repo_id,
+                repo_type="model",
+                commit_message=commit_message,
+                ignore_patterns=list(STUDENT_UPLOAD_IGNORE),
+            )
+    set_card_repo_id(folder, repo_id)  # the local card now describes the pushed repository
+    return info
 
 
 def _list_files(folder: str) -> list[str]:

@@ -203,9 +203,19 @@ def test_qlora_4bit_on_cpu(tmp_path, tok):
         peft_config=LoraConfig(r=4, lora_alpha=8),
     )
     assert any(type(m).__name__ == "Linear4bit" for m in trainer.model.modules())
+    lora_b = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    assert lora_b and all(not p.any() for p in lora_b.values())  # PEFT's init: the adapter adds zero
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    with torch.no_grad(), trainer.model.disable_adapter():
+        base_logits = trainer._completion_logits(trainer.model, batch)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    assert losses and all(math.isfinite(v) for v in losses)
+    assert len(losses) == args.max_steps and all(math.isfinite(v) for v in losses)
+    trained = dict(trainer.model.named_parameters())
+    assert all(trained[n].detach().abs().sum() > 0 for n in lora_b)  # the adapters learned
+    assert not any(p.requires_grad for n, p in trained.items() if "lora_" not in n)
+    with torch.no_grad(), trainer.model.disable_adapter():  # the 4-bit base is frozen: the reference is unchanged
+        torch.testing.assert_close(trainer._completion_logits(trainer.model, batch), base_logits, rtol=0, atol=1e-5)
 
 
 def test_ref_sync_full_copies_policy(tmp_path, tok):
@@ -437,3 +447,44 @@ def test_peft_model_passed_in_is_its_own_reference(tmp_path, tok):
     frozen = PeftModel.from_pretrained(testing.make_generic_mlm(tok), str(tmp_path / "adapter"))
     with pytest.raises(ValueError, match="is_trainable=True"):
         DDOTrainer(frozen, args=config(tmp_path), train_dataset=trajectories(tok), processing_class=tok)
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_full_fine_tuning_of_a_bf16_model_keeps_fp32_master_weights(tmp_path, tok, llada_dir, pure):
+    """A LLaDA loaded in bfloat16 (the recipes' `dtype`), 3 steps at lr 1e-5 without warm-up: with fp32 master weights
+    (the default) every weight that gets a gradient changes; AdamW on the bf16 weights themselves
+    (`pure_half_precision=True`) rounds most of those updates away. The final save writes bfloat16 again."""
+    args = config(
+        tmp_path / str(pure), max_steps=3, learning_rate=1e-5, warmup_steps=0, weight_decay=0.0,
+        trust_remote_code=True, model_init_kwargs={"dtype": "bfloat16"}, pure_half_precision=pure,
+    )  # fmt: skip
+    trainer = DDOTrainer(llada_dir, args=args, train_dataset=trajectories(tok), processing_class=tok)
+    policy = trainer.model
+    assert policy.dtype == (torch.bfloat16 if pure else torch.float32)
+    assert trainer.ref_model.dtype == torch.float32 if not pure else torch.bfloat16  # fp32 compute: fp32 reference
+    before = {n: p.detach().float().clone() for n, p in policy.named_parameters()}
+    touched = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in policy.named_parameters()}
+
+    def hook(name):
+        def record(grad):
+            touched[name] |= grad != 0
+
+        return record
+
+    hooks = [p.register_hook(hook(n)) for n, p in policy.named_parameters() if p.requires_grad]
+    trainer.train()
+    for h in hooks:
+        h.remove()
+    changed = sum(int(((p.detach().float() != before[n]) & touched[n]).sum()) for n, p in policy.named_parameters())
+    with_grad = sum(int(t.sum()) for t in touched.values())
+    assert with_grad > 1000
+    if pure:
+        assert changed / with_grad < 0.5, changed / with_grad
+    else:
+        assert changed == with_grad
+        trainer.save_model(str(tmp_path / "student"))
+        from safetensors import safe_open
+
+        with safe_open(str(tmp_path / "student" / "model.safetensors"), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+        assert policy.dtype == torch.float32  # the trainer keeps training in fp32 after a save

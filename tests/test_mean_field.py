@@ -160,3 +160,103 @@ def test_a_teacher_that_ignores_context_agrees_everywhere_and_costs_nothing(tmp_
     assert metrics["loss_mean_field"][-1] == pytest.approx(0.0, abs=1e-6)
     assert metrics["mean_field/teacher_agrees"][-1] == 1.0
     assert loss.item() == pytest.approx(metrics["loss_ntd"][-1], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- what the teacher sees
+def _query_states(trainer, batch):
+    """The states x_t the reference scores for the mean-field queries of one training step on `batch`."""
+    seen, original = [], trainer._completion_logits
+
+    def recording(model, inputs):
+        seen.append((model, inputs["xt"].clone()))
+        return original(model, inputs)
+
+    trainer._completion_logits = recording
+    trainer.compute_loss(trainer.model.train(), batch)
+    del trainer._completion_logits
+    return [xt for model, xt in seen if model is trainer.ref_model]
+
+
+def test_queried_positions_show_the_teacher_the_mask_token(tmp_path, tok):
+    """With random tokens in x_t (random_token_ratio 0.5) every queried position still holds the mask token: each
+    masked position is queried once (4 queries, blocks of 4), so the query states hold |M| mask tokens in all."""
+    args = config(tmp_path, loss_type=["mean_field"], random_token_ratio=0.5, mask_ratios=[1.0], mean_field_queries=4)
+    trainer = DDOTrainer(
+        testing.make_generic_mlm(tok), args=args, train_dataset=trajectories(tok), processing_class=tok
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    mask_id = trainer.adapter.mask_token_id
+    assert bool(((batch["xt"] != mask_id) & batch["loss_mask"]).any())  # the collator placed random tokens
+    states = _query_states(trainer, batch)
+    assert len(states) == 4
+    shown = sum(int(((xt == mask_id) & batch["loss_mask"]).sum()) for xt in states)
+    assert shown == int(batch["loss_mask"].sum())
+
+
+def test_the_fill_never_holds_the_mask_token(tmp_path, tok):
+    """A student whose every prediction is the mask token: the fill takes its best other token, so a query state
+    holds the mask at its queried positions only (one per block)."""
+    model = testing.make_generic_mlm(tok)
+    mask_id = tok.mask_token_id
+    with torch.no_grad():
+        model.get_output_embeddings().bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
+        model.get_output_embeddings().bias[mask_id] = 100.0
+    args = config(tmp_path, loss_type=["mean_field"], mask_ratios=[1.0], mean_field_queries=4)
+    trainer = DDOTrainer(model, args=args, train_dataset=trajectories(tok), processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    for xt in _query_states(trainer, batch):
+        per_block = ((xt == mask_id) & batch["loss_mask"]).view(4, 2, 4).sum(-1)
+        assert int(per_block.max()) == 1, per_block
+
+
+def test_keyed_noise_does_not_depend_on_the_batch(tmp_path, tok):
+    """Fake tokens at temperature 1, the mean-field fill at temperature 1 and the query order (4 queries in blocks of
+    8) are drawn per example from its state key: one batch of 4 gives the mean of the four batches of 1, which is what
+    makes N processes train the numbers of one."""
+    rows = testing.synthetic_trajectories(tok, 4, 16, 8, 0, prompt_lengths=(5,))
+    args = config(
+        tmp_path,
+        loss_type=["ddo", "mean_field"],
+        reference_temperature=1.0,
+        mean_field_temperature=1.0,
+        mean_field_queries=4,
+        mask_ratios=[1.0],
+    )
+    trainer = DDOTrainer(testing.make_generic_mlm(tok), args=args, train_dataset=rows, processing_class=tok)
+    with torch.no_grad():
+        for p in trainer.ref_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    features = [trainer.train_dataset[k] for k in range(4)]
+    with torch.no_grad():
+        together = trainer.compute_loss(trainer.model.train(), trainer.data_collator(features))
+        alone = [trainer.compute_loss(trainer.model, trainer.data_collator([f])) for f in features]
+    assert together.item() == pytest.approx(sum(a.item() for a in alone) / 4, rel=1e-6)
+
+
+def test_evaluation_does_not_change_training(tmp_path, tok):
+    """Evaluating every step (the default objective: DDO + path + mean-field, fake tokens at temperature 1) leaves
+    the training losses and weights exactly those of a run without evaluation; evaluation skips the mean-field term's
+    extra forwards."""
+
+    def run(name, **kw):
+        args = testing.quick_ddo_config(
+            tmp_path / name, max_steps=3, learning_rate=1e-2, reference_temperature=1.0, mean_field_temperature=1.0,
+            **kw,
+        )  # fmt: skip
+        data = trajectories(tok, n=6, completion_length=16, block_length=8)
+        trainer = DDOTrainer(testing.make_generic_mlm(tok), args=args, train_dataset=data, eval_dataset=data,
+                             processing_class=tok)  # fmt: skip
+        counter = _Counter(trainer.ref_model)
+        trainer.train()
+        return trainer, counter
+
+    plain, _ = run("plain")
+    evaluated, counter = run("evaluated", eval_strategy="steps", eval_steps=1, per_device_eval_batch_size=2)
+    train_losses = lambda t: [h["loss"] for h in t.state.log_history if "loss" in h]  # noqa: E731
+    assert any("eval_loss" in h for h in evaluated.state.log_history)
+    assert not any("eval_loss_mean_field" in h for h in evaluated.state.log_history)
+    assert train_losses(evaluated) == train_losses(plain)
+    for (name, a), b in zip(evaluated.model.named_parameters(), plain.model.parameters()):
+        assert torch.equal(a, b), name
+    # 3 training steps x (1 DDO + 4 queries) + 3 evaluations x 3 batches x 1 DDO forward
+    assert counter.count == 3 * 5 + 3 * 3

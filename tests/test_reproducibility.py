@@ -10,7 +10,7 @@ from datasets import Dataset
 
 from trl_t3d import DDOTrainer, testing
 from trl_t3d.trainer.collator import DDODataCollator
-from trl_t3d.trainer.randomness import STATE_KEY, KeyedRows, KeyedSampler, derive_seed
+from trl_t3d.trainer.randomness import ROUND_KEY, STATE_KEY, KeyedRows, KeyedSampler, derive_seed
 
 PAD, MASK = 0, 2
 
@@ -68,9 +68,9 @@ def test_resume_reproduces_the_uninterrupted_run(tok, tmp_path, peft, num_rows):
     uninterrupted = trainer()
     uninterrupted.train()
     folder = tmp_path / "out" / "checkpoint-3"
-    assert (folder / "t3d_reference.safetensors").exists() and (folder / "t3d_rng_state_0.pth").exists()
+    assert (folder / "t3d_reference.safetensors").exists()
+    assert not list(folder.glob("t3d_rng_state*"))  # every draw is keyed by its example: no generator state to save
     assert not (tmp_path / "out" / "checkpoint-4" / "t3d_reference.safetensors").exists()  # a boundary: the policy
-    assert set(torch.load(folder / "t3d_rng_state_0.pth", weights_only=True)) == {"fake_tokens", "mean_field"}
 
     resumed = trainer()
     resumed.train(resume_from_checkpoint=str(folder))
@@ -174,25 +174,42 @@ def test_seed_decides_the_states(tok, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the pieces
-def test_sampler_gives_accelerates_order_as_state_keys():
+def test_keyed_rows_give_accelerates_order():
+    """The sampler yields the keys of an epoch in order; the rows they serve follow accelerate's seedable order."""
     from accelerate.data_loader import SeedableRandomSampler
 
     reference = SeedableRandomSampler(data_source=range(10), data_seed=7)
     sampler = KeyedSampler(10, seed=7)
+    data = KeyedRows(Dataset.from_list([{"row": i} for i in range(10)]), seed=7, shuffle=True)
     for epoch in (0, 1, 5):
         reference.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        assert list(sampler) == [epoch * 10 + row for row in reference]
+        keys = list(sampler)
+        assert keys == list(range(epoch * 10, epoch * 10 + 10))
+        assert [data[k]["row"] for k in keys] == list(reference)
     assert list(KeyedSampler(4, seed=0, shuffle=False)) == [0, 1, 2, 3]
     assert list(KeyedSampler(4, seed=0, shuffle=False)) == [0, 1, 2, 3]  # a fresh sampler starts at epoch 0
 
 
-def test_keyed_rows_carry_their_key_and_swap():
+def test_keyed_rows_carry_their_key_and_round():
     data = KeyedRows(Dataset.from_list([{"a": i} for i in range(4)]))
-    assert data[6] == {"a": 2, STATE_KEY: 6} and len(data) == 4 and data.column_names == ["a"]
-    data.swap(Dataset.from_list([{"a": 10 + i} for i in range(3)]))  # a round dropped one trajectory
-    assert data[6] == {"a": 12, STATE_KEY: 6} and data[3] == {"a": 10, STATE_KEY: 3}
+    assert data[6] == {"a": 2, STATE_KEY: 6, ROUND_KEY: 0} and len(data) == 4 and data.column_names == ["a"]
     assert derive_seed(0, "state", 1) != derive_seed(0, "state", 2) != derive_seed(1, "state", 1)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("new_rows", [6, 3])  # a later round keeps more / fewer trajectories than round 0's 4
+def test_a_round_serves_each_of_its_rows_once_per_pass(shuffle, new_rows):
+    """After a swap at key 5, every `new_rows` consecutive keys serve each new row exactly once (the stale length of
+    round 0 left rows 4 and 5 untrained, or served rows twice per epoch); keys before 5 keep round 0's rows."""
+    data = KeyedRows(Dataset.from_list([{"a": i} for i in range(4)]), seed=3, shuffle=shuffle)
+    before = [data[k]["a"] for k in range(5)]
+    data.swap(Dataset.from_list([{"a": 10 + i} for i in range(new_rows)]), start_key=5)
+    assert [data[k]["a"] for k in range(5)] == before
+    for start in (5, 5 + new_rows, 5 + 4 * new_rows):
+        served = [data[k]["a"] for k in range(start, start + new_rows)]
+        assert sorted(served) == [10 + i for i in range(new_rows)], served
+    assert {data[k][ROUND_KEY] for k in range(5, 30)} == {1}
 
 
 @pytest.mark.parametrize("noise", ["mask", "uniform"])

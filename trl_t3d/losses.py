@@ -139,17 +139,28 @@ def path_loss(
 
 
 def sample_fake_tokens(
-    ref_logits: torch.Tensor, temperature: float = 0.0, generator: torch.Generator | None = None
+    ref_logits: torch.Tensor,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    *,
+    uniform: torch.Tensor | None = None,
+    never_id: int | None = None,
 ) -> torch.Tensor:
-    """The reference's one-shot prediction ŷ: argmax, or Gumbel-max at `temperature` (drawn once, float64).
+    """The one-shot prediction of the masked rows, as a few-step decoder writes it: argmax, or Gumbel-max at
+    `temperature` (float64), never `never_id` (the mask token: noise, not a prediction).
 
-    `ref_logits` are the (N, V) reference logits of the masked rows. The same ŷ is scored by reference and policy.
+    `ref_logits` are (N, V) logits of the masked rows. The noise is `uniform` ((N, V) values in [0, 1), e.g. keyed per
+    example) or drawn from `generator`. The same ŷ is scored by reference and policy.
     """
+    if never_id is not None:
+        ref_logits = ref_logits.clone()
+        ref_logits[:, never_id] = float("-inf")
     if temperature <= 0:
         return ref_logits.argmax(-1)
     logits = ref_logits.double() / temperature
-    uniform = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
-    gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
+    if uniform is None:
+        uniform = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    gumbel = -torch.log(-torch.log(uniform.double().clamp(min=1e-20)))
     return (logits + gumbel).argmax(-1)
 
 
@@ -167,10 +178,16 @@ def ranks_within_blocks(keys: torch.Tensor, block_length: int) -> torch.Tensor:
 
 
 def mean_field_queries(
-    loss_mask: torch.Tensor, block_length: int, num_queries: int, generator: torch.Generator | None = None
+    loss_mask: torch.Tensor,
+    block_length: int,
+    num_queries: int,
+    generator: torch.Generator | None = None,
+    *,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(S, B, L) bool, S = `num_queries`: query s holds, in every block, the s-th position of that block's masked
-    set in a random order (empty where the block has <= s masked positions).
+    set in a random order (empty where the block has <= s masked positions). The order is that of `order` ((B, L)
+    random keys, read at the masked positions; e.g. keyed per example), else drawn from `generator`.
 
     Blocks never share a query position, so one teacher forward per query gives each block's exact conditional
     for bidirectional states (a single trained block) and block-causal ones (blocks see only each other's clean
@@ -179,7 +196,9 @@ def mean_field_queries(
     if num_queries < 1:
         raise ValueError(f"`mean_field_queries` must be >= 1, got {num_queries}.")
     mask = loss_mask.bool()
-    keys = torch.rand(mask.shape, generator=generator, device=mask.device).masked_fill(~mask, 2.0)  # masked first
+    if order is None:
+        order = torch.rand(mask.shape, generator=generator, device=mask.device)
+    keys = order.float().masked_fill(~mask, 2.0)  # masked first
     ranks = ranks_within_blocks(keys, block_length)
     slots = torch.arange(num_queries, device=mask.device).view(-1, 1, 1)
     return mask.unsqueeze(0) & (ranks.unsqueeze(0) == slots)

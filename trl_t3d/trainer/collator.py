@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses import ranks_within_blocks
-from .randomness import STATE_KEY, derive_seed, keyed_generator
+from .randomness import ROUND_KEY, STATE_KEY, derive_seed, keyed_generator
 
 
 def mask_ratio_probabilities(mask_ratios: Sequence[float], exponent: float) -> torch.Tensor:
@@ -114,7 +114,7 @@ class DDODataCollator:
     Returns `prompt_ids` / `prompt_attention_mask` (left padded), `x0` (clean completion, right padded with pad),
     `xt` (the state; padding beyond a completion is noise, i.e. still-undecoded canvas), `loss_mask` (the masked set
     M), `decode_rank` (per-block decode order, for path levels), `completion_mask` (real completion positions) and
-    `block_length` (B,).
+    `block_length` (B,), and, when every example has one, its `state_key` and `state_round` (B,).
 
     Args:
         pad_token_id: id used to pad prompts and clean completions.
@@ -233,7 +233,7 @@ class DDODataCollator:
                 xt[i, chosen] = self._random_tokens(chosen.numel(), generator)
             if self.noise != "mask" and length > n:
                 xt[i, n:] = self._random_tokens(length - n, generator)
-        return {
+        out = {
             "prompt_ids": prompt_ids,
             "prompt_attention_mask": prompt_attention_mask,
             "x0": x0,
@@ -243,3 +243,9 @@ class DDODataCollator:
             "completion_mask": completion_mask,
             "block_length": torch.full((batch,), block_length, dtype=torch.long),
         }
+        # The keys travel with the batch: the trainer draws each example's other randomness (fake tokens, mean-field
+        # queries and fill) from them, and rebuilds a batch prefetched before a round swapped its rows.
+        for name in (STATE_KEY, ROUND_KEY):
+            if all(f.get(name) is not None for f in features):
+                out[name] = torch.tensor([int(f[name]) for f in features], dtype=torch.long)
+        return out

@@ -45,12 +45,14 @@ from ..resolved import DiffusionLM, load_diffusion_lm
 from ..trajectories import dataset_metadata, is_prompt_only, prepare_trajectory_dataset
 from .collator import DDODataCollator
 from .ddo_config import DDOConfig
-from .randomness import KeyedRows, KeyedSampler, derive_seed
+from .lockstep import lockstep_forwards
+from .randomness import ROUND_KEY, STATE_KEY, KeyedRows, KeyedSampler, derive_seed, keyed_uniform
 from .reference_state import load_reference, save_reference
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_ADAPTER = "ref"  # TRL's name (DPOTrainer) for the frozen copy of a trained adapter
+REFERENCE_ADAPTER = "ref"
+ROUNDS_FILE = "t3d_rounds.json"  # TRL's name (DPOTrainer) for the frozen copy of a trained adapter
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -355,7 +357,16 @@ class DDOTrainer(_BaseTrainer):
             eval_dataset = self._prepare(eval_dataset, processing_class, args, "eval")
         self._trajectory_metadata = dataset_metadata(train_dataset)
         # Rows carry their state key: states differ across ranks and workers, and replay exactly after a resume.
-        train_dataset = KeyedRows(train_dataset)
+        if args.recollect_each_round and self._prompt_dataset is not None and args.dataloader_num_workers > 0:
+            raise ValueError(
+                "`recollect_each_round` swaps the trajectories every round in the main process, which dataloader "
+                "workers (their own copies of the dataset) would never see: set `dataloader_num_workers=0`."
+            )
+        train_dataset = KeyedRows(
+            train_dataset,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            shuffle=getattr(args, "train_sampling_strategy", "random") == "random",
+        )
         if isinstance(eval_dataset, dict):
             eval_dataset = {name: KeyedRows(d) for name, d in eval_dataset.items()}
         elif eval_dataset is not None:
@@ -394,6 +405,8 @@ class DDOTrainer(_BaseTrainer):
             disable_dropout_in_model(model)
             if ref_model is not None:
                 disable_dropout_in_model(ref_model)
+
+        self._saved_dtype = self._keep_fp32_master_weights(model, ref_model, args)
 
         if data_collator is None:
             data_collator = DDODataCollator(
@@ -441,7 +454,7 @@ class DDOTrainer(_BaseTrainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._tokens_since_log = {"train": 0, "eval": 0}
         self._time_of_last_log = {"train": None, "eval": None}
-        self._generators, self._generator_states = {}, {}
+        self._last_trained_key = -1  # the largest state key trained on this process (where a new round starts)
         if args.ref_sync_steps > 0:
             self.add_callback(DDOSyncRefModelCallback(self))
         if hasattr(self.model, "add_model_tags"):
@@ -477,35 +490,30 @@ class DDOTrainer(_BaseTrainer):
         return dataloader
 
     # -------------------------------------------------------------------------------------- randomness
-    def _generator(self, name: str, device) -> torch.Generator:
-        """Noise of the fake tokens ("fake_tokens") or of the mean-field samples ("mean_field"): one stream per
-        process and name (seeded by seed, name and rank), saved in checkpoints."""
-        if name not in self._generators:
-            seed = derive_seed(self.args.seed, name, self.args.process_index)
-            self._generators[name] = torch.Generator(device=device).manual_seed(seed)
-            if name in self._generator_states:
-                self._generators[name].set_state(self._generator_states.pop(name))
-        return self._generators[name]
+    def _uniform(self, name: str, inputs: dict, counts: torch.Tensor, width: int, device) -> torch.Tensor:
+        """Uniform noise of a batch, `(counts.sum(), width)` in example order: example i's `counts[i]` rows come from
+        a generator seeded by `(seed, name, mode, state_key[i])` (see `trainer/randomness.py`), so they do not depend
+        on the process, the batch or what was drawn before; evaluation draws its own streams. Batches without state
+        keys (a collator of your own) draw from one stream per process and name, which a resume does not replay."""
+        mode = "train" if self.model.training else "eval"
+        keys = inputs.get(STATE_KEY)
+        if keys is not None:
+            return keyed_uniform(self.args.seed, f"{name}/{mode}", keys, counts, width, device)
+        streams = self.__dict__.setdefault("_unkeyed_streams", {})
+        if (name, mode) not in streams:
+            logger.warning(
+                "The batches carry no `state_key` (a data collator of your own?): the %s noise is drawn per process, "
+                "so runs on different numbers of processes, and resumed runs, draw different noise.",
+                name,
+            )
+            seed = derive_seed(self.args.seed, name, mode, self.args.process_index)
+            streams[name, mode] = torch.Generator(device=device).manual_seed(seed)
+        total = int(counts.sum())
+        return torch.rand((total, width), generator=streams[name, mode], device=device, dtype=torch.float64)
 
-    def _rng_file(self, directory: str) -> str:
-        return os.path.join(directory, f"t3d_rng_state_{self.args.process_index}.pth")
-
-    def _save_rng_state(self, output_dir):
-        """The Trainer's RNG states, plus this process's fake-token and mean-field generators (the collator's states
-        need none)."""
-        super()._save_rng_state(output_dir)
-        if self._generators:
-            torch.save({k: g.get_state() for k, g in self._generators.items()}, self._rng_file(output_dir))
-
-    def _load_rng_state(self, checkpoint):
-        super()._load_rng_state(checkpoint)
-        if checkpoint is None or not os.path.isfile(self._rng_file(checkpoint)):
-            return
-        for name, state in torch.load(self._rng_file(checkpoint), weights_only=True).items():
-            if name in self._generators:
-                self._generators[name].set_state(state)
-            else:
-                self._generator_states[name] = state
+    def _never_id(self):
+        """The mask token, which one-shot predictions (fake tokens, the mean-field fill) never write."""
+        return self.adapter.mask_token_id if self.adapter.noise == "mask" else None
 
     def _prepare(self, dataset, processing_class, args, name):
         if isinstance(dataset, dict):
@@ -556,14 +564,21 @@ class DDOTrainer(_BaseTrainer):
         finally:
             model.train(was_training)
 
-    def _recollect(self):
+    def _recollect(self, start_key: int | None = None):
         """New round: fresh trajectories from the reference of the round (at a sync, the policy it was just copied
-        from; on a resume, the restored reference, so the resumed round trains on the data the interrupted one had)."""
+        from; on a resume, the restored reference, so the resumed round trains on the data the interrupted one had),
+        served from `start_key` on (default: the key after the last one trained).
+
+        A sharded reference (FSDP, ZeRO-3) gathers weights in every forward, so the ranks decode in lockstep: each
+        runs as many forwards as the busiest (`lockstep_forwards`)."""
+        start_key = self._next_round_start() if start_key is None else start_key
+        sharded = self.is_fsdp_enabled or is_deepspeed_zero3_enabled()
         with torch.no_grad(), self._reference(self.model) as reference:
-            dataset = self._collect(
-                self.accelerator.unwrap_model(reference), self.processing_class, self._prompt_dataset, self.args
-            )
-        self.train_dataset.swap(self._prepare(dataset, self.processing_class, self.args, "train"))
+            module = self.accelerator.unwrap_model(reference)
+            with lockstep_forwards(module, enabled=sharded):
+                dataset = self._collect(module, self.processing_class, self._prompt_dataset, self.args)
+        self.train_dataset.swap(self._prepare(dataset, self.processing_class, self.args, "train"), start_key)
+        self._round_starts = [*self.__dict__.get("_round_starts", []), start_key]
 
     # -------------------------------------------------------------------------------------- models
     def _wrap_peft(self, model, peft_config, args):
@@ -608,6 +623,42 @@ class DDOTrainer(_BaseTrainer):
         if self.adapter.lora_merge_unsafe_reason:
             _refuse_merging(model, self.adapter.lora_merge_unsafe_reason)
         return model
+
+    def _keep_fp32_master_weights(self, model, ref_model, args):
+        """Full fine-tuning of a half-precision model trains fp32 master weights (see `DDOConfig.pure_half_precision`);
+        returns the loaded dtype that the final save writes back, or None."""
+        dtype = getattr(model, "dtype", None)
+        if self._use_peft or dtype not in (torch.bfloat16, torch.float16) or _is_quantized(model):
+            return None
+        if args.pure_half_precision:
+            logger.warning(
+                "Training the %s weights as loaded (`pure_half_precision=True`): AdamW updates below half a unit of the "
+                "last place are rounded away (at lr 1e-5 most of them).",
+                dtype,
+            )
+            return None
+        if args.deepspeed_plugin is not None or is_deepspeed_zero3_enabled():
+            return None  # DeepSpeed keeps its own fp32 master copy of the weights
+        logger.info(
+            "Full fine-tuning of a %s model: the trained weights are kept in fp32 (master weights; the reference stays "
+            "%s)%s. `pure_half_precision=True` trains them in %s instead.",
+            dtype,
+            dtype,
+            "; compute in bf16 under autocast" if args.bf16 else "; `bf16=True` computes in bf16 under autocast",
+            dtype,
+        )
+        model.float()
+        if ref_model is not None and not (args.bf16 or args.fp16):
+            ref_model.float()  # fp32 compute: the reference scores in fp32 too, so policy and reference agree at step 0
+        return dtype
+
+    def _save(self, output_dir=None, state_dict=None):
+        """The final save writes the dtype the model was loaded in; checkpoints keep the fp32 master weights."""
+        if self._saved_dtype is not None and not self.__dict__.get("_saving_checkpoint"):
+            if state_dict is None:
+                state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+            state_dict = {k: v.to(self._saved_dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+        return super()._save(output_dir, state_dict)
 
     @staticmethod
     def _frozen_copy(model, args):
@@ -692,6 +743,8 @@ class DDOTrainer(_BaseTrainer):
         args = self.args
         mode = "train" if self.model.training else "eval"
         terms = self.loss_terms
+        if mode == "eval":  # the mean-field term's extra reference forwards are a training signal, not a measure
+            terms = {term: weight for term, weight in terms.items() if term != "mean_field"}
         loss_mask = inputs["loss_mask"].bool()
         labels = inputs["x0"]
         block_length = int(inputs["block_length"][0])
@@ -702,8 +755,14 @@ class DDOTrainer(_BaseTrainer):
         if "ddo" in terms:
             with torch.no_grad(), self._reference(model) as reference:
                 ref_rows = self._completion_logits(reference, inputs)[loss_mask].float()  # (N, V): rows of M only
-                generator = self._generator("fake_tokens", ref_rows.device) if args.reference_temperature > 0 else None
-                fake_rows = sample_fake_tokens(ref_rows, args.reference_temperature, generator)
+                noise = None
+                if args.reference_temperature > 0:
+                    noise = self._uniform(
+                        "fake_tokens", inputs, loss_mask.sum(-1), ref_rows.shape[-1], ref_rows.device
+                    )
+                fake_rows = sample_fake_tokens(
+                    ref_rows, args.reference_temperature, uniform=noise, never_id=self._never_id()
+                )
                 ref_log_probs = ref_rows.log_softmax(-1)
                 del ref_rows
                 fake = labels.masked_scatter(loss_mask, fake_rows)
@@ -760,23 +819,34 @@ class DDOTrainer(_BaseTrainer):
         positions where the teacher's best token given the student's fill is the student's own (1 = the block the
         student writes in one step is one the teacher would keep).
 
-        The student's one-step sample x̃ ~ q (no gradient) fills the masked set; for each query the teacher (the
-        frozen reference) sees x̃ with one position per block put back to noise and gives p(x_i | x̃_-i, context).
-        Then Σ_i KL(q_i || p(· | x̃_-i)) has, in expectation, the gradient of KL(q || p_teacher) over factorized q:
-        the student is pulled to one coherent answer that few-step decoding can emit at once, where cross-entropy on
-        the trajectories (NTD) keeps every answer's share and parallel decoding mixes them.
+        What is computed: the student's one-step prediction x̃ fills the masked set (its argmax at the default
+        `mean_field_temperature=0`, a Gumbel sample at > 0; never the mask token); for each query the teacher (the
+        frozen reference) sees x̃ with one position per block put back to the mask token and gives
+        p(x_i | x̃_-i, context); the loss is the mean over queried positions of KL(q_i || p(· | x̃_-i)).
+        With x̃ sampled from q this is the mean-field gradient of KL(q || p_teacher) over factorized q. With the argmax
+        fill (the default) it is the teacher re-scoring the student's own greedy block: it pulls each position toward
+        what the teacher would write given the student's other positions, which favours one coherent answer per block
+        but can also settle on a consistent wrong one. Randomness (queries, fill) is keyed per example.
         """
         loss_mask = inputs["loss_mask"].bool()
-        generator = self._generator("mean_field", policy_log_probs.device)
-        sampled = sample_fake_tokens(policy_log_probs.detach(), self.args.mean_field_temperature, generator)
+        device, counts = policy_log_probs.device, loss_mask.sum(-1)
+        noise = None
+        if self.args.mean_field_temperature > 0:
+            noise = self._uniform("mean_field_fill", inputs, counts, policy_log_probs.shape[-1], device)
+        sampled = sample_fake_tokens(
+            policy_log_probs.detach(), self.args.mean_field_temperature, uniform=noise, never_id=self._never_id()
+        )
         filled = inputs["xt"].masked_scatter(loss_mask, sampled.to(inputs["xt"].dtype))
-        queries = mean_field_queries(loss_mask, block_length, self.args.mean_field_queries, generator)
+        order = scatter_rows(self._uniform("mean_field_queries", inputs, counts, 1, device)[:, 0], loss_mask)
+        queries = mean_field_queries(loss_mask, block_length, self.args.mean_field_queries, order=order)
+        # a queried position shows the teacher noise: the mask token (not a random token the collator placed there)
+        noised = inputs["xt"] if self._never_id() is None else torch.full_like(inputs["xt"], self._never_id())
         row_of = scatter_rows(torch.arange(policy_log_probs.shape[0], device=loss_mask.device), loss_mask)
         teacher_rows = torch.zeros(policy_log_probs.shape, dtype=torch.float32, device=policy_log_probs.device)
         covered = torch.zeros_like(loss_mask)
         with torch.no_grad(), self._reference(model) as reference:
             for query in queries[: self._num_nonempty_queries(queries)]:
-                state = dict(inputs, xt=torch.where(query, inputs["xt"], filled))
+                state = dict(inputs, xt=torch.where(query, noised, filled))
                 teacher_rows[row_of[query]] = self._completion_logits(reference, state)[query].float().log_softmax(-1)
                 covered |= query
         rows = covered[loss_mask]
@@ -841,7 +911,29 @@ class DDOTrainer(_BaseTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._time_of_last_log["train"] is None:
             self._time_of_last_log["train"] = time.perf_counter()
+        keys = inputs.get(STATE_KEY)
+        if keys is not None:
+            inputs = self._rows_of_current_round(inputs, keys)
+            self._last_trained_key = max(self._last_trained_key, int(keys.max()))
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _rows_of_current_round(self, inputs, keys):
+        """The dataloader builds a batch ahead of its step: one built before a round swapped the trajectories is
+        rebuilt from its keys with the new round's rows."""
+        dataset, rounds = self.train_dataset, inputs.get(ROUND_KEY)
+        if rounds is None or not isinstance(dataset, KeyedRows) or dataset.round == 0:
+            return inputs
+        keys = keys.tolist()
+        if [dataset.locate(k)[0] for k in keys] == rounds.tolist():
+            return inputs
+        return self.data_collator([dataset[k] for k in keys])
+
+    def _next_round_start(self) -> int:
+        """The first state key after every key trained so far, on any process: where a new round's rows begin."""
+        last = torch.tensor([self._last_trained_key], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            last = self.accelerator.gather(last)
+        return int(last.max()) + 1
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -910,12 +1002,19 @@ class DDOTrainer(_BaseTrainer):
     def _save_checkpoint(self, model, trial):
         name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else Path(self.args.output_dir).name
         self.create_model_card(model_name=name)
-        super()._save_checkpoint(model, trial)
-        if self._reference_lags_policy(self.state.global_step):  # the reference is an earlier policy: keep it
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-            checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self._reference_lags_policy(self.state.global_step):  # the reference is an earlier policy: keep it
             save_reference(self._reference_parameters(), checkpoint, self.is_world_process_zero())
+        if self.__dict__.get("_round_starts") and self.is_world_process_zero():  # where the current round's rows begin
+            with open(os.path.join(checkpoint, ROUNDS_FILE), "w") as f:
+                json.dump({"round_starts": self._round_starts}, f)
 
     # -------------------------------------------------------------------------------------- resuming
     def _reference_lags_policy(self, step: int) -> bool:
@@ -957,7 +1056,15 @@ class DDOTrainer(_BaseTrainer):
             self.sync_reference()
             self._metrics["train"].pop("ref_syncs", None)  # a restored reference, not a new round
         if self.args.recollect_each_round and self._prompt_dataset is not None:
-            self._recollect()  # the trajectories of the interrupted round, written by its reference
+            rounds_file = os.path.join(checkpoint, ROUNDS_FILE)
+            if not os.path.isfile(rounds_file):
+                raise FileNotFoundError(
+                    f"{checkpoint} has no {ROUNDS_FILE} (where the interrupted round's trajectories begin): it was "
+                    "written by an older trl-t3d. Resume from a checkpoint of this version, or start the run again."
+                )
+            with open(rounds_file) as f:
+                start_key = json.load(f)["round_starts"][-1]
+            self._recollect(start_key)  # the trajectories of the interrupted round, written by its reference
 
     def init_hf_repo(self, token=None, private=None):
         from ..hub import reaching_the_hub

@@ -1,0 +1,56 @@
+"""Equal numbers of forwards on every process, for decoding through a sharded model.
+
+Under FSDP or ZeRO-3 every forward of a sharded model is a collective (each rank all-gathers the weights it lacks), so
+all ranks must run the same number of forwards. Decoding does not: ranks hold different numbers of prompts, and EOS
+stop and threshold rules end their loops at different times. `lockstep_forwards` pairs the forwards up: before every
+real forward a rank says "working" in an all-reduce; a rank that has finished keeps answering "idle" and runs a
+replay of its last forward (output discarded, without KV cache) while any other rank is still working, so the k-th
+forward of every rank gathers the same weights. A model whose forwards skip whole sharded modules depending on their
+inputs (DiffusionGemma's cached encoder) is beyond this pairing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+
+
+@contextlib.contextmanager
+def lockstep_forwards(module: torch.nn.Module, enabled: bool = True, dummy_inputs=None):
+    """Inside the context every top-level forward of `module` is paired across ranks; leaving it waits (replaying a
+    forward) until every rank has left. `dummy_inputs()` -> (args, kwargs) serves a rank that ran no forward at all.
+    A no-op without an initialized process group or with `enabled=False`."""
+    if not enabled or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        yield
+        return
+    device = next(module.parameters()).device
+    backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    state = {"inputs": None, "replaying": False}
+
+    def working(value: int) -> int:
+        flag = torch.tensor([value], device=backend_device)
+        dist.all_reduce(flag)
+        return int(flag.item())
+
+    def before_forward(_module, args, kwargs):
+        if not state["replaying"]:
+            # a replay runs every layer on the same inputs, without the cache (whose state the real forward advanced)
+            if "past_key_values" in kwargs:
+                kwargs = {k: v for k, v in kwargs.items() if k != "past_key_values"} | {"use_cache": False}
+            state["inputs"] = (args, kwargs)
+            working(1)
+
+    handle = module.register_forward_pre_hook(before_forward, with_kwargs=True)
+    try:
+        yield
+    finally:
+        state["replaying"] = True
+        try:
+            while working(0):
+                args, kwargs = state["inputs"] if state["inputs"] is not None else dummy_inputs()
+                with torch.no_grad():
+                    module(*args, **kwargs)
+        finally:
+            handle.remove()

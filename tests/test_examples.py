@@ -9,8 +9,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import pytest
@@ -216,12 +216,34 @@ def test_accelerate_launch_two_processes(llada_dir, prompts_file, tmp_path):
         *tiny_args(llada_dir, prompts_file, out, "--per_device_train_batch_size", "1", "--collect_shard_size", "1"),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    start = time.perf_counter()
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
-    elapsed = time.perf_counter() - start
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    meta = dataset_metadata(datasets.load_from_disk(str(out / "trajectories")))
+    sharded = datasets.load_from_disk(str(out / "trajectories"))
+    meta = dataset_metadata(sharded)
     assert meta["num_processes"] == 2 and meta["num_trajectories"] == len(PROMPTS)
     assert "model.safetensors" in os.listdir(out)
     assert "'epoch': '1'" in result.stdout + result.stderr  # 2 steps x 2 processes x 1 prompt = the 4 prompts
-    assert elapsed < 90, f"accelerate launch run took {elapsed:.0f} s"
+    # The 2 processes' shards, gathered, are the trajectories one process collects with the same settings, in order
+    # (timing is measured in benchmarks/, not asserted here).
+    from trl_t3d.collect import collect_trajectories
+    from trl_t3d.scripts.utils import load_prompt_dataset, load_tokenizer
+
+    prompts = load_prompt_dataset(
+        SimpleNamespace(dataset_name=prompts_file, dataset_config=None, dataset_split="train", max_samples=None)
+    )
+    alone = collect_trajectories(
+        load_diffusion_model(llada_dir, dtype="float32"),
+        load_tokenizer(llada_dir),
+        prompts,
+        meta["generation_config"],
+        prompt_column=meta["prompt_column"],
+        shard_size=1,
+        teacher_name=meta["teacher"],
+        reasoning_suffix=meta["reasoning_suffix"],
+        apply_chat_template=meta["apply_chat_template"],
+        seed=meta["seed"],
+        show_progress=False,
+    )
+    assert dataset_metadata(alone)["fingerprint"] == meta["fingerprint"]
+    assert sharded["prompt_ids"] == alone["prompt_ids"] and sharded["completion_ids"] == alone["completion_ids"]
+    assert sharded["step_map"] == alone["step_map"]

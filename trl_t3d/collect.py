@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -216,6 +217,118 @@ def _decode_shard(
     return rows
 
 
+def _plan_collection(
+    model,
+    processing_class,
+    dataset,
+    generation_config,
+    *,
+    adapter,
+    source_column,
+    teacher_name,
+    teacher_revision,
+    reasoning_suffix,
+    apply_chat_template,
+    shard_size,
+    seed,
+    keep_full_canvas,
+) -> SimpleNamespace:
+    """Everything a collection is decided by, before any decoding: the resolved model, the decoding settings as the
+    decoder will use them, the rendered prompts, and the fingerprint of it all."""
+    resolved = DiffusionLM.from_model(
+        model, processing_class, adapter=adapter, mask_token_id=_get(generation_config, "mask_token_id")
+    )
+    model, adapter = resolved.model, resolved.adapter
+    if adapter.pad_token_id is None:
+        raise ValueError("No pad token: set `tokenizer.pad_token` (e.g. to the EOS token) to batch prompts.")
+    max_new_tokens = _get(generation_config, "max_new_tokens")
+    if not max_new_tokens:
+        raise ValueError("`generation_config.max_new_tokens` must be set: it is the teacher's completion budget.")
+    block_length = _decoding_block_length(model, adapter, generation_config)
+    if not _get(generation_config, "block_length") and block_length != int(max_new_tokens):
+        # The decoder falls back to the model's trained block (SDAR's `block_size`, DiffusionGemma's canvas): say it
+        # in the settings, so the recorded block, the fingerprint and the decoding are one and the same.
+        generation_config = _with_setting(generation_config, "block_length", block_length)
+    eos_token_ids = _eos_ids(generation_config, adapter)
+    full_canvas = (not adapter.block_causal) if keep_full_canvas is None else bool(keep_full_canvas)
+    if full_canvas:  # decode every position, as LLaDA's reference does, so the whole canvas has a step
+        generation_config = _with_stop_at_eos(generation_config, False)
+
+    # Prompts -> ids, in dataset order
+    prompt_ids, prompt_texts = [], []
+    for value in dataset[source_column]:
+        ids, text = resolved.render_prompt_and_text(
+            value,
+            source_column=source_column,
+            reasoning_suffix=reasoning_suffix,
+            apply_chat_template=apply_chat_template,
+        )
+        if not ids:
+            raise ValueError("A prompt renders to zero tokens; remove empty prompts from the dataset.")
+        prompt_ids.append(ids)
+        prompt_texts.append(text)
+
+    teacher_name = teacher_name or getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    settings = dict(
+        generation_config=_config_dict(generation_config),
+        teacher=teacher_name,
+        teacher_revision=teacher_revision,
+        adapter=adapter.name,
+        eos_token_ids=eos_token_ids,
+        shard_size=shard_size,
+        seed=seed,
+        keep_full_canvas=full_canvas,
+    )
+    return SimpleNamespace(
+        resolved=resolved,
+        generation_config=generation_config,
+        prompt_ids=prompt_ids,
+        prompt_texts=prompt_texts,
+        max_new_tokens=int(max_new_tokens),
+        block_length=block_length,
+        settings=settings,
+        fingerprint=_fingerprint(prompt_ids, settings),
+    )
+
+
+def collection_fingerprint(
+    model,
+    processing_class,
+    dataset,
+    generation_config,
+    *,
+    adapter=None,
+    prompt_column: str = "prompt",
+    teacher_name: str | None = None,
+    teacher_revision: str | None = None,
+    reasoning_suffix: str | None = None,
+    apply_chat_template: bool | None = None,
+    shard_size: int = 256,
+    seed: int | None = 0,
+    keep_full_canvas: bool | None = None,
+    **_ignored,
+) -> tuple[str, dict]:
+    """`(fingerprint, settings)` of the collection `collect_trajectories` would run with these arguments (the same
+    keywords; those that do not change the trajectories, such as `batch_size` or `output_dir`, are ignored), without
+    decoding anything. A trajectory dataset's metadata holds the fingerprint of the collection that wrote it."""
+    plan = _plan_collection(
+        model,
+        processing_class,
+        dataset,
+        generation_config,
+        adapter=adapter,
+        source_column=_prompt_source_column(dataset.column_names, prompt_column),
+        teacher_name=teacher_name,
+        teacher_revision=teacher_revision,
+        reasoning_suffix=reasoning_suffix,
+        apply_chat_template=apply_chat_template,
+        shard_size=shard_size,
+        seed=seed,
+        keep_full_canvas=keep_full_canvas,
+    )
+    return plan.fingerprint, plan.settings
+
+
 # ------------------------------------------------------------------------------------------------ main entry
 def collect_trajectories(
     model,
@@ -299,53 +412,33 @@ def collect_trajectories(
     missing = [c for c in keep_columns or [] if c not in dataset.column_names]
     if missing:
         raise ValueError(f"`keep_columns` {missing} are not in the dataset (columns: {sorted(dataset.column_names)}).")
-    resolved = DiffusionLM.from_model(
-        model, processing_class, adapter=adapter, mask_token_id=_get(generation_config, "mask_token_id")
-    )
-    model, tokenizer, adapter = resolved.model, resolved.tokenizer, resolved.adapter
-    if adapter.pad_token_id is None:
-        raise ValueError("No pad token: set `tokenizer.pad_token` (e.g. to the EOS token) to batch prompts.")
-    max_new_tokens = _get(generation_config, "max_new_tokens")
-    if not max_new_tokens:
-        raise ValueError("`generation_config.max_new_tokens` must be set: it is the teacher's completion budget.")
-    block_length = _decoding_block_length(model, adapter, generation_config)
-    if not _get(generation_config, "block_length") and block_length != int(max_new_tokens):
-        # The decoder falls back to the model's trained block (SDAR's `block_size`, DiffusionGemma's canvas): say it
-        # in the settings, so the recorded block, the fingerprint and the decoding are one and the same.
-        generation_config = _with_setting(generation_config, "block_length", block_length)
-    eos_token_ids = _eos_ids(generation_config, adapter)
-    full_canvas = (not adapter.block_causal) if keep_full_canvas is None else bool(keep_full_canvas)
-    if full_canvas:  # decode every position, as LLaDA's reference does, so the whole canvas has a step
-        generation_config = _with_stop_at_eos(generation_config, False)
-    state = accelerator.state if hasattr(accelerator, "state") else (accelerator or PartialState())
-
-    # 1. Prompts -> ids, in dataset order
-    prompt_ids, prompt_texts = [], []
-    for value in dataset[source_column]:
-        ids, text = resolved.render_prompt_and_text(
-            value,
-            source_column=source_column,
-            reasoning_suffix=reasoning_suffix,
-            apply_chat_template=apply_chat_template,
-        )
-        if not ids:
-            raise ValueError("A prompt renders to zero tokens; remove empty prompts from the dataset.")
-        prompt_ids.append(ids)
-        prompt_texts.append(text)
-
-    # 2. Shards, the resume manifest, and this process's share
-    teacher_name = teacher_name or getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    settings = dict(
-        generation_config=_config_dict(generation_config),
-        teacher=teacher_name,
+    plan = _plan_collection(
+        model,
+        processing_class,
+        dataset,
+        generation_config,
+        adapter=adapter,
+        source_column=source_column,
+        teacher_name=teacher_name,
         teacher_revision=teacher_revision,
-        adapter=adapter.name,
-        eos_token_ids=eos_token_ids,
+        reasoning_suffix=reasoning_suffix,
+        apply_chat_template=apply_chat_template,
         shard_size=shard_size,
         seed=seed,
-        keep_full_canvas=full_canvas,
+        keep_full_canvas=keep_full_canvas,
     )
-    fingerprint = _fingerprint(prompt_ids, settings)
+    resolved, generation_config, settings, fingerprint = (
+        plan.resolved,
+        plan.generation_config,
+        plan.settings,
+        plan.fingerprint,
+    )
+    model, tokenizer, adapter = resolved.model, resolved.tokenizer, resolved.adapter
+    prompt_ids, prompt_texts, teacher_name = plan.prompt_ids, plan.prompt_texts, settings["teacher"]
+    max_new_tokens, block_length, eos_token_ids = plan.max_new_tokens, plan.block_length, settings["eos_token_ids"]
+    full_canvas = settings["keep_full_canvas"]
+    state = accelerator.state if hasattr(accelerator, "state") else (accelerator or PartialState())
+
     num_shards = (len(prompt_ids) + shard_size - 1) // shard_size
     if output_dir is not None:
         _prepare_output_dir(output_dir, fingerprint, num_shards, resume, state)

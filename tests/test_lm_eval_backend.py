@@ -320,18 +320,15 @@ def test_loglikelihood_requests_and_is_greedy(toy):
     (right, greedy_right), (wrong, greedy_wrong), again = lm.loglikelihood(requests)
     assert greedy_right and not greedy_wrong and right > wrong
     assert again == (right, greedy_right)  # seeded by the request: the same estimate on any process, in any order
-    context = lm.tok_encode(prompt)
-    continuation = lm.tok_encode("#### 46")
-    expected = masked_loglikelihood(
-        model,
-        lm.adapter,
-        context,
-        continuation,
-        num_samples=64,
-        batch_size=64,
-        generator=lm._request_generator(prompt, "#### 46"),
+    # the estimate is of the bound of these tokens: the exact expectation, enumerated with plain forward passes
+    context = tokenizer(prompt)["input_ids"]
+    continuation = tokenizer("#### 46", add_special_tokens=False)["input_ids"]
+    exact, sigma = _exact_distribution(model, lm.adapter, context, continuation, None)
+    assert abs(right - exact) < max(4 * sigma / 64**0.5, 1e-4)
+    exact_wrong, _ = _exact_distribution(
+        model, lm.adapter, context, tokenizer("#### 47", add_special_tokens=False)["input_ids"], None
     )
-    assert right == expected
+    assert abs(exact - exact_wrong) > 4 * sigma / 64**0.5  # the tolerance tells the two continuations apart
     speed = lm.speed_metrics()["t"]
     assert speed["num_likelihood_requests"] == 3 and speed["likelihood_forwards"] == 3 * (1 + 7)  # 1 MC + 7 greedy
 
@@ -356,9 +353,33 @@ def test_block_causal_family_decodes_and_scores_in_its_blocks(sdar_dir):
     (text,) = lm.generate_until(
         [Instance("generate_until", {}, ("12+34=", {"until": [], "max_gen_toks": 5}), 0, ("s", 0, 1))]
     )
-    assert isinstance(text, str) and lm.speed_metrics()["s"]["nfe"] <= -(-5 // block) * block / 2
-    ((logp, greedy),) = lm.loglikelihood([Instance("loglikelihood", {}, ("12+34=", "46 is it"), 0, ("s", 0, 1))])
-    assert logp < 0 and greedy is False
+    # the text a plain loop decodes: 2 blocks of 4, 2 tokens per step, each step a full block-causal forward
+    tokenizer, mask = lm.tokenizer, lm.adapter.mask_token_id
+    context = tokenizer("12+34=")["input_ids"]
+
+    def block_logits(state, block_length=block):
+        return lm.adapter.completion_logits(
+            lm.model, torch.tensor([context]), None, torch.tensor([state]), block_length=block_length
+        )[0]
+
+    ids = _naive_greedy(lm.model, mask, context, 2 * block, per_step=2, block_logits=block_logits, block=block)
+    eos = [i for i, t in enumerate(ids) if t in set(lm.resolved.eos_token_ids)]
+    assert text == tokenizer.decode(ids[: eos[0] if eos else None], skip_special_tokens=True)
+    assert lm.speed_metrics()["s"]["nfe"] <= -(-5 // block) * block / 2
+    # likelihood in the same blocks: the exact expectation of the block-wise bound, and is_greedy of what the plain
+    # loop decodes one token per step (True) or of one token changed (False)
+    scorer = DiffusionLMEval(sdar_dir, mc_num=256, mc_batch_size=256)
+    greedy_ids = _naive_greedy(lm.model, mask, context, block, block_logits=block_logits, block=block)
+    other_ids = greedy_ids[:-1] + [(greedy_ids[-1] + 1) % 50]
+    exact, sigma = _exact_distribution(lm.model, lm.adapter, context, greedy_ids, block)
+    requests = [
+        Instance("loglikelihood", {}, ("12+34=", tokenizer.decode(ids)), 0, ("s", 0, 1))
+        for ids in (greedy_ids, other_ids)
+    ]
+    assert [tokenizer("12+34=" + r.args[1])["input_ids"][len(context) :] for r in requests] == [greedy_ids, other_ids]
+    (logp, greedy), (_, other_greedy) = scorer.loglikelihood(requests)
+    assert abs(logp - exact) < max(4 * sigma / 256**0.5, 1e-4) and sigma > 0.01
+    assert greedy is True and other_greedy is False
 
 
 def test_uniform_noise_family_refuses_loglikelihood(tokenizer):
@@ -430,25 +451,30 @@ def test_trl_t3d_eval_with_lm_eval_tasks_writes_one_report(toy, task_dir, tmp_pa
     assert (out / "eval_report.png").stat().st_size > 0
 
 
+def _launch_two_processes(directory, task_dir, out, model_args, *extra):
+    """`accelerate launch -m trl_t3d.lm_eval` with 2 CPU processes on 7 questions; lm-eval's results JSON."""
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [
+        str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trl_t3d.lm_eval",
+        "--model", "diffusion_lm", "--model_args", f"pretrained={directory},{model_args}", "--tasks", TASK,
+        "--include_path", task_dir, "--batch_size", "3", "--limit", "7", "--output_path", str(out), *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HOME": str(out.parent / "hf")}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(out.parent))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (saved,) = list(out.rglob("results_*.json"))
+    return json.loads(saved.read_text())
+
+
 @pytest.mark.accelerate_launch
 def test_cli_under_accelerate_launch_two_processes(toy, task_dir, tmp_path):
     """`accelerate launch -m trl_t3d.lm_eval` (2 CPU processes): the same accuracy and speed as one process.
 
     7 questions: one process gets 4 and the other 3 plus lm-eval's padding copy, which the speed records skip."""
     model, tokenizer, directory = toy
-    model_args = f"pretrained={directory},tokens_per_step=4,max_new_tokens=8,block_length=8"
-    accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [
-        str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trl_t3d.lm_eval",
-        "--model", "diffusion_lm", "--model_args", model_args, "--tasks", TASK, "--include_path", task_dir,
-        "--batch_size", "3", "--limit", "7", "--output_path", str(tmp_path / "out"),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    (saved,) = list((tmp_path / "out").rglob("results_*.json"))
-    results = json.loads(saved.read_text())
+    model_args = "tokens_per_step=4,max_new_tokens=8,block_length=8"
+    results = _launch_two_processes(directory, task_dir, tmp_path / "out", model_args)
     reference = evaluate_few_step(
         model, tokenizer, few_step_task(strict_match), [4], generation_config=dict(SETTINGS), num_examples=7,
         show_progress=False,
@@ -459,6 +485,30 @@ def test_cli_under_accelerate_launch_two_processes(toy, task_dir, tmp_path):
     speed = info["tasks"][TASK]
     assert speed["num_samples"] == 7  # both processes' samples, not lm-eval's padding copy
     assert speed["nfe"] == reference["nfe"] and speed["tokens_per_forward"] == reference["tokens_per_forward"]
+    # the processes decode side by side: the wall time is the longer of their times, below their sum
+    assert 0 < speed["wall_time_s"] < speed["decode_time_s"]
+    assert speed["samples_per_s"] == pytest.approx(7 / speed["decode_wall_time_s"])
+
+
+@pytest.mark.accelerate_launch
+def test_sampled_texts_under_two_processes_equal_one_process(toy, task_dir, tmp_path):
+    """Sampling (temperature 2) under 2 processes writes, request for request, the texts one process writes."""
+    model, tokenizer, directory = toy
+    model_args = "tokens_per_step=2,max_new_tokens=8,block_length=8,temperature=2.0"
+    _launch_two_processes(directory, task_dir, tmp_path / "out", model_args, "--log_samples")
+    (logged,) = list((tmp_path / "out").rglob(f"samples_{TASK}_*.jsonl"))
+    samples = [json.loads(line) for line in logged.read_text().splitlines()]
+    samples = sorted((s for s in samples if s["filter"] == "strict-match"), key=lambda s: s["doc_id"])
+    assert [s["doc_id"] for s in samples] == list(range(7))
+    requests = [
+        Instance("generate_until", {}, (s["arguments"]["gen_args_0"]["arg_0"], s["arguments"]["gen_args_0"]["arg_1"]),
+                 s["doc_id"], (TASK, s["doc_id"], 1))
+        for s in samples
+    ]  # fmt: skip
+    one = DiffusionLMEval(model=model, tokenizer=tokenizer, batch_size=3, **dict(SETTINGS), tokens_per_step=2,
+                          temperature=2.0).generate_until(requests)  # fmt: skip
+    assert [s["resps"][0][0] for s in samples] == one
+    assert len(set(one)) > 1
 
 
 def test_wrapper_module_registers_the_model(monkeypatch):
@@ -473,3 +523,136 @@ def test_wrapper_module_registers_the_model(monkeypatch):
     wrapper.main()
     assert ran == [True]
     assert get_model("diffusion_lm") is DiffusionLMEval and get_model("hf").__name__ == "HFLM"
+
+
+# ------------------------------------------------------------------------------------------------ issue 20, item 8
+def _naive_greedy(model, mask_id, context, length, per_step=1, block_logits=None, block=None):
+    """Plain-loop decoding, written here without the decoder: every step one full forward, the `per_step` most
+    confident undecided positions of the current block (probability of the argmax, the mask never proposed) commit
+    their argmax. `block_logits(state)` gives the completion's logits (default: the raw model over [context, state])."""
+    state = [mask_id] * length
+    block = block or length
+    for start in range(0, length, block):
+        while mask_id in state[start : start + block]:
+            with torch.no_grad():
+                if block_logits is None:
+                    logits = model(input_ids=torch.tensor([context + state])).logits[0, len(context) :]
+                else:
+                    logits = block_logits(state)
+            probs = torch.softmax(logits.double(), -1)
+            probs[:, mask_id] = -1.0  # never proposed
+            confidence, tokens = probs.max(-1)
+            undecided = [i for i in range(start, start + block) if state[i] == mask_id]
+            for i in sorted(undecided, key=lambda i: -confidence[i].item())[:per_step]:
+                state[i] = int(tokens[i])
+    return state
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(factor=100.0),  # the factor rule commits every position at once
+        dict(factor=100.0, threshold_rule="fast_dllm"),
+        dict(threshold=0.01),
+        dict(cache="prefix"),
+        dict(cache="dual"),
+        dict(remasking="origin", schedule="dream"),  # Dream's random commits, from the global RNG when unseeded
+        dict(remasking="random"),
+    ],
+    ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()),
+)
+def test_is_greedy_decodes_one_token_per_step_exactly_and_draws_nothing(toy, settings, monkeypatch):
+    """`is_greedy` asks whether one-token-per-step, deterministic, exact decoding writes the continuation, whatever
+    the decoding settings of the sweep: one committed token per forward, every forward over the whole sequence (no
+    approximate cache), no draw from the global RNG, and the continuation a plain loop decodes is greedy."""
+    from trl_t3d.evaluation import lm_eval_backend
+
+    model, tokenizer, _ = toy
+    lm = DiffusionLMEval(model=model, tokenizer=tokenizer, mc_num=4, mc_batch_size=4, **settings)
+    context = lm.tok_encode("Question: 7+80?\nAnswer:")  # unseen: the toy is unsure, so the order matters
+    expected = _naive_greedy(model, lm.adapter.mask_token_id, context, 8)
+    outputs, lengths = [], []
+    real = lm_eval_backend.diffusion_generate
+
+    def spy(*args, **kwargs):
+        outputs.append(real(*args, **kwargs))
+        return outputs[-1]
+
+    monkeypatch.setattr(lm_eval_backend, "diffusion_generate", spy)
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    rng = torch.get_rng_state()
+    try:
+        greedy = lm._is_greedy(context, expected)
+        wrong = lm._is_greedy(context, expected[:-1] + [(expected[-1] + 1) % 50])
+    finally:
+        hook.remove()
+    assert torch.equal(torch.get_rng_state(), rng)  # nothing drawn from the global generator
+    assert greedy and not wrong
+    for out in outputs:
+        assert out.nfe == 8 and sorted(out.step_map[0].tolist()) == list(range(8))  # one token per forward
+    assert lengths == [len(context) + 8] * 16  # 8 exact full-sequence forwards per check
+
+
+def test_do_sample_without_temperature_samples_at_a_stated_temperature(toy, monkeypatch, caplog):
+    from trl_t3d import DiffusionGenerationConfig
+
+    model, tokenizer, _ = toy
+    lm = DiffusionLMEval(model=model, tokenizer=tokenizer, block_length=4)
+    with caplog.at_level("WARNING", logger="trl_t3d.evaluation.lm_eval_backend"):
+        config, _ = lm._request_config({"do_sample": True, "max_gen_toks": 4})
+    assert config.temperature == 1.0  # Hugging Face's default, not greedy
+    assert "temperature=1.0" in caplog.text and "Pass the model argument temperature=" in caplog.text
+    cases = [
+        ({"do_sample": False, "temperature": 0.7}, 0.0),
+        ({}, 0.0),
+        ({"temperature": 0.5}, 0.5),
+        ({"do_sample": True, "temperature": 0.3}, 0.3),
+    ]
+    for kwargs, temperature in cases:
+        assert lm._request_config(kwargs)[0].temperature == temperature, kwargs
+    # the model's own sampling temperature when it has one
+    monkeypatch.setattr(
+        model, "diffusion_generation_config", DiffusionGenerationConfig(temperature=0.7), raising=False
+    )
+    assert lm._request_config({"do_sample": True})[0].temperature == 0.7
+
+
+def test_generate_until_seeds_each_request(toy):
+    """Sampled texts depend on the request and the seed only: not on the batch size, the process (rank), the order of
+    the requests or what else is in the call; lm-eval's `repeats` copies of one request are different samples."""
+    model, tokenizer, _ = toy
+    kwargs = {"until": [], "do_sample": True, "temperature": 2.0, "max_gen_toks": 8}
+    requests = [
+        Instance("generate_until", {}, (f"Question: {a}+{b}?\nAnswer:", dict(kwargs)), 0, ("t", i, 1))
+        for i, (a, b) in enumerate(PAIRS)
+    ]
+    alone = [DiffusionLMEval(model=model, tokenizer=tokenizer).generate_until([r])[0] for r in requests]
+    batched = DiffusionLMEval(model=model, tokenizer=tokenizer, batch_size=4).generate_until(requests)
+    other_rank = DiffusionLMEval(model=model, tokenizer=tokenizer, batch_size=3)
+    other_rank._rank = 1  # the second process of a data-parallel run
+    reversed_ = other_rank.generate_until(requests[::-1])[::-1]
+    assert batched == alone and reversed_ == alone
+    assert len(set(alone)) > 1  # sampled, and the prompts matter
+    repeated = Instance("generate_until", {}, requests[6].args, 0, ("t", 6, 2))
+    first, second = DiffusionLMEval(model=model, tokenizer=tokenizer).generate_until([repeated, repeated])
+    assert first == alone[6] and second != first
+
+
+def test_sweep_wall_time_is_wall_time_under_several_processes(toy, task_dir, monkeypatch):
+    """Two processes decoding side by side take the time of one, not the sum: simulated by a second process that
+    did the same work in the same time. `samples_per_s` is then the samples over that wall time."""
+    model, tokenizer, _ = toy
+    local: list[dict] = []
+
+    def two_processes(self, obj, dst=0):
+        local.extend(obj)
+        return [obj, [{**r, "rank": 1} for r in obj]]
+
+    monkeypatch.setattr(DiffusionLMEval, "gather_object", two_processes)
+    (report,) = evaluate_lm_eval_tasks(model, tokenizer, TASK, [4], include_path=task_dir, batch_size=3, **SETTINGS)
+    (result,) = report["results"]
+    one_process = sum(r["seconds"] for r in local)  # this process's decoding time, measured per batch
+    assert one_process > 0 and result["wall_time_s"] == pytest.approx(one_process, rel=1e-9)
+    assert result["samples_per_s"] == pytest.approx(len(PAIRS) / one_process, rel=1e-9)

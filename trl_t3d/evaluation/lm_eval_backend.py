@@ -23,6 +23,7 @@ python -m trl_t3d.lm_eval --model diffusion_lm --tasks gsm8k --batch_size 8 \
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 import zlib
@@ -56,6 +57,9 @@ DECODING_ARGS = frozenset(
     (set(vars(DiffusionGenerationConfig())) - set(vars(GenerationConfig())) - _NOT_DECODING)
     | {"temperature", "top_k", "top_p"}
 )
+# `do_sample=True` without a temperature samples at this one (Hugging Face `GenerationConfig`'s default), unless the
+# model's own `diffusion_generation_config.json` has a temperature > 0.
+DEFAULT_SAMPLING_TEMPERATURE = 1.0
 _GEN_KWARGS_USED = {
     "until",
     "max_gen_toks",
@@ -91,7 +95,8 @@ class DiffusionLMEval(TemplateLM):
         max_new_tokens (`int`, *optional*): completion canvas; defaults to the task's `max_gen_toks` (256 when the
             task sets none) rounded up to a multiple of `block_length`.
         temperature, top_k, top_p (*optional*): sampling; when unset, the task's generation kwargs decide
-            (`do_sample=False` is greedy).
+            (`do_sample=False` is greedy; `do_sample=True` without a temperature samples at the model's own temperature,
+            else at 1.0, Hugging Face's default, and says so).
         **decoding: every other field of `DiffusionGenerationConfig` (`tokens_per_step` or `steps`, `block_length`,
             `remasking`, `threshold`, `factor`, `schedule`, `cache`, `stop_at_eos`, ...). Unset ones come from the
             model's `diffusion_generation_config.json`, then the defaults.
@@ -101,8 +106,9 @@ class DiffusionLMEval(TemplateLM):
         check_greedy (`bool`, defaults to True): compute `is_greedy` of each continuation by decoding it one token
             per step (len(continuation) forward passes); False skips it and reports False.
         max_length (`int`, *optional*): longest context + completion; defaults to the config's position limit.
-        seed (`int`, defaults to 0): seeds sampling and the Monte-Carlo draws (per request, so any process order
-            gives the same estimate).
+        seed (`int`, defaults to 0): seeds sampling and the Monte-Carlo draws, per request: the same samples and
+            estimates with any number of processes, any batch size and any order (sampled requests are decoded one at
+            a time for that).
 
     Prompts follow trl-t3d's one rule (`trl_t3d.resolved.render_prompt`): a context lm-eval rendered with the chat
     template is tokenized without adding special tokens (the template carries them), any other text with them.
@@ -360,13 +366,53 @@ class DiffusionLMEval(TemplateLM):
                     config.block_length,
                 )
         if "temperature" not in self._explicit:
-            temperature = gen_kwargs.get("temperature")
-            config.temperature = 0.0 if gen_kwargs.get("do_sample") is False or temperature is None else temperature
+            config.temperature = self._task_temperature(gen_kwargs)
         for key in ("top_k", "top_p"):
             if key not in self._explicit and gen_kwargs.get(key) is not None:
                 setattr(config, key, gen_kwargs[key])
         config.validate()
         return config, until
+
+    def _task_temperature(self, gen_kwargs: dict) -> float:
+        """The temperature a task's generation kwargs ask for, read as Hugging Face's `generate` reads them.
+
+        `do_sample=False` is greedy (any temperature ignored); no `do_sample` and no temperature is greedy; a temperature
+        without `do_sample` is used as given. `do_sample=True` without a temperature samples at the model's own
+        temperature (its `diffusion_generation_config.json`) when that is > 0, else at 1.0, Hugging Face's default; it
+        is never silently greedy.
+        """
+        do_sample, temperature = gen_kwargs.get("do_sample"), gen_kwargs.get("temperature")
+        if do_sample is False:
+            return 0.0
+        if temperature is not None:
+            if do_sample and float(temperature) == 0.0:
+                self._warn_once(
+                    "sample_at_zero",
+                    "The task asks for do_sample=True at temperature=0, which is greedy decoding; diffusion_lm decodes "
+                    "greedily. Pass the model argument temperature=... to sample.",
+                )
+            return float(temperature)
+        if not do_sample:
+            return 0.0
+        own = float(getattr(getattr(self.model, "diffusion_generation_config", None), "temperature", 0.0) or 0.0)
+        default = own if own > 0 else DEFAULT_SAMPLING_TEMPERATURE
+        self._warn_once(
+            "sample_default",
+            "The task asks for do_sample=True without a temperature: diffusion_lm samples at temperature=%s (%s). Pass "
+            "the model argument temperature=... to choose it.",
+            default,
+            "the model's diffusion_generation_config" if own > 0 else "Hugging Face's default",
+        )
+        return default
+
+    def _draws(self, config: DiffusionGenerationConfig) -> bool:
+        """Whether decoding with `config` draws random numbers: sampling, a random commit order, or a canvas of
+        uniform random tokens (DiffusionGemma's noise)."""
+        return (
+            float(config.temperature or 0.0) > 0.0
+            or config.remasking in ("random", "origin")
+            or getattr(self.adapter, "noise", "mask") != "mask"
+        )
 
     def _prompt_ids(self, context: str, canvas: int) -> list[int]:
         ids = self.tok_encode(context)
@@ -411,25 +457,45 @@ class DiffusionLMEval(TemplateLM):
         return out.sequences[:, width:].cpu(), out.step_map.cpu(), int(out.nfe), seconds
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Decode every request; one that draws random numbers (temperature > 0, `remasking="random"` or `"origin"`, a
+        family whose noise is uniform random tokens) with a generator seeded by the request itself (its context,
+        generation kwargs and which of lm-eval's `repeats` copies it is), so that its text does not depend on the
+        process, the batch it lands in or the order of the requests.
+
+        The decoder draws one batch-shaped tensor per step from one generator, so sampled requests are decoded one at
+        a time; greedy ones are batched (`batch_size`).
+        """
         from tqdm.auto import tqdm
 
         settings = [self._request_config(req.args[1]) for req in requests]
         prompts = [
             self._prompt_ids(req.args[0], config.max_new_tokens) for req, (config, _) in zip(requests, settings)
         ]
+        copies: dict[int, int] = defaultdict(int)
+        keys = []
+        for req in requests:  # lm-eval passes `repeats` copies of one request object: each copy is its own sample
+            keys.append((req.args[0], json.dumps(req.args[1], sort_keys=True, default=str), str(copies[id(req)])))
+            copies[id(req)] += 1
         groups: dict[str, list[int]] = defaultdict(list)
         for i, (config, _) in enumerate(settings):
             groups[config.to_json_string(use_diff=False)].append(i)
         batches = []
         for indices in groups.values():
             order = sorted(indices, key=lambda i: len(prompts[i]))  # as evaluate_few_step: less padding
-            batches += [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            size = 1 if self._draws(settings[indices[0]][0]) else self.batch_size
+            batches += [order[i : i + size] for i in range(0, len(order), size)]
+        if any(self._draws(config) for config, _ in settings) and self.batch_size > 1:
+            self._warn_once(
+                "sampled_alone",
+                "Sampled requests are decoded one at a time, each with a generator seeded by the request (so that the "
+                "samples do not depend on batching or on the number of processes); batch_size applies to greedy ones.",
+            )
 
-        generator = torch.Generator(device=self._device).manual_seed(self.seed + self._rank)
         outputs: list[str | None] = [None] * len(requests)
         stats: list[dict | None] = [None] * len(requests)
         for rows in tqdm(batches, desc="diffusion_lm generate_until", disable=disable_tqdm or self._rank != 0):
             config = settings[rows[0]][0]
+            generator = self._request_generator(*keys[rows[0]], device=self._device) if self._draws(config) else None
             completion_ids, step_map, batch_nfe, seconds = self._decode_batch(
                 [prompts[i] for i in rows], config, generator
             )
@@ -466,10 +532,10 @@ class DiffusionLMEval(TemplateLM):
         """Blocks of the masked bound: the decoding blocks for block-causal families, one block otherwise."""
         return int(self.generation_config.block_length) if self.adapter.block_causal else None
 
-    def _request_generator(self, *parts: str) -> torch.Generator:
-        """A generator seeded by the request itself: the same estimate on any process, in any order."""
+    def _request_generator(self, *parts: str, device=None) -> torch.Generator:
+        """A generator seeded by the request itself: the same draws on any process, in any order."""
         key = zlib.crc32("\x00".join(parts).encode("utf-8"))
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + key)
+        return torch.Generator(device=device or "cpu").manual_seed(self.seed * 1_000_003 + key)
 
     def _fit(self, context_ids: list[int], continuation_ids: list[int]) -> list[int]:
         room = self.max_length - len(continuation_ids)
@@ -495,17 +561,29 @@ class DiffusionLMEval(TemplateLM):
         )
 
     def _is_greedy(self, context_ids: list[int], continuation_ids: list[int]) -> bool:
-        """Whether decoding one token per step (temperature 0) writes exactly this continuation."""
+        """Whether decoding one token per step, deterministically and exactly, writes exactly this continuation.
+
+        Of the decoding settings only the commit order (`remasking` low_confidence / margin / entropy) is kept. Every
+        step commits exactly one token: LLaDA's schedule, no `threshold`, `factor` or `threshold_rule="fast_dllm"`
+        (they commit several), no Dream schedule (its steps commit 0, 1 or 2). Nothing is drawn: temperature 0, and
+        `remasking="random"` / `"origin"` (random commit orders) become low_confidence (the order `origin` proposes
+        with). Forwards are exact: no approximate `cache` (prefix / dual); the exact block KV cache of block-causal
+        families is kept (`use_cache`, same tokens).
+        """
         length = len(continuation_ids)
         block = self._likelihood_block_length()
         config = copy.deepcopy(self.generation_config)
         config.max_new_tokens = _round_up(length, block)
         config.block_length = block
-        config.steps, config.tokens_per_step, config.threshold = None, 1, None
+        config.steps, config.tokens_per_step = None, 1
+        config.threshold, config.factor, config.threshold_rule = None, None, "scheduled"
+        config.schedule = "llada"
+        config.cache, config.cache_refresh_interval = "none", None
         config.temperature, config.top_k, config.top_p = 0.0, None, None
         config.stop_at_eos = False
-        if config.remasking == "random":
+        if config.remasking in ("random", "origin"):
             config.remasking = "low_confidence"
+        config.validate()
         prompt = torch.tensor([self._fit(context_ids, continuation_ids)], dtype=torch.long, device=self._device)
         out = diffusion_generate(
             self.model,
@@ -585,7 +663,15 @@ class DiffusionLMEval(TemplateLM):
             seen[id(req)] += 1
             if seen[id(req)] > (getattr(req, "repeats", None) or 1):
                 continue  # a padding copy
-            records.append({"task": req.task_name, "request_type": request_type, "doc_id": req.doc_id, **record})
+            records.append(
+                {
+                    "task": req.task_name,
+                    "request_type": request_type,
+                    "doc_id": req.doc_id,
+                    "rank": self._rank,
+                    **record,
+                }
+            )
         gathered = self.gather_object(records)
         if self._rank == 0:
             for part in gathered:
@@ -599,17 +685,27 @@ class DiffusionLMEval(TemplateLM):
 
         `nfe` is the mean over samples of the forward passes that committed at least one of the sample's tokens,
         `tokens_per_forward` is committed tokens / those passes, `nfe_per_batch` the decoder's own count per batch
-        (mean over samples), `decode_time_s` the decoding seconds summed over processes. Complete on rank 0 only.
+        (mean over samples). Times: `decode_time_s` / `likelihood_time_s` are the seconds summed over processes
+        (compute time); `wall_time_s` is the wall time of the task's requests, generation and likelihood: the processes
+        run side by side, so it is the longest of their times, and `samples_per_s` is generated samples over the wall
+        time of generation (`decode_wall_time_s`). Complete on rank 0 only.
         """
+
+        def wall(records) -> float:
+            per_rank: dict[int, float] = defaultdict(float)
+            for r in records:
+                per_rank[int(r.get("rank", 0))] += r["seconds"]
+            return max(per_rank.values(), default=0.0)
+
         by_task: dict[str, dict] = {}
         for task in sorted({str(r["task"]) for r in self._records}):
             records = [r for r in self._records if str(r["task"]) == task]
             generation = [r for r in records if r["request_type"] == "generate_until"]
             scoring = [r for r in records if r["request_type"] != "generate_until"]
-            entry: dict = {}
+            entry: dict = {"wall_time_s": wall(records)}
             if generation:
                 total_nfe = sum(r["nfe"] for r in generation)
-                seconds = sum(r["seconds"] for r in generation)
+                decode_wall = wall(generation)
                 entry.update(
                     num_samples=len(generation),
                     nfe=total_nfe / len(generation),
@@ -617,8 +713,9 @@ class DiffusionLMEval(TemplateLM):
                     nfe_per_batch=sum(r["batch_nfe"] for r in generation) / len(generation),
                     tokens_per_step=generation[0]["tokens_per_step"],
                     steps=generation[0]["steps"],
-                    decode_time_s=seconds,
-                    samples_per_s=len(generation) / seconds if seconds > 0 else float("inf"),
+                    decode_time_s=sum(r["seconds"] for r in generation),
+                    decode_wall_time_s=decode_wall,
+                    samples_per_s=len(generation) / decode_wall if decode_wall > 0 else float("inf"),
                 )
             if scoring:
                 entry.update(
@@ -774,7 +871,7 @@ def evaluate_lm_eval_tasks(
                     "`python -m trl_t3d.lm_eval`."
                 )
             timing = speed.get(task, {})
-            seconds = timing.get("decode_time_s", 0.0) + timing.get("likelihood_time_s", 0.0)
+            seconds = timing.get("wall_time_s", 0.0)  # wall time: the processes decode side by side
             count = out.get("n-samples", {}).get(task, {}).get("effective", timing.get("num_samples", 0))
             report = reports.setdefault(
                 task,

@@ -353,6 +353,7 @@ def collect_trajectories(
     dataset_name: str | None = None,
     show_progress: bool = True,
     keep_full_canvas: bool | None = None,
+    lockstep: bool = False,
 ):
     """Decode every prompt of `dataset` with the teacher and return the trajectory dataset.
 
@@ -391,6 +392,9 @@ def collect_trajectories(
             whose predictions depend on the canvas length and whose decoder commits trailing EOS early (the states
             the student trains on are then exactly the teacher's canvases), and cuts for block-causal ones, where
             later blocks never influence earlier ones.
+        lockstep: every process runs as many forwards as the busiest one (idle ones replay a forward). Required when
+            the model is sharded (FSDP, DeepSpeed ZeRO-3), where every forward is a collective: processes hold
+            different numbers of prompts and EOS ends their decoding at different times. `DDOTrainer` sets it.
 
     Returns:
         `datasets.Dataset` with `prompt_ids`, `completion_ids`, `step_map`, `block_length` (+ `prompt`, `completion`,
@@ -468,7 +472,14 @@ def collect_trajectories(
         disable=not show_progress or not state.is_local_main_process,
     )
     local_rows: dict[int, list[dict]] = {}
+    from .generation.lockstep import lockstep_forwards, one_block_forward
+
+    block = int(_get(generation_config, "block_length", None) or 1)
+    paired = lockstep_forwards(
+        model, enabled=lockstep, dummy_forward=lambda: one_block_forward(model, resolved.adapter, block)
+    )
     try:
+        paired.__enter__()
         for k in todo:
             rows = _decode_shard(
                 resolved,
@@ -485,6 +496,7 @@ def collect_trajectories(
             else:
                 local_rows[k] = rows
     finally:
+        paired.__exit__(None, None, None)  # leaves once every process has decoded its share
         progress.close()
         model.train(was_training)
 

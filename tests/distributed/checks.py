@@ -87,8 +87,16 @@ def build_trainer(case: dict, output_dir: str, per_device_train_batch_size: int)
         mask_ratio_exponent=case.get("mask_ratio_exponent", 8.0),
         random_token_ratio=case.get("random_token_ratio", 0.1),
         reference_temperature=case.get("reference_temperature", 0.0),
+        mean_field_temperature=case.get("mean_field_temperature", 0.0),
+        recollect_each_round=bool(case.get("prompts")),
+        generation_max_new_tokens=8,
+        generation_block_length=4,
+        generation_batch_size=2,
     )
-    rows = make_rows(len(tokenizer), **case.get("rows", {}))
+    if case.get("prompts"):  # prompts only: the trainer collects, and recollects with the reference each round
+        rows = [{"prompt": prompt} for prompt in case["prompts"]]
+    else:
+        rows = make_rows(len(tokenizer), **case.get("rows", {}))
     peft_config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False) if case.get("peft") else None
     trainer = DDOTrainer(
         case["model_dir"],

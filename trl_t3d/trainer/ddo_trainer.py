@@ -45,7 +45,6 @@ from ..resolved import DiffusionLM, load_diffusion_lm
 from ..trajectories import dataset_metadata, is_prompt_only, prepare_trajectory_dataset
 from .collator import DDODataCollator
 from .ddo_config import DDOConfig
-from .lockstep import lockstep_forwards
 from .randomness import ROUND_KEY, STATE_KEY, KeyedRows, KeyedSampler, derive_seed, keyed_uniform
 from .reference_state import load_reference, save_reference
 
@@ -544,7 +543,7 @@ class DDOTrainer(_BaseTrainer):
 
         return DiffusionGenerationConfig(**settings)
 
-    def _collect(self, model, processing_class, prompts, args):
+    def _collect(self, model, processing_class, prompts, args, lockstep: bool = False):
         from ..collect import collect_trajectories
 
         if not getattr(model, "hf_device_map", None) and not _is_quantized(model):
@@ -560,6 +559,7 @@ class DDOTrainer(_BaseTrainer):
                 batch_size=args.generation_batch_size,
                 teacher_name=self._teacher_id,
                 seed=args.seed,
+                lockstep=lockstep,
             )
         finally:
             model.train(was_training)
@@ -575,8 +575,7 @@ class DDOTrainer(_BaseTrainer):
         sharded = self.is_fsdp_enabled or is_deepspeed_zero3_enabled()
         with torch.no_grad(), self._reference(self.model) as reference:
             module = self.accelerator.unwrap_model(reference)
-            with lockstep_forwards(module, enabled=sharded):
-                dataset = self._collect(module, self.processing_class, self._prompt_dataset, self.args)
+            dataset = self._collect(module, self.processing_class, self._prompt_dataset, self.args, lockstep=sharded)
         self.train_dataset.swap(self._prepare(dataset, self.processing_class, self.args, "train"), start_key)
         self._round_starts = [*self.__dict__.get("_round_starts", []), start_key]
 

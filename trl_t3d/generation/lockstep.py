@@ -18,9 +18,10 @@ import torch.distributed as dist
 
 
 @contextlib.contextmanager
-def lockstep_forwards(module: torch.nn.Module, enabled: bool = True, dummy_inputs=None):
+def lockstep_forwards(module: torch.nn.Module, enabled: bool = True, dummy_forward=None):
     """Inside the context every top-level forward of `module` is paired across ranks; leaving it waits (replaying a
-    forward) until every rank has left. `dummy_inputs()` -> (args, kwargs) serves a rank that ran no forward at all.
+    forward) until every rank has left. `dummy_forward()` (runs one forward of `module`) serves a rank that ran no
+    forward at all, e.g. one that held no prompts.
     A no-op without an initialized process group or with `enabled=False`."""
     if not enabled or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
         yield
@@ -42,15 +43,27 @@ def lockstep_forwards(module: torch.nn.Module, enabled: bool = True, dummy_input
             state["inputs"] = (args, kwargs)
             working(1)
 
-    handle = module.register_forward_pre_hook(before_forward, with_kwargs=True)
+    # prepended: the pairing all-reduce runs before FSDP's own pre-forward all-gather
+    handle = module.register_forward_pre_hook(before_forward, with_kwargs=True, prepend=True)
     try:
         yield
     finally:
         state["replaying"] = True
         try:
             while working(0):
-                args, kwargs = state["inputs"] if state["inputs"] is not None else dummy_inputs()
                 with torch.no_grad():
-                    module(*args, **kwargs)
+                    if state["inputs"] is not None:
+                        module(*state["inputs"][0], **state["inputs"][1])
+                    else:
+                        dummy_forward()
         finally:
             handle.remove()
+
+
+def one_block_forward(model, adapter, block_length: int) -> None:
+    """One forward of a one-token prompt and one noised block: what a rank without prompts runs while others decode."""
+    device = next(model.parameters()).device
+    prompt = torch.full((1, 1), adapter.pad_token_id or 0, dtype=torch.long, device=device)
+    canvas = torch.full((1, block_length), adapter.mask_token_id or 0, dtype=torch.long, device=device)
+    clean = canvas if adapter.block_causal else None
+    adapter.completion_logits(model, prompt, torch.ones_like(prompt), canvas, clean, block_length=block_length)

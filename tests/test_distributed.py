@@ -130,9 +130,8 @@ def assert_matches_single_process(out: Path, cases, single) -> None:
         assert len(dist["states"]) == 2, name  # both ranks trained
         # the same states: every rank's (key -> x_t) is the 1-process run's
         assert states_by_key(dist) == states_by_key(ref), name
-        torch.testing.assert_close(
-            torch.tensor(dist["losses"]), torch.tensor(ref["losses"]), rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}"
-        )
+        losses = torch.tensor(dist["losses"]), torch.tensor(ref["losses"])
+        torch.testing.assert_close(*losses, rtol=0, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
         assert dist["policy"].keys() == ref["policy"].keys()
         for key, value in dist["policy"].items():
             torch.testing.assert_close(value, ref["policy"][key], rtol=0, atol=2e-5, msg=f"{name}: {key}")

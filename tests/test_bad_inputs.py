@@ -228,7 +228,9 @@ def test_cli_bad_input(call, error, match, tmp_path, paths, monkeypatch):
 def test_recipe_with_an_unknown_key_is_an_error(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model_name_or_path: m\nlearning_rte: 1.0e-5\n")
-    with pytest.raises(ValueError, match=r"Unknown arguments from config file: \['--learning_rte'"):
+    with pytest.raises(
+        ValueError, match=r"Unknown key\(s\) in the recipe .*`learning_rte` \(did you mean `learning_rate`\?\)"
+    ):
         cli.parse_args("distill", ["--config", str(recipe), "--bf16", "false"])
 
 
@@ -281,3 +283,14 @@ def test_tokens_per_step_not_dividing_the_block_is_a_documented_schedule():
     assert config.block_schedule() == [3, 1]
     out = diffusion_generate(testing.make_generic_mlm(), torch.tensor([[11, 12, 13]]), generation_config=config)
     assert out.step_map[0].tolist().count(0) == 3 and out.nfe == 4  # per block of 4: 3 tokens, then 1
+
+
+def test_tokenizer_larger_than_the_embedding_is_named_up_front():
+    """Issue 20.12: a tokenizer with ids the model has no embedding row for failed deep in decoding (IndexError)."""
+    from trl_t3d import DiffusionLM
+
+    tokenizer = testing.make_tokenizer()
+    model = testing.make_generic_mlm(tokenizer)
+    model.resize_token_embeddings(len(tokenizer) - 8)
+    with pytest.raises(ValueError, match=rf"tokenizer has {len(tokenizer)} tokens.*only {len(tokenizer) - 8} rows"):
+        DiffusionLM.from_model(model, tokenizer)

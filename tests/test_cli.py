@@ -95,10 +95,14 @@ def test_unknown_recipe_key_is_an_error(tmp_path):
     )
     with pytest.raises(ValueError, match="learning_rte"):
         cli.parse_args("distill", ["--config", recipe])
-    # a key of another command is unknown too (each command has its own parser)
-    recipe = write_yaml(tmp_path / "bad2.yaml", {"model_name_or_path": "m", "output_dir": "o", "alpha": 0.5})
-    with pytest.raises(ValueError, match="alpha"):
+    # a key of another command is unknown too (each command has its own parser; `collect` reads a distill recipe's
+    # teacher settings, but a key neither knows is an error)
+    recipe = write_yaml(tmp_path / "bad2.yaml", {"model_name_or_path": "m", "output_dir": "o", "alphaa": 0.5})
+    with pytest.raises(ValueError, match="alphaa"):
         cli.parse_args("collect", ["--config", recipe])
+    recipe = write_yaml(tmp_path / "bad3.yaml", {"model_name_or_path": "m", "output_dir": "o", "alpha": 0.5})
+    with pytest.raises(ValueError, match="distill` recipe"):
+        cli.parse_args("eval", ["--config", recipe])
     with pytest.raises((ValueError, SystemExit)):
         cli.parse_args("collect", ["--model_name_or_path", "m", "--not_a_flag", "1"])
 
@@ -209,3 +213,121 @@ def test_recipe_switches_to_the_recommended_preset_with_one_flag(tmp_path):
     # an explicit field beats the preset
     _, args, _ = cli.parse_args("distill", [*common, "--preset", "recommended", "--random_token_ratio", "0.05"])
     assert (args.random_token_ratio, args.mask_ratio_exponent) == (0.05, 0.0)
+
+
+# ------------------------------------------------------------------------------------------------ issue 20.12
+LORA_RECIPE = str(ROOT / "recipes/llada/t3d/config_lora.yaml")
+FULL_RECIPE = str(ROOT / "recipes/llada/t3d/config_full.yaml")
+
+
+def test_recipe_key_typo_gets_did_you_mean(tmp_path):
+    recipe = write_yaml(tmp_path / "r.yaml", {"model_name_or_path": "m", "learning_rte": 1e-5, "bf16": False})
+    with pytest.raises(ValueError, match=r"`learning_rte` \(did you mean `learning_rate`\?\)"):
+        cli.parse_args("distill", ["--config", recipe])
+
+
+def test_command_line_abbreviation_is_refused_with_the_full_name(tmp_path):
+    """argparse's prefix matching took `--learning_rat 1e-5` as `--learning_rate`: refused, naming the flag."""
+    with pytest.raises(ValueError, match=r"`--learning_rat` \(did you mean `--learning_rate`\?\)"):
+        cli.parse_args("distill", ["--output_dir", str(tmp_path), "--bf16", "false", "--learning_rat", "1e-5"])
+    with pytest.raises(ValueError, match=r"`--max_new_token` \(did you mean `--max_new_tokens`\?\)"):
+        cli.parse_args("collect", ["--max_new_token=8"])
+
+
+def test_collect_reads_a_distill_recipe_as_distill_would(tmp_path):
+    """`trl-t3d collect --help` suggests config_lora.yaml: it is accepted, with the teacher decoding distill uses."""
+    script_args, model_args, decoding = cli.parse_args("collect", ["--config", LORA_RECIPE, "--output_dir", "o"])
+    _, training_args, distill_model = cli.parse_args(
+        "distill", ["--config", LORA_RECIPE, "--output_dir", str(tmp_path), "--bf16", "false"]
+    )
+    teacher = training_args.teacher_generation_settings()
+    assert {k: getattr(decoding, k) for k in teacher} == teacher
+    assert decoding.temperature == 0.1  # the recipe's preset t3d_paper, resolved as distill resolves it
+    assert model_args.model_name_or_path == distill_model.model_name_or_path and model_args.trust_remote_code
+    assert (script_args.prompt_column, script_args.seed, script_args.output_dir) == ("problem", 42, "o")
+    assert script_args.batch_size == training_args.generation_batch_size
+
+
+def test_eval_refuses_a_distill_recipe_with_the_command_for_its_student():
+    with pytest.raises(
+        ValueError, match=r"trl-t3d eval --model_name_or_path LLaDA-8B-Instruct-T3D-LoRA --trust_remote_code"
+    ):
+        cli.parse_args("eval", ["--config", LORA_RECIPE])
+    help_text = cli.make_parser("eval").format_help()
+    assert "config_lora.yaml" not in help_text.split("--config")[1].split("--")[0]  # it no longer suggests one
+
+
+def test_lora_student_from_the_full_recipe_does_not_take_its_hub_model_id(tmp_path):
+    common = ["--config", FULL_RECIPE, "--use_peft", "--output_dir", str(tmp_path / "student"), "--bf16", "false"]
+    _, args, _ = cli.parse_args("distill", common)
+    assert args.hub_model_id is None  # the card then names the output folder, which holds the adapter
+    with pytest.raises(ValueError, match=r"hub_model_id: LLaDA-8B-Instruct-T3D.*Pass `--hub_model_id"):
+        cli.parse_args("distill", [*common, "--push_to_hub", "true"])
+    _, args, _ = cli.parse_args("distill", [*common, "--hub_model_id", "me/llada-lora"])
+    assert args.hub_model_id == "me/llada-lora"
+    _, args, _ = cli.parse_args("distill", ["--config", FULL_RECIPE, "--bf16", "false"])
+    assert args.hub_model_id == "LLaDA-8B-Instruct-T3D"  # the recipe's own run keeps it
+
+
+def run_command_line(monkeypatch, capsys, *argv):
+    monkeypatch.setattr("sys.argv", ["trl-t3d", *argv])
+    code = cli.main()
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def test_user_errors_print_the_message_without_a_traceback(monkeypatch, capsys, tmp_path):
+    import torch
+
+    monkeypatch.setitem(os.environ, "TRL_T3D_TRACEBACK", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, err = run_command_line(
+        monkeypatch, capsys, "distill", "--config", FULL_RECIPE, "--output_dir", str(tmp_path)
+    )
+    assert code == 1 and "Traceback" not in err
+    assert err.count("\n") == 1 and err.count("--bf16 false") == 1 and err.startswith("trl-t3d distill: error: ")
+    code, err = run_command_line(
+        monkeypatch, capsys, "eval", "--model_name_or_path", "./no/such/model", "--task", "arithmetic"
+    )
+    assert code == 1 and "Traceback" not in err and "does not exist" in err and err.count("\n") == 1
+
+
+def test_a_model_path_that_does_not_exist_says_so_before_the_tokenizer():
+    with pytest.raises(FileNotFoundError, match=r"No model folder at './no/such/model': .* does not exist"):
+        cli.run("eval", ["--model_name_or_path", "./no/such/model", "--task", "arithmetic"])
+
+
+def test_help_does_not_import_bitsandbytes():
+    """peft imports bitsandbytes eagerly when it is installed, and its import fetches kernels and warns."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nsys.argv = ['trl-t3d', 'collect', '--help']\nfrom trl_t3d import cli\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "print('BNB', sys.modules.get('bitsandbytes') is not None)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "BNB False" in result.stdout, result.stderr[-2000:]
+    assert "kernels-community" not in result.stderr
+    assert cli.asks_for_quantization(["distill", "--load_in_4bit"])
+    assert cli.asks_for_quantization(["distill", "--load_in_8bit", "true"])
+    assert not cli.asks_for_quantization(["distill", "--load_in_4bit", "false", "--config", FULL_RECIPE])
+
+
+def test_dataset_config_on_a_local_file_is_said_to_be_ignored(tmp_path, caplog):
+    from trl_t3d.scripts.utils import DatasetArguments, load_prompt_dataset
+
+    data = tmp_path / "p.jsonl"
+    data.write_text('{"prompt": "1+1="}\n')
+    with caplog.at_level("WARNING"):
+        dataset = load_prompt_dataset(DatasetArguments(dataset_name=str(data), dataset_config="main"))
+    assert len(dataset) == 1
+    assert "`--dataset_config main` is ignored" in caplog.text and "local file" in caplog.text
+
+
+def test_diffusion_kv_cache_is_importable_at_the_top_level():
+    import trl_t3d
+    from trl_t3d.generation import DiffusionKVCache
+
+    assert trl_t3d.DiffusionKVCache is DiffusionKVCache

@@ -103,3 +103,25 @@ def test_model_card_in_a_source_checkout_that_is_not_installed(monkeypatch):
         model_name="s", repo_id="me/s", quick_start="## Quick start\n\nx\n", training_details="### T3D training\n"
     )
     assert f"- trl-t3d: {trl_t3d.__version__}\n" in card.text
+
+
+def test_training_procedure_section_is_filled_and_explains_the_reference_adapter():
+    """Issue 20.12: TRL's "Training procedure" held only empty tracker-badge lines, and a LoRA student's `ref/`
+    folder (the self-play reference adapter) was not explained."""
+    details = "### T3D training\n\n- Teacher / reference: `m`"
+    card = student_model_card(
+        model_name="s",
+        repo_id="me/s",
+        quick_start="## Quick start\n\nx\n",
+        training_details=details,
+        is_adapter=True,
+        reference_adapter="ref",
+    )
+    section = card.text.split("## Training procedure\n", 1)[1].split("### Framework versions", 1)[0]
+    assert "\n\n\n" not in section and not any(line.isspace() for line in section.splitlines())
+    assert "trained with T3D-DDO" in section and details in section and "trajectories" in section
+    assert "`ref/`" in section and "PeftModel.from_pretrained" in section
+    plain = student_model_card(
+        model_name="s", repo_id="me/s", quick_start="## Quick start\n\nx\n", training_details=details
+    )
+    assert "`ref/`" not in plain.text and details in plain.text

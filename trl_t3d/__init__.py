@@ -21,6 +21,7 @@ from .generation import (  # noqa: E402, F401
     AutoModelForDiffusionLM,
     DiffusionGenerateOutput,
     DiffusionGenerationConfig,
+    DiffusionKVCache,
     DiffusionLMGenerationMixin,
     add_diffusion_generation,
     diffusion_generate,

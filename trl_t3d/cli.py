@@ -12,6 +12,7 @@ over the recipe. A key that no dataclass of the command knows is an error, in th
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -53,8 +54,67 @@ def run(command: str, argv: list[str]):
     return module.main(*parse_args(command, argv))
 
 
+QUANTIZATION_FLAGS = ("load_in_4bit", "load_in_8bit")
+TRACEBACK_ENV = "TRL_T3D_TRACEBACK"
+
+
+def asks_for_quantization(argv: list[str]) -> bool:
+    """Whether the command line or its `--config` recipe turns on 4-bit / 8-bit loading (bitsandbytes)."""
+    from .scripts.utils import _pop_config
+
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name.lstrip("-").replace("-", "_") in QUANTIZATION_FLAGS:
+            if not value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value = argv[i + 1]
+            if value.lower() not in ("false", "0", "no"):
+                return True
+    try:
+        _, recipe = _pop_config(argv)
+        if recipe is not None:
+            import yaml
+
+            with open(recipe) as f:
+                config = yaml.safe_load(f) or {}
+            return isinstance(config, dict) and any(bool(config.get(flag)) for flag in QUANTIZATION_FLAGS)
+    except (OSError, ValueError, ImportError):
+        return False  # the parser says what is wrong with the recipe
+    return False
+
+
+def _without_bitsandbytes() -> None:
+    """Keep bitsandbytes unimported in this process (peft and transformers import it eagerly when it is installed,
+    and its import fetches kernels and warns, even for `--help`). Only for a command that asks for no quantization."""
+    if "bitsandbytes" not in sys.modules:
+        sys.modules["bitsandbytes"] = (
+            None  # `find_spec` says "not installed"; `import bitsandbytes` raises ImportError
+        )
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors that report a wrong input (a flag, a path, a recipe, the network), not a bug of trl-t3d."""
+    return (ValueError, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The `trl-t3d` command. From the command line (`argv` None), a wrong input prints its message, not a traceback
+    (set `TRL_T3D_TRACEBACK=1` to see it), and returns 1; called with `argv` (Python, tests), errors are raised."""
+    if argv is None:
+        argv = list(sys.argv[1:])
+        if not asks_for_quantization(argv):
+            _without_bitsandbytes()
+        try:
+            return _main(argv)
+        except _user_error_types() as err:
+            if os.environ.get(TRACEBACK_ENV, "").lower() not in ("", "0", "false"):
+                raise
+            command = argv[0] if argv and argv[0] in COMMANDS else None
+            print(f"trl-t3d{' ' + command if command else ''}: error: {err}", file=sys.stderr)
+            return 1
+    return _main(list(argv))
+
+
+def _main(argv: list[str]) -> int:
     listing = "\n".join(f"  {name:<9}{help_}" for name, (_, help_) in COMMANDS.items())
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE % listing)

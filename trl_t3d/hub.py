@@ -241,8 +241,12 @@ def student_model_card(
     tags=(),
     trainer_name: str = "T3D-DDO",
     paper: dict | None = None,
+    reference_adapter: str | None = None,
 ):
     """TRL's model card (`generate_model_card`) for a T3D student: our quick start, training details and versions.
+
+    `reference_adapter`: the name of a second adapter saved beside a LoRA student (PEFT writes it to that subfolder,
+    e.g. `ref/`: the self-play reference), which the card then explains.
 
     Returns a `huggingface_hub.ModelCard`; `card.save(path)` writes it.
     """
@@ -271,10 +275,41 @@ def student_model_card(
             f"This model is a few-step student of `{teacher or 'a local model'}`",
         )
     text = _replace_section(text, "## Quick start", quick_start)
-    text = text.replace("### Framework versions", f"{training_details.strip()}\n\n### Framework versions", 1)
+    text = _with_training_procedure(text, training_details, reference_adapter)
     text = text.replace("- TRL: ", f"- trl-t3d: {trl_t3d_version()}\n- TRL: ", 1)
     card.text = text
     return card
+
+
+def student_training_procedure(training_details: str, *, reference_adapter: str | None = None) -> str:
+    """The body of the card's "Training procedure": how the student was made, and what each saved folder is for."""
+    parts = [
+        "Few-step distillation by T3D (trajectory self-distillation): the teacher decoded the prompts slowly and its "
+        "trajectories (tokens and the step each was committed at) became the training states; the student learned "
+        "with DDO, a discriminative objective against a frozen reference, to commit several tokens per step.",
+        training_details.strip(),
+    ]
+    if reference_adapter:
+        parts.append(
+            f"The `{reference_adapter}/` folder holds a second LoRA adapter: the frozen reference of the last "
+            "self-play round (DDO compares the student with it). Training resumes from it; loading and decoding the "
+            f"student need only the adapter at the top of the repository (`PeftModel.from_pretrained` loads that one"
+            f" and ignores `{reference_adapter}/`)."
+        )
+    return "\n\n".join(p for p in parts if p)
+
+
+def _with_training_procedure(text: str, training_details: str, reference_adapter: str | None) -> str:
+    """`text` with TRL's "## Training procedure" (tracker badge lines, empty here) holding our procedure, before its
+    "### Framework versions"."""
+    body = student_training_procedure(training_details, reference_adapter=reference_adapter)
+    start, versions = text.find("## Training procedure\n"), text.find("### Framework versions")
+    if start < 0 or versions < start:
+        return text.replace("### Framework versions", f"{body}\n\n### Framework versions", 1)
+    kept = [
+        line for line in text[start + len("## Training procedure\n") : versions].splitlines() if line.strip()
+    ]  # TRL's "This model was trained with ..." sentence; the empty badge lines go
+    return text[:start] + "\n\n".join(["## Training procedure", *kept, body]) + "\n\n" + text[versions:]
 
 
 def trl_t3d_version() -> str:

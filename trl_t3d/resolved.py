@@ -151,6 +151,7 @@ class DiffusionLM:
                 adapter = type(named) if isinstance(named, BaseDiffusionAdapter) else named
                 if mask_token_id is None:
                     mask_token_id = getattr(model.diffusion_generation_config, "mask_token_id", None)
+        _check_vocabulary_fits(model, tokenizer)
         adapter = get_adapter(model, adapter, tokenizer=tokenizer, mask_token_id=mask_token_id)
         return cls(model, processing_class, adapter)
 
@@ -204,6 +205,42 @@ class DiffusionLM:
         return ids, text
 
 
+def _check_vocabulary_fits(model, tokenizer) -> None:
+    """A tokenizer with ids the model's embedding has no row for fails deep inside decoding (`IndexError: index out of
+    range in self`); say it here, with both sizes."""
+    try:
+        rows = model.get_input_embeddings().weight.shape[0]
+        size = len(tokenizer)
+    except (AttributeError, TypeError, NotImplementedError):
+        return  # no embedding to compare with (a family with its own input layer); decoding checks ids itself
+    if size > rows:
+        name = getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+        raise ValueError(
+            f"The tokenizer has {size} tokens, but the model ({name}) has an embedding of only {rows} rows: token ids "
+            f">= {rows} would crash decoding. Load the model's own tokenizer (from the same folder or Hub id), or "
+            f"grow the embedding to the tokenizer with `model.resize_token_embeddings({size})` (new rows are untrained)."
+        )
+
+
+def _check_local_path(name_or_path) -> None:
+    """A path (`./x`, `../x`, `/x`, `~/x`, `x/y/z`, `x/`) that does not exist is said so, instead of the Hub's
+    "Repo id must use alphanumeric chars" about a name that was never meant as a Hub id."""
+    import os
+
+    name = str(name_or_path)
+    looks_like_path = (
+        name.startswith(("./", "../", "/", "~", ".\\")) or name.endswith(("/", os.sep)) or name.count("/") > 1
+    )
+    if looks_like_path and not os.path.isdir(os.path.expanduser(name)):
+        where = os.path.abspath(os.path.expanduser(name))
+        parent = os.path.dirname(where.rstrip(os.sep))
+        hint = "" if os.path.isdir(parent) else f" (nor does its parent folder {parent})"
+        raise FileNotFoundError(
+            f"No model folder at {name!r}: {where} does not exist{hint}. Check the path (relative paths start from "
+            f"{os.getcwd()}), or give a Hub id such as `GSAI-ML/LLaDA-8B-Instruct`."
+        )
+
+
 def _torch_dtype(dtype):
     import torch
 
@@ -222,6 +259,7 @@ def load_tokenizer(
     has no pad token."""
     import transformers
 
+    _check_local_path(pretrained_model_name_or_path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(
         pretrained_model_name_or_path, trust_remote_code=trust_remote_code, revision=revision
     )
@@ -261,6 +299,7 @@ def load_diffusion_lm(
 
     from .generation import AutoModelForDiffusionLM
 
+    _check_local_path(pretrained_model_name_or_path)
     if processing_class is None:
         processing_class = load_tokenizer(
             pretrained_model_name_or_path, trust_remote_code=trust_remote_code, revision=revision

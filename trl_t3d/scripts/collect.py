@@ -128,9 +128,61 @@ def main(script_args: CollectArguments, model_args: TeacherArguments, decoding_a
 DATACLASSES = (CollectArguments, TeacherArguments, DecodingArguments)
 
 
+def read_distill_recipe(config: dict, path: str) -> dict:
+    """A `trl-t3d distill` recipe as `collect` arguments: its teacher, prompts and teacher decoding, resolved by
+    `DDOConfig` exactly as `distill` resolves them (presets included), so `collect` writes the trajectories `distill`
+    would. A YAML of `collect`'s own arguments passes through unchanged."""
+    from dataclasses import fields
+
+    from .distill import make_parser as distill_parser
+
+    own = {f.name for dtype in DATACLASSES for f in fields(dtype)}
+    if all(key in own for key in config):
+        return config
+    distill = distill_parser()
+    training_only = dict(bf16=False, fp16=False, push_to_hub=False, report_to="none", use_cpu=True)
+    unknown = distill.set_defaults_with_config(**{**config, **training_only})
+    if unknown:  # neither collect's nor distill's: the usual error names them (with "did you mean")
+        return config
+    script_args, training_args, model_args = distill.parse_args_into_dataclasses(args=[])
+    settings = training_args.teacher_generation_settings()
+    decoding = {f.name for f in fields(DecodingArguments)}
+    extra = sorted(k for k in settings if k not in decoding and k != "mask_token_id")
+    if extra:
+        raise ValueError(
+            f"The recipe {path} sets teacher decoding settings `trl-t3d collect` has no argument for ({extra}): "
+            "collect with `trl-t3d distill` itself, or with `trl_t3d.collect_trajectories` in Python."
+        )
+    init_kwargs = dict(training_args.model_init_kwargs or {})
+    collect = dict(
+        model_name_or_path=model_args.model_name_or_path,
+        model_revision=model_args.model_revision,
+        dtype=str(init_kwargs.get("dtype", model_args.dtype)).replace("torch.", ""),
+        adapter=training_args.adapter,
+        mask_token_id=training_args.mask_token_id,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dataset_name=script_args.dataset_name,
+        dataset_config=script_args.dataset_config,
+        dataset_split=script_args.dataset_split,
+        prompt_column=script_args.prompt_column,
+        max_samples=script_args.max_samples,
+        reasoning_suffix=script_args.reasoning_suffix,
+        apply_chat_template=script_args.apply_chat_template,
+        batch_size=training_args.generation_batch_size,
+        shard_size=script_args.collect_shard_size,
+        seed=training_args.seed,
+        **{k: v for k, v in settings.items() if k in decoding},
+    )
+    logger.info("Read the teacher, data and teacher decoding of the distill recipe %s.", path)
+    return {k: v for k, v in collect.items() if v is not None}
+
+
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     description = "Collect decoding trajectories (tokens + the step each was committed at) from a diffusion LM."
-    return build_parser("collect", DATACLASSES, description, subparsers, prog)
+    parser = build_parser("collect", DATACLASSES, description, subparsers, prog)
+    parser.t3d_read_recipe = read_distill_recipe
+    return parser
 
 
 if __name__ == "__main__":

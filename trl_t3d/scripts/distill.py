@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from .utils import (
     DatasetArguments,
     build_parser,
+    given_on_command_line,
     hub_dataset_name,
     load_diffusion_model,
     load_prompt_dataset,
@@ -232,11 +233,48 @@ def _model_config_class():
     return ModelConfigForT3D
 
 
+def recipe_hub_model_id_for_this_run(parsed, argv: list[str], recipe: dict | None) -> None:
+    """A recipe's `hub_model_id` names the model that recipe makes. When this run makes another one (a LoRA adapter
+    from a full fine-tuning recipe with `--use_peft`, or another `--output_dir`), the card and the push must not
+    point at it: the id is dropped (the card then names the output folder), and a push without `--hub_model_id` is
+    refused."""
+    _, training_args, model_args = parsed
+    if not recipe or not recipe.get("hub_model_id") or given_on_command_line(argv, "hub_model_id"):
+        return
+    if training_args.hub_model_id != recipe["hub_model_id"]:
+        return
+    reasons = []
+    if model_args.use_peft and not recipe.get("use_peft"):
+        reasons.append("`--use_peft` makes a LoRA adapter, and the recipe's id names its fully fine-tuned model")
+    recipe_dir = recipe.get("output_dir")
+    if recipe_dir and os.path.normpath(str(recipe_dir)) != os.path.normpath(training_args.output_dir):
+        reasons.append(f"`--output_dir {training_args.output_dir}` replaces the recipe's `{recipe_dir}`")
+    if not reasons:
+        return
+    if training_args.push_to_hub:
+        raise ValueError(
+            f"The recipe's `hub_model_id: {recipe['hub_model_id']}` is not this run's model ({'; '.join(reasons)}). "
+            "Pass `--hub_model_id <owner>/<name>` to say which repository this student is pushed to."
+        )
+    logger.warning(
+        "Not using the recipe's hub_model_id %r for this student (%s): its card names %r instead; pass "
+        "`--hub_model_id` to choose.",
+        recipe["hub_model_id"],
+        "; ".join(reasons),
+        os.path.basename(os.path.normpath(training_args.output_dir)),
+    )
+    training_args.hub_model_id = None
+
+
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     from ..trainer import DDOConfig
 
     description = "Distill a diffusion LM into a few-step student with T3D (trajectory self-distillation + DDO)."
-    return build_parser("distill", (DistillArguments, DDOConfig, _model_config_class()), description, subparsers, prog)
+    parser = build_parser(
+        "distill", (DistillArguments, DDOConfig, _model_config_class()), description, subparsers, prog
+    )
+    parser.t3d_after_parse = recipe_hub_model_id_for_this_run
+    return parser
 
 
 def parse_args_with_defaults(defaults: dict, argv: list[str] | None = None):

@@ -230,9 +230,32 @@ def evaluate_with_lm_eval(script_args: EvalArguments, model_args: TeacherArgumen
 DATACLASSES = (EvalArguments, TeacherArguments)
 
 
+def refuse_distill_recipe(config: dict, path: str) -> dict:
+    """A `trl-t3d distill` recipe is refused with the `eval` command for the student it writes; `eval`'s own YAML
+    passes through."""
+    from dataclasses import fields
+
+    from .distill import make_parser as distill_parser
+    from .utils import _option_names
+
+    unknown = [key for key in config if key not in {f.name for dtype in DATACLASSES for f in fields(dtype)}]
+    if not unknown or not set(unknown) <= set(_option_names(distill_parser())):
+        return config  # eval's own YAML; or typos, which the usual error names (with "did you mean")
+    student = config.get("output_dir") or "<the distill output_dir>"
+    remote = " --trust_remote_code" if config.get("trust_remote_code") else ""
+    raise ValueError(
+        f"{path} is a `trl-t3d distill` recipe (training settings), which `trl-t3d eval` does not read. Evaluate the "
+        f"student it writes with `trl-t3d eval --model_name_or_path {student}{remote} --task arithmetic` (or "
+        "`--dataset_name` + `--answer_column`, or `--lm_eval_tasks gsm8k`), or give `--config` a YAML of the "
+        "arguments `trl-t3d eval --help` lists."
+    )
+
+
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     description = "Evaluate accuracy and speed per tokens-per-step (JSON report + PNG frontier plot)."
-    return build_parser("eval", DATACLASSES, description, subparsers, prog)
+    parser = build_parser("eval", DATACLASSES, description, subparsers, prog)
+    parser.t3d_read_recipe = refuse_distill_recipe
+    return parser
 
 
 if __name__ == "__main__":

@@ -184,6 +184,13 @@ def load_prompt_dataset(args: DatasetArguments):
     name = args.dataset_name
     if not name:
         raise ValueError("No dataset: pass `--dataset_name` (a Hub id, a `save_to_disk` directory or a data file).")
+    if args.dataset_config and os.path.exists(name):
+        logger.warning(
+            "`--dataset_config %s` is ignored: %s is a local %s, which has no configurations (only Hub datasets do).",
+            args.dataset_config,
+            name,
+            "folder" if os.path.isdir(name) else "file",
+        )
     if os.path.isdir(name) and (
         os.path.exists(os.path.join(name, "dataset_info.json"))
         or os.path.exists(os.path.join(name, "dataset_dict.json"))
@@ -304,10 +311,15 @@ HELP_SECTIONS = {
     "ModelConfigForT3D": "model, LoRA and 4-bit loading (trl.ModelConfig)",
 }
 TRAINING_SECTION = "training (transformers.TrainingArguments: optimizer, schedule, precision, saving, logging, hub)"
-CONFIG_HELP = (
-    "YAML recipe: keys are the argument names below (e.g. recipes/llada/t3d/config_lora.yaml); arguments given on "
-    "the command line override it. A key no argument knows is an error."
-)
+CONFIG_HELP = {
+    "distill": "YAML recipe: keys are the argument names below (e.g. recipes/llada/t3d/config_lora.yaml); arguments "
+    "given on the command line override it. A key no argument knows is an error.",
+    "collect": "YAML of the arguments below; arguments given on the command line override it. A `trl-t3d distill` "
+    "recipe (e.g. recipes/llada/t3d/config_lora.yaml) works too: its teacher, data and teacher-decoding settings are "
+    "read (what `distill` would collect), its training settings are left out.",
+    "eval": "YAML of the arguments below; arguments given on the command line override it. A key no argument knows is "
+    "an error (a `trl-t3d distill` recipe is refused, with the `eval` command for the student it writes).",
+}
 
 
 def _arrange_help(parser, dataclass_types) -> None:
@@ -335,7 +347,13 @@ def _arrange_help(parser, dataclass_types) -> None:
         if title is not None:
             default._group_actions.remove(action)
             groups[title]._group_actions.append(action)
-    default.add_argument("--config", metavar="RECIPE.yaml", dest="config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+    default.add_argument(
+        "--config",
+        metavar="RECIPE.yaml",
+        dest="config",
+        default=argparse.SUPPRESS,
+        help=CONFIG_HELP.get(getattr(parser, "t3d_command", None), CONFIG_HELP["distill"]),
+    )
 
 
 BF16_ON_CPU_HINT = (
@@ -344,16 +362,102 @@ BF16_ON_CPU_HINT = (
 )
 
 
+def _option_names(parser) -> list[str]:
+    return sorted({a.dest for a in parser._actions if a.option_strings and a.dest not in ("help", "config")})
+
+
+def _unknown_message(names: list[str], known: list[str], prefix: str = "") -> str:
+    """`--x` (did you mean `--y`?), one per unknown name."""
+    import difflib
+
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name.replace("-", "_"), known, n=1, cutoff=0.75)
+        parts.append(f"`{prefix}{name}`" + (f" (did you mean `{prefix}{close[0]}`?)" if close else ""))
+    return ", ".join(parts)
+
+
+def _pop_config(argv: list[str]) -> tuple[list[str], str | None]:
+    """`argv` without `--config PATH` / `--config=PATH`, and PATH."""
+    argv, path = list(argv), None
+    for i, arg in enumerate(argv):
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise ValueError("`--config` needs a path to a YAML recipe.")
+            path = argv[i + 1]
+            del argv[i : i + 2]
+            break
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+            del argv[i]
+            break
+    return argv, path
+
+
+def read_recipe(path: str) -> dict:
+    """A YAML recipe as a dict (a missing file or a file that is no mapping is said so)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No recipe at {path} (from {os.getcwd()}). Check the path given to `--config`.")
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict):
+        raise ValueError(f"The recipe {path} must be a YAML mapping of argument names to values.")
+    return config
+
+
 def parse_command_line(parser, argv=None):
-    """`parser.parse_args_and_config(argv)`, with the fix spelled out for errors a recipe meets on another machine."""
+    """Recipe (`--config`) + command line into the command's dataclasses, like `TrlParser.parse_args_and_config`, with
+    errors that name the fix: an unknown key or flag gets "did you mean", abbreviations are refused (`allow_abbrev`
+    off: `--learning_rat` is not `--learning_rate`), and a command may read another command's recipe through
+    `parser.t3d_read_recipe` (`collect` reads a distill recipe's teacher settings)."""
+    import sys
+
+    argv, recipe_path = _pop_config(sys.argv[1:] if argv is None else argv)
+    known = _option_names(parser)
+    recipe = None
+    if recipe_path is not None:
+        config = read_recipe(recipe_path)
+        recipe = dict(config)
+        for key, value in (config.pop("env", None) or {}).items():
+            os.environ[key] = str(value)
+        read_recipe_hook = getattr(parser, "t3d_read_recipe", None)
+        if read_recipe_hook is not None:
+            config = read_recipe_hook(config, recipe_path)
+        unknown = [key for key in config if key not in known]
+        if unknown:
+            command = getattr(parser, "t3d_command", None)
+            raise ValueError(
+                f"Unknown key(s) in the recipe {recipe_path}: {_unknown_message(unknown, known)}. Every key must be an "
+                f"argument of {'`trl-t3d ' + command + '`' if command else 'the command'} (listed by `--help`): fix the "
+                "spelling or remove the key."
+            )
+        parser.set_defaults_with_config(**config)
     try:
-        return parser.parse_args_and_config(argv)
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except ValueError as err:
         import torch
 
         if "bf16" in str(err) and not torch.cuda.is_available():
-            raise ValueError(f"{err} {BF16_ON_CPU_HINT}") from err
+            raise ValueError(f"{err} {BF16_ON_CPU_HINT}") from None
         raise
+    if remaining:
+        flags = [a.split("=", 1)[0][2:] for a in remaining if a.startswith("--")]
+        raise ValueError(
+            f"Unknown argument(s) {_unknown_message(flags, known, '--') if flags else remaining}: fix the spelling "
+            "(names are matched whole, never by prefix) or see `--help`."
+        )
+    after_parse = getattr(parser, "t3d_after_parse", None)
+    if after_parse is not None:
+        after_parse(parsed, argv, recipe)
+    return tuple(parsed)
+
+
+def given_on_command_line(argv: list[str], name: str) -> bool:
+    """Whether `--name` (or `--name=...`, or its hyphenated spelling) is among the command-line arguments."""
+    spellings = {f"--{name}", f"--{name.replace('_', '-')}"}
+    return any(arg.split("=", 1)[0] in spellings for arg in argv)
 
 
 def build_parser(command: str, dataclass_types: tuple, description: str, subparsers=None, prog: str | None = None):
@@ -362,10 +466,11 @@ def build_parser(command: str, dataclass_types: tuple, description: str, subpars
 
     if subparsers is not None:
         parser = subparsers.add_parser(
-            command, help=description, description=description, dataclass_types=dataclass_types
+            command, help=description, description=description, dataclass_types=dataclass_types, allow_abbrev=False
         )
-    else:
-        parser = TrlParser(dataclass_types, prog=prog, description=description)
+    else:  # allow_abbrev=False: `--learning_rat` is an unknown flag, not silently `--learning_rate`
+        parser = TrlParser(dataclass_types, prog=prog, description=description, allow_abbrev=False)
+    parser.t3d_command = command
     parser.usage = "%(prog)s [-h] [--config RECIPE.yaml] [--<argument> VALUE ...]"  # the full list is below
     _arrange_help(parser, dataclass_types)
     return parser

@@ -266,11 +266,20 @@ def test_ddo_trainer_with_lora_runs_one_policy_forward_and_the_reference_forward
     )
     assert trainer.ref_model is None and trainer.adapter.name == "diffusion_gemma"
     calls = []
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     handle = trainer.model.get_base_model().register_forward_hook(lambda *a: calls.append(1))
     trainer.train()
     handle.remove()
     assert len(calls) == 1 + 1 + 4  # policy, DDO's reference (adapters disabled), 4 mean-field queries
     assert all(torch.isfinite(torch.tensor(v)) for v in trainer.state.log_history[0].values() if isinstance(v, float))
+    # the one step trained the adapters and only them: every LoRA B starts at zero (PEFT's init) and has moved (its
+    # gradient is nonzero while A's is zero at B = 0, so A stays put); the base weights are bit for bit the loaded ones
+    after = dict(trainer.model.named_parameters())
+    lora_b = [n for n in after if "lora_B" in n]
+    assert lora_b and all(not before[n].any() for n in lora_b)
+    assert [n for n in lora_b if not after[n].detach().any()] == []
+    frozen = [n for n in after if "lora_" not in n]
+    assert frozen and [n for n in frozen if not torch.equal(after[n].detach(), before[n])] == []
     # encoder and decoder share base weights but not adapters: merging would add both deltas to one weight
     for merge in (
         trainer.model.merge_and_unload,

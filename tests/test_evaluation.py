@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -325,25 +326,57 @@ def tiny_model(tokenizer):
     return testing.make_generic_mlm(tokenizer, hidden_size=32, num_layers=2, seed=0)
 
 
+def _plain_loop_completion(model, tokenizer, prompt, length, per_step):
+    """Greedy decoding written without the decoder: one unpadded full forward per step, the `per_step` most confident
+    masked positions (probability of the argmax, the mask never proposed) take their argmax; the text up to EOS."""
+    context, mask = tokenizer(prompt)["input_ids"], tokenizer.mask_token_id
+    state = [mask] * length
+    while mask in state:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([context + state])).logits[0, len(context) :]
+        probs = torch.softmax(logits.double(), -1)
+        probs[:, mask] = -1.0
+        confidence, tokens = probs.max(-1)
+        undecided = [i for i in range(length) if state[i] == mask]
+        for i in sorted(undecided, key=lambda i: -confidence[i].item())[:per_step]:
+            state[i] = int(tokens[i])
+    if tokenizer.eos_token_id in state:
+        state = state[: state.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(state, skip_special_tokens=True)
+
+
 def test_evaluate_few_step_reports_nfe_consistent_with_tokens_per_step(tiny_model, tokenizer, tmp_path):
     task = arithmetic_task(6, seed=0)
+    settings = dict(generation_config={"max_new_tokens": 8, "block_length": 8, "stop_at_eos": False}, batch_size=4)
     report = evaluate_few_step(
         tiny_model,
         tokenizer,
         task,
         [1, 2, 4, 8],
-        generation_config={"max_new_tokens": 8, "block_length": 8, "stop_at_eos": False},
-        batch_size=4,
+        **settings,
         output_dir=str(tmp_path),
         model_name="tiny",
         show_progress=False,
+        num_samples_logged=6,
     )
     assert [r["tokens_per_step"] for r in report["results"]] == [1, 2, 4, 8]
+    plain = {k: [_plain_loop_completion(tiny_model, tokenizer, p, 8, k) for p in task.prompts] for k in (1, 2, 4, 8)}
     for r in report["results"]:
         k = r["tokens_per_step"]
         assert r["nfe"] == 8 / k and r["nfe_per_batch"] == 8 / k  # no EOS stop: every sample pays ceil(8 / k)
         assert r["tokens_per_forward"] == k
-        assert 0.0 <= r["accuracy"] <= 1.0 and r["wall_time_s"] > 0 and r["samples_per_s"] > 0
+        assert r["wall_time_s"] > 0 and r["samples_per_s"] > 0
+        # the texts of left-padded batches are those of a plain unpadded loop, and the accuracy is theirs, scored
+        # here by "the last integer is the sum"
+        assert [s["completion"] for s in r["samples"]] == plain[k]
+        right = [bool(re.findall(r"-?\d+", c)) and int(re.findall(r"-?\d+", c)[-1]) == a for c, a in
+                 zip(plain[k], task.references)]  # fmt: skip
+        assert r["accuracy"] == sum(right) / 6 and r["num_correct"] == sum(right)
+    # an accuracy strictly between 0 and 1: the even prompts' references are the one-token-per-step texts
+    echo = Task("echo", task.prompts, [c if i % 2 == 0 else "-" for i, c in enumerate(plain[1])], verifier="exact")
+    results = evaluate_few_step(tiny_model, tokenizer, echo, [1, 2, 4, 8], **settings, show_progress=False)["results"]
+    expected = [sum(plain[k][i] == plain[1][i] for i in (0, 2, 4)) / 6 for k in (1, 2, 4, 8)]
+    assert [r["accuracy"] for r in results] == expected and expected[0] == 0.5
     saved = json.loads((tmp_path / "few_step_eval.json").read_text())
     assert saved["model_name"] == "tiny" and saved["num_examples"] == 6 and len(saved["results"]) == 4
     assert (tmp_path / "few_step_eval.png").exists()

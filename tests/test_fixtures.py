@@ -18,7 +18,32 @@ def _first_position_logits(model, ids, **kwargs):
 
 
 def test_version_and_public_api():
-    assert isinstance(trl_t3d.__version__, str) and trl_t3d.__version__.count(".") == 2
+    """The version the package says is the one installed (what model cards record), and the public names resolve."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    from trl_t3d.hub import trl_t3d_version
+
+    assert str(Version(trl_t3d.__version__)) == trl_t3d.__version__  # a PEP 440 version, written canonically
+    try:
+        installed = version("trl-t3d")
+    except PackageNotFoundError:  # a source checkout on PYTHONPATH
+        installed = None
+    if installed is not None:
+        assert installed == trl_t3d.__version__, "reinstall: the installed metadata is of another version"
+    assert trl_t3d_version() == trl_t3d.__version__
+    # the names the README and DESIGN document, eager and lazy, are importable from the top level
+    names = [
+        "DDOConfig", "DDOTrainer", "collect_trajectories", "evaluate_few_step", "load_diffusion_lm", "DiffusionLM",
+        "AutoModelForDiffusionLM", "DiffusionGenerationConfig", "diffusion_generate", "Task", "get_adapter",
+        "register_adapter", "push_student_to_hub", "push_trajectories_to_hub",
+    ]  # fmt: skip
+    missing = [name for name in names if not hasattr(trl_t3d, name)]
+    assert not missing, missing
+    assert trl_t3d.DDOTrainer.__name__ == "DDOTrainer" and callable(trl_t3d.collect_trajectories)
+    with pytest.raises(AttributeError, match="has no attribute 'DDOTrainr'"):
+        trl_t3d.DDOTrainr  # noqa: B018
 
 
 def test_tokenizer_roundtrip_and_specials(tokenizer, tmp_path):

@@ -276,10 +276,12 @@ def test_what_is_changed_is_counted_not_silent(tmp_path, caplog):
 
 
 def test_tokens_per_step_not_dividing_the_block_is_a_documented_schedule():
-    """Not an error: LLaDA's schedule gives the remainder to the block's last step (3 + 1 for a block of 4)."""
+    """Not an error: LLaDA's schedule gives the remainder to the block's last step (3 + 1 for a block of 4), and the
+    warning states that schedule (issue 20.9)."""
     from trl_t3d.generation import diffusion_generate
 
-    config = gen(tokens_per_step=3, stop_at_eos=False, output_step_map=True, return_dict_in_generate=True)
+    with pytest.warns(UserWarning, match=r"2 steps committing \[3, 1\] tokens"):
+        config = gen(tokens_per_step=3, stop_at_eos=False, output_step_map=True, return_dict_in_generate=True)
     assert config.block_schedule() == [3, 1]
     out = diffusion_generate(testing.make_generic_mlm(), torch.tensor([[11, 12, 13]]), generation_config=config)
     assert out.step_map[0].tolist().count(0) == 3 and out.nfe == 4  # per block of 4: 3 tokens, then 1
@@ -294,3 +296,53 @@ def test_tokenizer_larger_than_the_embedding_is_named_up_front():
     model.resize_token_embeddings(len(tokenizer) - 8)
     with pytest.raises(ValueError, match=rf"tokenizer has {len(tokenizer)} tokens.*only {len(tokenizer) - 8} rows"):
         DiffusionLM.from_model(model, tokenizer)
+
+
+def test_tokens_per_step_that_does_not_divide_the_block_states_the_schedule():
+    """Issue 20.9: `tokens_per_step` 3 in a block of 8 decoded [3, 3, 2] without a word."""
+    from trl_t3d.generation import DiffusionGenerationConfig
+
+    with pytest.warns(
+        UserWarning, match=r"`tokens_per_step`=3 does not divide `block_length`=8: .*3 steps committing \[3, 3, 2\]"
+    ):
+        DiffusionGenerationConfig(max_new_tokens=8, block_length=8, tokens_per_step=3)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DiffusionGenerationConfig(max_new_tokens=8, block_length=8, tokens_per_step=4)  # divides: no warning
+
+
+@pytest.mark.parametrize(
+    "make, key", [(testing.make_llada, "max_sequence_length"), (testing.make_generic_mlm, "max_position_embeddings")]
+)
+def test_prompt_plus_completion_beyond_the_context_says_by_how_much(make, key, caplog):
+    """Issue 20.9: a prompt longer than a 256-position LLaDA decoded silently."""
+    from trl_t3d.generation import diffusion_generate
+
+    tokenizer = testing.make_tokenizer()
+    model = make(tokenizer)
+    setattr(model.config, key, 16)
+    prompt = torch.tensor([tokenizer("1+1=2, 2+2=4, 3+")["input_ids"][:12]])
+    with caplog.at_level("WARNING"):
+        diffusion_generate(model, prompt, max_new_tokens=8, block_length=4, processing_class=tokenizer)
+    assert f"take 20 positions, 4 more than the model's context of 16 (`config.{key}`)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        diffusion_generate(model, prompt[:, :8], max_new_tokens=8, block_length=4, processing_class=tokenizer)
+    assert "context" not in caplog.text  # 16 positions fit
+
+
+def test_block_causal_model_whose_trained_block_does_not_divide_the_budget_says_so(caplog):
+    """Issue 20.9 (found while checking): SDAR with `block_size` 4 and max_new_tokens 6 decoded as one block of 6
+    without a word."""
+    from trl_t3d.generation import diffusion_generate
+
+    tokenizer = testing.make_tokenizer()
+    model = testing.make_sdar(tokenizer)
+    model.config.block_size = 4
+    prompt = torch.tensor([tokenizer("1+1=")["input_ids"]])
+    with caplog.at_level("WARNING"):
+        diffusion_generate(model, prompt, max_new_tokens=6, processing_class=tokenizer)
+    assert "trained with blocks of 4 tokens, which do not divide max_new_tokens=6" in caplog.text
+    assert "(e.g. 8)" in caplog.text

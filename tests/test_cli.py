@@ -331,3 +331,34 @@ def test_diffusion_kv_cache_is_importable_at_the_top_level():
     from trl_t3d.generation import DiffusionKVCache
 
     assert trl_t3d.DiffusionKVCache is DiffusionKVCache
+
+
+def test_dataset_split_of_a_saved_dataset_without_splits_is_refused(tmp_path):
+    """Issue 20.9 (found while checking): `--dataset_split test` on a `save_to_disk` Dataset was ignored."""
+    from trl_t3d.scripts.utils import DatasetArguments, load_prompt_dataset
+
+    datasets.Dataset.from_dict({"prompt": ["a", "b"]}).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(
+        ValueError, match=r"one dataset without splits, so `--dataset_split test`.*Drop `--dataset_split`"
+    ):
+        load_prompt_dataset(DatasetArguments(dataset_name=str(tmp_path / "saved"), dataset_split="test"))
+    assert len(load_prompt_dataset(DatasetArguments(dataset_name=str(tmp_path / "saved")))) == 2
+
+
+def test_eval_passes_the_prompt_settings_it_accepts(generic_dir, tmp_path, monkeypatch):
+    """Issue 20.9 (found while checking): `trl-t3d eval --apply_chat_template true --reasoning_suffix ...` were
+    accepted and then ignored (built-in and dataset tasks alike)."""
+    from trl_t3d import evaluation
+
+    seen = {}
+
+    def evaluate_few_step(model, tokenizer, task, **kwargs):
+        seen.update(kwargs, prompt_suffix=task.prompt_suffix)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(evaluation, "evaluate_few_step", evaluate_few_step)
+    argv = ["eval", "--model_name_or_path", generic_dir, "--task", "arithmetic", "--output_dir", str(tmp_path),
+            "--apply_chat_template", "true", "--reasoning_suffix", " Think."]  # fmt: skip
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert seen["apply_chat_template"] is True and seen["prompt_suffix"].endswith(" Think.")

@@ -185,6 +185,19 @@ class DiffusionGenerationConfig(GenerationConfig):
                     f"`tokens_per_step`={tps} is larger than `block_length`={block}. Use tokens_per_step <= {block} or "
                     "a longer block."
                 )
+            if block % tps and self.threshold_rule != "fast_dllm":
+                import warnings
+
+                counts = self.block_schedule()
+                divisors = [d for d in range(1, block + 1) if block % d == 0]
+                warnings.warn(
+                    f"`tokens_per_step`={tps} does not divide `block_length`={block}: each block is decoded in "
+                    f"{len(counts)} steps committing {counts} tokens ({block / len(counts):.2f} per step on average, "
+                    f"not {tps}). For exactly {tps} per step use a block length that is a multiple of {tps}, or a "
+                    f"tokens_per_step that divides {block} ({divisors}).",
+                    UserWarning,
+                    stacklevel=2,
+                )
         if self.remasking not in REMASKING_POLICIES:
             raise ValueError(f"`remasking`={self.remasking!r} is unknown. Choose one of {list(REMASKING_POLICIES)}.")
         self._validate_parallel_rules()

@@ -285,6 +285,48 @@ def _vocab_size(model) -> int | None:
     return size
 
 
+CONTEXT_KEYS = ("max_sequence_length", "max_position_embeddings")
+
+
+def context_length(model) -> tuple[int, str] | None:
+    """`(positions, config key)` the model was built for (LLaDA: `max_sequence_length`; most others:
+    `max_position_embeddings`), None when its config names none."""
+    config = getattr(model, "config", None)
+    for cfg in (config, config.get_text_config() if hasattr(config, "get_text_config") else None):
+        for key in CONTEXT_KEYS:
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and value > 0:
+                return value, key
+    return None
+
+
+def _warn_beyond_context(model, input_ids, attention_mask, max_new_tokens: int) -> None:
+    """Positions past the model's context were never trained (or do not exist): decoding there is not refused, as
+    RoPE models run past it, but said, with by how much. Once per model and length reached."""
+    context = context_length(model)
+    if context is None:
+        return
+    limit, key = context
+    total = input_ids.shape[1] + int(max_new_tokens)
+    if total <= limit or total <= model.__dict__.get("_t3d_context_warned", 0):
+        return
+    model.__dict__["_t3d_context_warned"] = total
+    longest = int(attention_mask.sum(-1).max()) if attention_mask is not None else input_ids.shape[1]
+    logger.warning(
+        "The prompts (%d positions, the longest %d tokens) plus max_new_tokens=%d take %d positions, %d more than the "
+        "model's context of %d (`config.%s`): the completion is decoded at positions the model was never trained on. "
+        "Shorten the prompts or `max_new_tokens` to fit %d positions.",
+        input_ids.shape[1],
+        longest,
+        int(max_new_tokens),
+        total,
+        total - limit,
+        limit,
+        key,
+        limit,
+    )
+
+
 def _check_inputs(input_ids, attention_mask, adapter, pad_token_id):
     if input_ids.dim() != 2:
         raise ValueError(f"`input_ids` must be (batch, prompt_length), got shape {tuple(input_ids.shape)}.")
@@ -375,6 +417,17 @@ def diffusion_generate(
         if block != config.max_new_tokens:
             config.block_length = block  # decode with the block size the model was trained with
             config.validate()
+        elif adapter.block_causal and adapter.trained_block_length(model):
+            trained = int(adapter.trained_block_length(model))
+            logger.warning(
+                "The model was trained with blocks of %d tokens, which do not divide max_new_tokens=%d: it is decoded "
+                "as one block of %d instead. Set max_new_tokens to a multiple of %d (e.g. %d) or give block_length.",
+                trained,
+                config.max_new_tokens,
+                config.max_new_tokens,
+                trained,
+                -(-config.max_new_tokens // trained) * trained,
+            )
     eos_ids = _as_list(config.eos_token_id) or list(adapter.eos_token_ids)
     pad_id = config.pad_token_id if config.pad_token_id is not None else adapter.pad_token_id
     fill_id = pad_id if pad_id is not None else (eos_ids[0] if eos_ids else None)
@@ -383,6 +436,7 @@ def diffusion_generate(
 
     # 2. Inputs.
     _check_inputs(input_ids, attention_mask, adapter, pad_id)
+    _warn_beyond_context(model, input_ids, attention_mask, config.max_new_tokens)
     if attention_mask is not None and bool(attention_mask.bool().all()):
         attention_mask = None  # no padding: let the model take its fast path
     batch, device = input_ids.shape[0], input_ids.device

@@ -107,7 +107,12 @@ def build_task(script_args: EvalArguments):
                 "Give either `--task` (a built-in task) or `--dataset_name` (your own prompts and answers), not both."
             )
         kwargs = {"num_examples": script_args.max_samples} if script_args.max_samples is not None else {}
-        return evaluation.get_task(script_args.task, **kwargs)
+        task = evaluation.get_task(script_args.task, **kwargs)
+        if script_args.reasoning_suffix:  # appended to every prompt, as for a dataset task (never dropped)
+            import dataclasses
+
+            task = dataclasses.replace(task, prompt_suffix=(task.prompt_suffix or "") + script_args.reasoning_suffix)
+        return task
     if not script_args.dataset_name:
         raise ValueError("Give `--task <built-in name>` or `--dataset_name` with `--answer_column` and `--verifier`.")
     dataset = load_prompt_dataset(script_args)
@@ -127,6 +132,7 @@ def build_task(script_args: EvalArguments):
         answer_column=script_args.answer_column,
         verifier=script_args.verifier,
         name=os.path.basename(os.path.normpath(script_args.dataset_name)),
+        prompt_suffix=script_args.reasoning_suffix,
     )
 
 
@@ -184,6 +190,7 @@ def evaluate_task(script_args: EvalArguments, model, tokenizer, model_name: str,
         cache=script_args.cache,
         cache_refresh_interval=script_args.cache_refresh_interval,
         model_name=model_name,
+        apply_chat_template=script_args.apply_chat_template,
         **kwargs,
     )
 

@@ -213,6 +213,11 @@ def load_prompt_dataset(args: DatasetArguments):
         if args.dataset_split not in dataset:
             raise ValueError(f"Split '{args.dataset_split}' not in {name}; its splits: {sorted(dataset)}.")
         dataset = dataset[args.dataset_split]
+    elif args.dataset_split != "train":  # a saved `Dataset` has no splits: the requested one cannot be honoured
+        raise ValueError(
+            f"{name} holds one dataset without splits, so `--dataset_split {args.dataset_split}` cannot select from "
+            "it. Drop `--dataset_split` to use all of it, or save a `DatasetDict` with that split."
+        )
     if args.max_samples is not None:
         if args.max_samples < 1:
             raise ValueError(f"`--max_samples` must be >= 1 (or unset for all rows), got {args.max_samples}.")

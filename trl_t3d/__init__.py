@@ -1,6 +1,6 @@
 """trl-t3d: few-step diffusion LLMs by trajectory self-distillation with DDO (T3D), as a TRL plugin."""
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 from .models import register_native_models
 

@@ -120,7 +120,7 @@ def _main(argv: list[str]) -> int:
         print(USAGE % listing)
         return 0
     if argv[0] in ("-V", "--version"):
-        from . import __version__
+        from .version import __version__
 
         print(f"trl-t3d {__version__}")
         return 0

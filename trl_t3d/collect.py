@@ -404,7 +404,7 @@ def collect_trajectories(
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from . import __version__
+    from .version import __version__
 
     if not isinstance(dataset, datasets.Dataset):
         raise TypeError(f"`dataset` must be a `datasets.Dataset`, got {type(dataset).__name__}.")

@@ -320,7 +320,7 @@ def trl_t3d_version() -> str:
     try:
         return version("trl-t3d")
     except PackageNotFoundError:
-        from . import __version__
+        from .version import __version__
 
         return __version__
 

@@ -1,0 +1,3 @@
+"""The package version, on the bottom floor so that any module can read it without importing the package."""
+
+__version__ = "0.1.0"

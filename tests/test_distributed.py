@@ -148,7 +148,8 @@ def test_ddp_matches_one_process_and_collects_sharded(cases, single_process, lla
 
     from trl_t3d.collect import collect_trajectories
     from trl_t3d.generation import DiffusionGenerationConfig
-    from trl_t3d.scripts.utils import load_diffusion_model, load_tokenizer
+    from trl_t3d.resolved import load_tokenizer
+    from trl_t3d.scripts.utils import load_diffusion_model
 
     collect = {"model_dir": llada_dir, "prompts": PROMPTS, "generation": GENERATION}
     out = launch(CONFIGS / "multi_gpu.yaml", {"cases": cases + extra_cases(cases), "collect": collect}, tmp_path)

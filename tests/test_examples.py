@@ -226,7 +226,8 @@ def test_accelerate_launch_two_processes(llada_dir, prompts_file, tmp_path):
     # The 2 processes' shards, gathered, are the trajectories one process collects with the same settings, in order
     # (timing is measured in benchmarks/, not asserted here).
     from trl_t3d.collect import collect_trajectories
-    from trl_t3d.scripts.utils import load_prompt_dataset, load_tokenizer
+    from trl_t3d.resolved import load_tokenizer
+    from trl_t3d.scripts.utils import load_prompt_dataset
 
     prompts = load_prompt_dataset(
         SimpleNamespace(dataset_name=prompts_file, dataset_config=None, dataset_split="train", max_samples=None)

@@ -125,3 +125,18 @@ def test_training_procedure_section_is_filled_and_explains_the_reference_adapter
         model_name="s", repo_id="me/s", quick_start="## Quick start\n\nx\n", training_details=details
     )
     assert "`ref/`" not in plain.text and details in plain.text
+
+
+def test_lora_student_folder_passes_the_push_check(tmp_path, hub_calls):
+    """A LoRA student has `adapter_config.json` and no `config.json`; the check asked for `config.json` anyway."""
+    from peft import LoraConfig, get_peft_model
+
+    folder = tmp_path / "lora"
+    tok = testing.make_tokenizer()
+    get_peft_model(testing.make_generic_mlm(tok), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    DiffusionGenerationConfig(block_length=4).save_pretrained(str(folder))
+    (folder / "README.md").write_text(CARD)
+    assert "config.json" not in os.listdir(folder)
+    push_student_to_hub(str(folder), "me/lora")
+    assert "adapter_model.safetensors" in hub_calls[1][1]

@@ -373,7 +373,8 @@ def test_distill_trajectory_cache_is_reused_only_for_the_same_collection(generic
     """Issue 20.7: the cached self-collected trajectories are reused only when the collection fingerprint (prompts,
     teacher, decoding settings, seed) matches; other `generation_*` settings are refused with what differs."""
     from trl_t3d.scripts.distill import load_or_collect_trajectories
-    from trl_t3d.scripts.utils import load_diffusion_model, load_tokenizer
+    from trl_t3d.resolved import load_tokenizer
+    from trl_t3d.scripts.utils import load_diffusion_model
 
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["1+1=", "2+2=", "abc"]))

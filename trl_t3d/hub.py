@@ -373,6 +373,8 @@ def student_upload_files(folder: str) -> list[str]:
 
 def _student_problems(top_level: set[str]) -> list[str]:
     problems = [f for f in STUDENT_FILES_REQUIRED if f not in top_level]
+    if "config.json" in problems and "adapter_config.json" in top_level:
+        problems.remove("config.json")  # a LoRA student: its config is the adapter's, the base model has the rest
     if not any(n.endswith((".safetensors", ".bin")) for n in top_level):
         problems.append("weights (*.safetensors)")
     if not top_level & {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"}:

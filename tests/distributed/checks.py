@@ -219,7 +219,8 @@ def run_collection(spec: dict, out: str) -> None:
 
     from trl_t3d import collect
     from trl_t3d.generation import DiffusionGenerationConfig
-    from trl_t3d.scripts.utils import load_diffusion_model, load_tokenizer
+    from trl_t3d.resolved import load_tokenizer
+    from trl_t3d.scripts.utils import load_diffusion_model
 
     state = PartialState()
     model = load_diffusion_model(spec["model_dir"], trust_remote_code=True)

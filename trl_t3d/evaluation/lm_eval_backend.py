@@ -169,7 +169,7 @@ class DiffusionLMEval(TemplateLM):
 
         if model is None:
             if isinstance(tokenizer, str):
-                from ..scripts.utils import load_tokenizer
+                from ..resolved import load_tokenizer
 
                 tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code, revision=revision)
             resolved = load_diffusion_lm(

@@ -25,7 +25,6 @@ from .utils import (
     hub_dataset_name,
     load_diffusion_model,
     load_prompt_dataset,
-    load_tokenizer,
     parse_command_line,
 )
 
@@ -159,6 +158,7 @@ def main(script_args: DistillArguments, training_args, model_args):
     from trl import get_peft_config, get_quantization_config
 
     from ..hub import push_student_to_hub, push_trajectories_to_hub
+    from ..resolved import load_tokenizer
     from ..trainer import DDOTrainer
 
     if not model_args.model_name_or_path:

@@ -268,13 +268,6 @@ def load_diffusion_model(
     ).model.eval()
 
 
-def load_tokenizer(model_name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None):
-    """The model's tokenizer, left padded (prompts are left padded for batched decoding); see `load_diffusion_lm`."""
-    from ..resolved import load_tokenizer as _load_tokenizer
-
-    return _load_tokenizer(model_name_or_path, trust_remote_code=trust_remote_code, revision=revision)
-
-
 def make_generation_config(**kwargs):
     """A `DiffusionGenerationConfig` from keyword settings (None values are left to its defaults)."""
     from ..generation import DiffusionGenerationConfig
@@ -287,6 +280,8 @@ def load_model_and_tokenizer(model_args: TeacherArguments):
 
     A folder with `adapter_config.json` (a LoRA student) loads its base model with the adapter on top.
     """
+    from ..resolved import load_tokenizer
+
     if not model_args.model_name_or_path:
         raise ValueError("`--model_name_or_path` is required (a Hub id or a local directory).")
     tokenizer = load_tokenizer(

@@ -1,9 +1,10 @@
 """The `trl-t3d` command line: `collect`, `distill` and `eval`, each on TRL's `TrlParser`.
 
 Every command takes `--config recipe.yaml` (values of any of its dataclasses) and command-line overrides, which win
-over the recipe. A key that no dataclass of the command knows is an error, in the recipe as on the command line.
+over the recipe. A key that no dataclass of the command knows is an error, in the recipe as on the command line, with
+a "did you mean"; flags are never matched by prefix. `collect` also reads a distill recipe (its teacher settings).
 
-    trl-t3d collect --config recipes/llada/t3d/collect.yaml --output_dir trajectories
+    trl-t3d collect --config recipes/llada/t3d/config_lora.yaml --output_dir trajectories  # a distill recipe's teacher
     trl-t3d distill --config recipes/sdar/t3d/config_full.yaml --learning_rate 2e-5
     trl-t3d eval --model_name_or_path student --task arithmetic --tokens_per_step 1 2 4
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml -m trl_t3d.cli distill --config ...

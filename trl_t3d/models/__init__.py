@@ -14,6 +14,8 @@ NATIVE_FAMILIES: dict[str, str] = {}  # model_type -> subpackage, filled by the 
 NATIVE_FAMILIES["llada"] = "llada"
 NATIVE_FAMILIES["Dream"] = "dream"
 NATIVE_FAMILIES["sdar"] = "sdar"
+NATIVE_FAMILIES["llada2_moe"] = "llada2"
+NATIVE_FAMILIES["llada21_moe"] = "llada2"
 # NATIVE-FAMILY-IMPORTS
 
 

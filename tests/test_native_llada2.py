@@ -1,0 +1,316 @@
+"""The native LLaDA2.0 / LLaDA2.1 classes and samplers against the original code (fixtures: tests/golden/gen_llada2.py)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
+
+from trl_t3d.models import register_native_models
+from trl_t3d.models.llada2 import LLaDA2MoeConfig, LLaDA2MoeModel, LLaDA2MoeModelLM, LLaDA21MoeConfig
+from trl_t3d.models.llada2.generation_llada2 import llada2_generate
+
+register_native_models()
+
+GOLDEN = Path(__file__).parent / "golden" / "llada2"
+GOLDEN21 = GOLDEN / "llada21"
+TOL = 1e-4
+BOOKKEEPING = {"transformers_version", "torch_dtype", "dtype"}
+BLOCK, MASK_ID = 4, 159
+
+
+def golden_of(path):
+    return load_file(str(path / "golden.safetensors"))
+
+
+def meta_of(path):
+    with safe_open(str(path / "golden.safetensors"), "pt") as f:
+        return f.metadata()
+
+
+@pytest.fixture(scope="module", params=[GOLDEN, GOLDEN21], ids=["llada2", "llada21"])
+def case(request):
+    model = AutoModelForCausalLM.from_pretrained(request.param).eval()
+    return request.param, model, golden_of(request.param)
+
+
+def max_delta(a, b):
+    return (a.float() - b.float()).abs().max().item()
+
+
+# ------------------------------------------------------------------------------------------------ loading
+@pytest.mark.parametrize(
+    "path,config_class", [(GOLDEN, LLaDA2MoeConfig), (GOLDEN21, LLaDA21MoeConfig)], ids=["llada2", "llada21"]
+)
+def test_original_checkpoint_loads_without_remote_code(path, config_class):
+    model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+    assert isinstance(model, LLaDA2MoeModelLM) and type(model.config) is config_class
+    assert not any(info.values()), info  # no missing, unexpected or re-initialized keys (expert_bias included)
+    tied = json.loads((path / "config.json").read_text())["tie_word_embeddings"]
+    assert (model.lm_head.weight.data_ptr() == model.model.word_embeddings.weight.data_ptr()) == tied
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        saved = set(f.keys())
+    assert saved == set(model.state_dict()) - ({"lm_head.weight"} if tied else set())
+    assert any(k.endswith("mlp.gate.expert_bias") for k in saved)
+    base, info = AutoModel.from_pretrained(path, output_loading_info=True)
+    assert isinstance(base, LLaDA2MoeModel) and info["unexpected_keys"] <= {"lm_head.weight"}
+
+
+@pytest.mark.parametrize("path", [GOLDEN, GOLDEN21], ids=["llada2", "llada21"])
+def test_config_round_trips_unchanged(tmp_path, path):
+    published = json.loads((path / "config.json").read_text())
+    config = AutoConfig.from_pretrained(path)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert {k: v for k, v in saved.items() if k not in BOOKKEEPING} == {
+        k: v for k, v in published.items() if k not in BOOKKEEPING
+    }
+
+
+# ------------------------------------------------------------------------------------------------ golden logits
+def test_no_mask_logits_loss_and_routing_equal(case):
+    _, model, golden = case
+    with torch.no_grad():
+        out = model(input_ids=golden["no_mask.input_ids"], labels=golden["no_mask.labels"], output_router_logits=True)
+    assert max_delta(out.logits, golden["no_mask.logits"]) <= TOL
+    assert abs(out.loss.item() - golden["no_mask.loss"].item()) <= TOL
+    routers = [k for k in golden if k.startswith("no_mask.router_logits.")]
+    assert len(out.router_logits) == len(routers) == model.config.num_hidden_layers - 1  # first layer is dense
+    for i, router_logits in enumerate(out.router_logits):
+        want = golden[f"no_mask.router_logits.{i}"]
+        assert max_delta(router_logits.reshape(want.shape), want) <= TOL
+
+
+def test_sampler_additive_mask_equal(case):
+    _, model, golden = case
+    with torch.no_grad():
+        out = model(
+            input_ids=golden["sampler.input_ids"],
+            attention_mask=golden["sampler.attention_mask"],
+            position_ids=torch.arange(golden["sampler.input_ids"].shape[1])[None],
+        )
+    assert max_delta(out.logits, golden["sampler.logits"]) <= TOL
+    with torch.no_grad():  # and in the sampler's own dtype for the mask (bfloat16 0/-inf)
+        bf16 = model(
+            input_ids=golden["sampler.input_ids"],
+            attention_mask=golden["sampler.attention_mask"].to(torch.bfloat16),
+            position_ids=torch.arange(golden["sampler.input_ids"].shape[1])[None],
+        )
+    assert max_delta(bf16.logits, golden["sampler.logits"]) <= TOL
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_training_block_mask_equal_with_sdpa_and_eager(attn_implementation):
+    golden = golden_of(GOLDEN)
+    model = AutoModelForCausalLM.from_pretrained(GOLDEN, attn_implementation=attn_implementation).eval()
+    with torch.no_grad():
+        out = model(
+            input_ids=golden["block_bool.input_ids"],
+            attention_mask=golden["block_bool.attention_mask"],
+            position_ids=golden["block_bool.position_ids"],
+        )
+    assert max_delta(out.logits, golden["block_bool.logits"]) <= TOL
+    with torch.no_grad():  # the same mask as 0/1 integers, and as additive floats
+        allowed = golden["block_bool.attention_mask"]
+        as_int = model(
+            input_ids=golden["block_bool.input_ids"],
+            attention_mask=allowed.long(),
+            position_ids=golden["block_bool.position_ids"],
+        )
+        as_float = model(
+            input_ids=golden["block_bool.input_ids"],
+            attention_mask=allowed.float().log(),
+            position_ids=golden["block_bool.position_ids"],
+        )
+    assert max_delta(as_int.logits, golden["block_bool.logits"]) <= TOL
+    assert max_delta(as_float.logits, golden["block_bool.logits"]) <= TOL
+
+
+def test_kv_cache_equal(case):
+    _, model, golden = case
+    x = golden["kv.input_ids"]
+    blocks = torch.arange(3 * BLOCK) // BLOCK
+    mask = (blocks[None, :] <= blocks[:, None]).float().log()[None, None]
+    pos = torch.arange(3 * BLOCK)[None]
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(
+            input_ids=x[:, : 2 * BLOCK],
+            attention_mask=mask[:, :, : 2 * BLOCK, : 2 * BLOCK],
+            position_ids=pos[:, : 2 * BLOCK],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        out = model(
+            input_ids=x[:, 2 * BLOCK :],
+            attention_mask=mask[:, :, 2 * BLOCK :, :],
+            position_ids=pos[:, 2 * BLOCK :],
+            past_key_values=cache,
+            use_cache=True,
+        )
+    assert cache.get_seq_length() == golden["kv.cache_length"].item()
+    assert max_delta(out.logits, golden["kv.logits"]) <= TOL
+
+
+def test_a_changed_router_changes_the_logits(case):
+    """The golden comparison can fail: the expert bias alone (choice, not weight) moves the logits."""
+    path, _, golden = case
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    gate = model.model.layers[1].mlp.gate
+    with torch.no_grad():
+        gate.expert_bias.copy_(-gate.expert_bias)
+        out = model(input_ids=golden["no_mask.input_ids"])
+    assert max_delta(out.logits, golden["no_mask.logits"]) > 1e-2
+
+
+def test_saved_student_keeps_names_and_logits(tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(GOLDEN).eval()
+    model.save_pretrained(tmp_path)
+    with (
+        safe_open(str(tmp_path / "model.safetensors"), "pt") as f,
+        safe_open(str(GOLDEN / "model.safetensors"), "pt") as g,
+    ):
+        assert set(f.keys()) == set(g.keys())
+    published = json.loads((GOLDEN / "config.json").read_text())
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert {k: v for k, v in saved.items() if k not in BOOKKEEPING} == {
+        k: v for k, v in published.items() if k not in BOOKKEEPING
+    }
+    golden = golden_of(GOLDEN)
+    with torch.no_grad():
+        out = AutoModelForCausalLM.from_pretrained(tmp_path).eval()(input_ids=golden["no_mask.input_ids"])
+    assert max_delta(out.logits, golden["no_mask.logits"]) <= TOL
+
+
+def test_bf16_and_gradient_checkpointing():
+    golden = golden_of(GOLDEN)
+    model = AutoModelForCausalLM.from_pretrained(GOLDEN, dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        out = model(input_ids=golden["no_mask.input_ids"])
+    assert out.logits.dtype == torch.float32  # the original returns float32 logits
+    assert max_delta(out.logits, golden["no_mask.logits"]) < 0.5  # bf16 on a peaked random model
+    model = AutoModelForCausalLM.from_pretrained(GOLDEN).train()
+    model.gradient_checkpointing_enable()
+    loss = model(input_ids=golden["no_mask.input_ids"], labels=golden["no_mask.labels"]).loss
+    loss.backward()
+    router = model.model.layers[1].mlp.gate.weight
+    assert router.grad is not None and model.model.layers[1].mlp.experts[0].up_proj.weight.grad is not None
+    assert set(model._no_split_modules) == {"LLaDA2MoeDecoderLayer"}  # a layer and its experts stay whole
+
+
+# ------------------------------------------------------------------------------------------------ samplers
+def sampler_kwargs(meta_key, path):
+    return dict(json.loads(meta_of(path)["samplers"]))
+
+
+def prompts_of(golden):
+    return [golden[f"sampler.prompt.{i}"] for i in range(sum(k.startswith("sampler.prompt.") for k in golden))]
+
+
+def left_pad(prompts, pad_id=157):
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = p
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
+def original_kwargs_to_ours(kwargs):
+    ours = {
+        "max_new_tokens": kwargs["max_new_tokens"],
+        "block_length": kwargs["block_size"],
+        "threshold": kwargs["threshold"],
+    }
+    if "steps_per_block" in kwargs:
+        ours["steps"] = kwargs["steps_per_block"]
+    for key in ("editing_threshold", "max_post_steps", "num_to_transfer"):
+        if key in kwargs:
+            ours[key] = kwargs[key]
+    return ours
+
+
+@pytest.mark.parametrize("path", [GOLDEN, GOLDEN21], ids=["llada2", "llada21"])
+def test_sampler_token_parity_alone_and_in_a_left_padded_batch(path):
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    golden = golden_of(path)
+    prompts = prompts_of(golden)
+    cases = sampler_kwargs("samplers", path)
+    edited = 0
+    for name, kwargs in cases.items():
+        ours = original_kwargs_to_ours(kwargs)
+        if path == GOLDEN21 and "editing_threshold" not in ours:
+            ours["editing_threshold"] = 0.9
+        expected = [golden[f"sample.{name}.{i}.sequences"] for i in range(len(prompts))]
+        for i, prompt in enumerate(prompts):  # alone
+            out = llada2_generate(
+                model, prompt[None], mask_token_id=MASK_ID, return_dict=True, output_history=path == GOLDEN21, **ours
+            )
+            n = len(prompt) + ours["max_new_tokens"]
+            assert torch.equal(out.sequences[0], expected[i][:n]), (name, i)
+            if path == GOLDEN:
+                assert out.nfe.item() == golden[f"sample.{name}.{i}.nfe"].item(), (name, i)
+            else:  # every intermediate canvas of the original, forward by forward
+                histories = golden[f"sample.{name}.{i}.histories"][1:]
+                assert out.nfe.item() == histories.shape[0], (name, i)
+                assert torch.equal(out.histories[0], histories[:, : out.histories[0].shape[1]]), (name, i)
+                edited += int(out.edit_counts.sum())
+        ids, mask = left_pad(prompts)  # all prompts in one left-padded batch: each row as alone
+        out = llada2_generate(model, ids, mask, mask_token_id=MASK_ID, return_dict=True, **ours)
+        for i, prompt in enumerate(prompts):
+            pad = ids.shape[1] - len(prompt)
+            assert torch.equal(out.sequences[i, pad:], expected[i][: len(prompt) + ours["max_new_tokens"]]), (name, i)
+        if path == GOLDEN:  # the original's own (equal-length) batch
+            twin = golden["sampler.twin"]
+            batch = llada2_generate(model, torch.stack([prompts[0], twin]), mask_token_id=MASK_ID, **ours)
+            want = golden[f"sample.{name}.batch_equal.sequences"][:, : batch.shape[1]]
+            assert torch.equal(batch, want), name
+    if path == GOLDEN21:
+        assert edited > 0  # the fixtures exercise editing
+
+
+def test_absolute_block_alignment_is_not_completion_alignment():
+    """The first completion block ends at the next multiple of the block length: a 6-token prompt with blocks of 4
+    decodes positions 6-7 as one block (then 8-11), so its nfe differs from completion-aligned blocks."""
+    model = AutoModelForCausalLM.from_pretrained(GOLDEN).eval()
+    prompt = prompts_of(golden_of(GOLDEN))[0]
+    assert len(prompt) % BLOCK
+    out = llada2_generate(
+        model,
+        prompt[None],
+        mask_token_id=MASK_ID,
+        max_new_tokens=6,
+        block_length=BLOCK,
+        steps=4,
+        threshold=1.1,
+        return_dict=True,
+    )
+    steps = out.step_map[0].tolist()
+    # threshold above 1: one token per step; the first block has 2 completion positions (steps 0-1)
+    assert sorted(steps[:2]) == [0, 1] and min(steps[2:]) == 2
+
+
+# ---------------------------------------------------------------- the other direction (needs the original code)
+@pytest.mark.skipif(
+    not (os.environ.get("TRL_T3D_LLADA2_ORIGINAL") and os.environ.get("TRL_T3D_TF4_PYTHON")),
+    reason="set TRL_T3D_LLADA2_ORIGINAL (dir of LLaDA2.0's original .py files) and TRL_T3D_TF4_PYTHON (a python with "
+    "transformers 4.57) to check that the original code loads our saved student",
+)
+def test_original_code_loads_our_student(tmp_path):
+    script = Path(__file__).parent / "golden" / "gen_llada2.py"
+    student = tmp_path / "student"
+    made = subprocess.run(
+        [sys.executable, str(script), "--make-student", str(student)], capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    command = [os.environ["TRL_T3D_TF4_PYTHON"], str(script), "--original", os.environ["TRL_T3D_LLADA2_ORIGINAL"]]
+    result = subprocess.run([*command, "--check-student", str(student)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(result.stdout, file=sys.stderr)

@@ -1,0 +1,614 @@
+"""LLaDA2.x (LLaDA2.0 `llada2_moe`, LLaDA2.1 `llada21_moe`): block-diffusion MoE LMs, native to transformers 5.
+
+Equal to the published `modeling_llada2_moe.py` (held to it by `tests/golden/gen_llada2.py`), with its parameter names
+(`word_embeddings`, `attention.query_key_value`, `attention.dense`, `mlp.gate` with its `expert_bias` buffer,
+`mlp.experts.N`, `mlp.shared_experts`) and its calling convention:
+
+- Attention is never causal by itself. The caller passes the block-causal structure as a 4D mask
+  `(batch, 1, queries, keys)`: additive floats (0 visible, `-inf` / very negative hidden; LLaDA2's own `generate`
+  passes `log` of a 0/1 block mask), or booleans (True visible, its trainers' form). Integer masks read as 1 visible.
+- `position_ids` are explicit (LLaDA2's sampler counts them from 0 at the prompt's first token).
+- Logits are float32 and at the same position as the token they predict (no shift).
+
+Differences, by design (each documented where it applies): a 2D mask is a key-padding mask (bidirectional); the
+original builds a *causal* 4D mask from a 2D one when it contains padding and a bidirectional one when it does not.
+With `attn_implementation="eager"` the original inverts 4D float masks as if they were 0/1 (so its own `generate`
+attends everywhere under eager); here eager and sdpa read every mask the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import can_return_tuple
+
+from .configuration_llada2_moe import LLaDA2MoeConfig, LLaDA21MoeConfig
+
+
+class LLaDA2MoeRMSNorm(nn.Module):
+    """RMSNorm with the original's numerics: normalize in float32, cast back, then multiply by the weight."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        x = hidden_states.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(input_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+def rope_config(config: LLaDA2MoeConfig) -> LLaDA2MoeConfig:
+    """A copy of `config` with transformers-5 `rope_parameters` equal to what transformers 4.57 read from the legacy
+    `rope_theta` / `rope_scaling` / `partial_rotary_factor` keys (the saved config keeps the legacy keys)."""
+    scaling = dict(config.rope_scaling or {})
+    rope_type = scaling.pop("rope_type", scaling.pop("type", "default"))
+    scaling.pop("type", None)
+    if rope_type not in ("default", *ROPE_INIT_FUNCTIONS):
+        raise ValueError(f"Unknown `rope_scaling` type {rope_type!r}; known: {['default', *ROPE_INIT_FUNCTIONS]}.")
+    params = {
+        **scaling,
+        "rope_type": rope_type,
+        "rope_theta": config.rope_theta,
+        "partial_rotary_factor": config.partial_rotary_factor,
+    }
+    view = copy.copy(config)
+    view.rope_parameters = params
+    view.standardize_rope_params()
+    view.validate_rope()
+    return view
+
+
+class LLaDA2MoeRotaryEmbedding(nn.Module):
+    """RoPE over the first `head_dim * partial_rotary_factor` dims of each head (cos/sin have that width)."""
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, config: LLaDA2MoeConfig, device=None):
+        super().__init__()
+        self.config = rope_config(config)
+        self.rope_type = self.config.rope_parameters["rope_type"]
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        inv_freq, self.attention_scaling = self.rope_init_fn(self.config, device)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @property
+    def rope_init_fn(self) -> Callable:
+        return (
+            self.compute_default_rope_parameters
+            if self.rope_type == "default"
+            else ROPE_INIT_FUNCTIONS[self.rope_type]
+        )
+
+    @staticmethod
+    def compute_default_rope_parameters(config, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        """Plain RoPE: inverse frequencies of `rope_theta` over the rotated part of a head."""
+        base = config.rope_parameters["rope_theta"]
+        dim = int(config.head_dim * config.rope_parameters.get("partial_rotary_factor", 1.0))
+        inv_freq = 1.0 / (
+            base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim)
+        )
+        return inv_freq, 1.0
+
+    @torch.no_grad()
+    @dynamic_rope_update
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = self.inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1).to(x.device)
+        device_type = x.device.type if isinstance(x.device.type, str) and x.device.type != "mps" else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):  # fp32, as the original
+            freqs = (inv_freq.float() @ position_ids[:, None, :].float()).transpose(1, 2)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos = emb.cos() * self.attention_scaling
+            sin = emb.sin() * self.attention_scaling
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim: int = 1):
+    """Rotate the first `cos.shape[-1]` dims of q and k; the rest of each head passes unchanged."""
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    rotary_dim = cos.shape[-1]
+    q_rot, q_pass = q[..., :rotary_dim], q[..., rotary_dim:]
+    k_rot, k_pass = k[..., :rotary_dim], k[..., rotary_dim:]
+    q_embed = torch.cat([(q_rot * cos) + (rotate_half(q_rot) * sin), q_pass], dim=-1)
+    k_embed = torch.cat([(k_rot * cos) + (rotate_half(k_rot) * sin), k_pass], dim=-1)
+    return q_embed, k_embed
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(batch, kv_heads, seq, dim) -> (batch, kv_heads * n_rep, seq, dim)."""
+    batch, num_key_value_heads, slen, head_dim = hidden_states.shape
+    if n_rep == 1:
+        return hidden_states
+    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, slen, head_dim)
+    return hidden_states.reshape(batch, num_key_value_heads * n_rep, slen, head_dim)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    key_states = repeat_kv(key, module.num_key_value_groups)
+    value_states = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask[:, :, :, : key_states.shape[-2]]
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value_states)
+    return attn_output.transpose(1, 2).contiguous(), attn_weights
+
+
+class LLaDA2MoeMLP(nn.Module):
+    """SwiGLU: the dense layers, each routed expert and the shared expert."""
+
+    def __init__(self, config: LLaDA2MoeConfig, intermediate_size: int):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.intermediate_size = intermediate_size
+        self.gate_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LLaDA2MoeGate(nn.Module):
+    """The router: sigmoid scores in float32; `expert_bias` (a saved buffer) steers the choice, not the weights.
+
+    Experts form `n_group` groups; a group scores the sum of its two best biased scores; each token keeps its best
+    `topk_group` groups and picks its top-k experts among them. The chosen experts' unbiased scores, normalized to
+    sum 1 (when k > 1), times `routed_scaling_factor`, weigh their outputs. Not an `nn.Linear` (LoRA never targets it).
+    """
+
+    def __init__(self, config: LLaDA2MoeConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.num_experts = config.num_experts
+        self.n_group = config.n_group
+        self.topk_group = config.topk_group
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty((self.num_experts, config.hidden_size)))
+        self.register_buffer("expert_bias", torch.zeros(self.num_experts))
+
+    def group_limited_topk(self, scores: torch.Tensor) -> torch.Tensor:
+        num_tokens = scores.shape[0]
+        group_scores = scores.view(num_tokens, self.n_group, -1).topk(2, dim=-1)[0].sum(dim=-1)
+        group_idx = torch.topk(group_scores, k=self.topk_group, dim=-1, sorted=False)[1]
+        group_mask = torch.zeros_like(group_scores).scatter_(1, group_idx, 1)
+        per_group = self.num_experts // self.n_group
+        score_mask = group_mask.unsqueeze(-1).expand(num_tokens, self.n_group, per_group).reshape(num_tokens, -1)
+        masked_scores = scores.masked_fill(~score_mask.bool(), float("-inf"))
+        return torch.topk(masked_scores, k=self.top_k, dim=-1)[1]
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens, hidden) -> expert indices (tokens, k), float32 weights (tokens, k), float32 logits."""
+        logits = F.linear(hidden_states.float(), self.weight.float())
+        scores = torch.sigmoid(logits)
+        topk_idx = self.group_limited_topk(scores + self.expert_bias.float())
+        weights = torch.gather(scores, dim=1, index=topk_idx)
+        if self.top_k > 1:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return topk_idx, weights * self.routed_scaling_factor, logits
+
+
+class LLaDA2MoeSparseMoeBlock(nn.Module):
+    """Routed experts plus the shared expert. Each expert runs on the tokens routed to it; a token's expert outputs
+    are weighted and summed in float32 in top-k order (the original's order), then cast back."""
+
+    def __init__(self, config: LLaDA2MoeConfig):
+        super().__init__()
+        self.num_experts_per_tok = config.num_experts_per_tok
+        self.experts = nn.ModuleList(
+            [LLaDA2MoeMLP(config, config.moe_intermediate_size) for _ in range(config.num_experts)]
+        )
+        self.gate = LLaDA2MoeGate(config)
+        if config.num_shared_experts is not None:
+            self.shared_experts = LLaDA2MoeMLP(config, config.moe_intermediate_size * config.num_shared_experts)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, seq_len, hidden = hidden_states.shape
+        flat = hidden_states.reshape(-1, hidden)
+        topk_idx, topk_weight, router_logits = self.gate(flat)
+        k = topk_idx.shape[1]
+        flat_idx = topk_idx.reshape(-1)
+        order = flat_idx.argsort()  # slots grouped by expert
+        counts = torch.bincount(flat_idx, minlength=len(self.experts)).tolist()
+        routed_in = flat[order // k]
+        outputs, start = [], 0
+        for expert, count in zip(self.experts, counts):
+            if count:
+                outputs.append(expert(routed_in[start : start + count]))
+            start += count
+        routed_out = torch.cat(outputs) if outputs else routed_in[:0]
+        slots = torch.empty_like(routed_out)
+        slots[order] = routed_out
+        y = (slots.view(-1, k, hidden).float() * topk_weight.unsqueeze(-1)).sum(dim=1).to(hidden_states.dtype)
+        y = y.view(batch, seq_len, hidden)
+        if hasattr(self, "shared_experts"):
+            y = y + self.shared_experts(hidden_states)
+        return y, router_logits.view(batch, seq_len, -1)
+
+
+class LLaDA2MoeAttention(nn.Module):
+    """Fused `query_key_value`, optional per-head q/k RMSNorm, partial RoPE, output projection `dense`."""
+
+    def __init__(self, config: LLaDA2MoeConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.effective_num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = False
+        self.query_key_value = nn.Linear(
+            config.hidden_size,
+            (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim,
+            bias=config.use_qkv_bias,
+        )
+        if config.use_qk_norm:
+            self.query_layernorm = LLaDA2MoeRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.key_layernorm = LLaDA2MoeRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.use_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, q_len, _ = hidden_states.shape
+        qkv = self.query_key_value(hidden_states).view(
+            batch, q_len, self.num_heads + 2 * self.num_key_value_heads, self.head_dim
+        )
+        query, key, value = qkv.split([self.num_heads, self.num_key_value_heads, self.num_key_value_heads], dim=-2)
+        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+        if self.config.use_qk_norm:
+            query, key = self.query_layernorm(query), self.key_layernorm(key)
+        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(batch, q_len, -1).contiguous()
+        return self.dense(attn_output), attn_weights
+
+
+class LLaDA2MoeDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: LLaDA2MoeConfig, layer_idx: int):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.attention = LLaDA2MoeAttention(config, layer_idx)
+        if config.num_experts is not None and layer_idx >= config.first_k_dense_replace:
+            self.mlp = LLaDA2MoeSparseMoeBlock(config)
+        else:
+            self.mlp = LLaDA2MoeMLP(config, config.intermediate_size)
+        self.input_layernorm = LLaDA2MoeRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = LLaDA2MoeRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        residual = hidden_states
+        hidden_states, _ = self.attention(
+            self.input_layernorm(hidden_states),
+            position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.mlp(self.post_attention_layernorm(hidden_states))
+        router_logits = None
+        if isinstance(hidden_states, tuple):
+            hidden_states, router_logits = hidden_states
+        return residual + hidden_states, router_logits
+
+
+class LLaDA2MoePreTrainedModel(PreTrainedModel):
+    config: LLaDA2MoeConfig
+    config_class = LLaDA2MoeConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    # one decoder layer (attention + its whole expert block) is the unit FSDP shards and device_map places
+    _no_split_modules = ["LLaDA2MoeDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = False  # the block mask is an arbitrary 4D pattern
+    _supports_sdpa = True
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False  # data-dependent expert dispatch
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Normal(0, initializer_range) for linear/embedding weights and the router (the original leaves the router
+        at kaiming-uniform; published checkpoints overwrite it), ones for RMSNorms, zero `expert_bias`, RoPE buffers."""
+        std = self.config.initializer_range
+        if isinstance(module, LLaDA2MoeRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, LLaDA2MoeGate):
+            init.normal_(module.weight, mean=0.0, std=std)
+            init.zeros_(module.expert_bias)
+        elif isinstance(module, LLaDA2MoeRotaryEmbedding):
+            inv_freq, _ = module.rope_init_fn(module.config)
+            init.copy_(module.inv_freq, inv_freq)
+            init.copy_(module.original_inv_freq, inv_freq)
+        else:
+            super()._init_weights(module)
+
+
+def additive_attention_mask(
+    attention_mask: torch.Tensor | None, query_length: int, key_length: int, dtype: torch.dtype, device
+) -> torch.Tensor | None:
+    """Any mask the original accepts -> an additive float `(batch, 1, queries, keys)` mask in `dtype`.
+
+    4D floats are additive already (LLaDA2's sampler: `log` of a 0/1 mask, so 0 / -inf) and pass unchanged but for
+    the dtype; 4D booleans are True = visible (finfo.min where hidden, as the original); integers read `> 0` visible.
+    A 2D `(batch, keys)` mask hides padded keys (bidirectional; see the module docstring).
+    """
+    if attention_mask is None:
+        return None
+    mask = attention_mask.to(device)
+    if mask.dim() == 2:
+        mask = mask[:, None, None, :].bool() if mask.dtype != torch.bool else mask[:, None, None, :]
+    elif mask.dim() != 4:
+        raise ValueError(
+            f"LLaDA2 takes a 4D block mask (batch, 1, queries, keys) or a 2D padding mask; got {tuple(mask.shape)}."
+        )
+    if mask.shape[-1] < key_length:
+        raise ValueError(f"`attention_mask` covers {mask.shape[-1]} keys, the forward attends to {key_length}.")
+    if mask.shape[-2] not in (1, query_length):
+        raise ValueError(f"`attention_mask` has {mask.shape[-2]} query rows for {query_length} input positions.")
+    mask = mask[..., :key_length]
+    if mask.dtype == torch.bool or not mask.is_floating_point():
+        visible = mask if mask.dtype == torch.bool else mask > 0
+        return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)
+    return mask.to(dtype)
+
+
+class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
+    def __init__(self, config: LLaDA2MoeConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [LLaDA2MoeDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = LLaDA2MoeRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LLaDA2MoeRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> MoeModelOutputWithPast:
+        r"""
+        past_key_values / cache (`Cache`, *optional*):
+            A KV cache, extended by this forward (LLaDA2's name is `past_key_values`, transformers 5's `cache`).
+        attention_mask (`torch.Tensor`, *optional*):
+            The block mask, 4D `(batch, 1, queries, keys)`: additive float (0 visible) or bool (True visible); or a 2D
+            key-padding mask. None: every position sees every other one.
+        position_ids (`torch.LongTensor`, *optional*):
+            Defaults to the positions right after the cache.
+        output_router_logits (`bool`, *optional*):
+            Return each MoE layer's router logits (float32, `(batch, seq, num_experts)`); defaults to the config.
+        """
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if past_key_values is not None and cache is not None:
+            raise ValueError("Pass the KV cache once: as `past_key_values` (LLaDA2's name) or `cache`, not both.")
+        past_key_values = cache if cache is not None else past_key_values
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_router_logits = (
+            output_router_logits if output_router_logits is not None else self.config.output_router_logits
+        )
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        cache = past_key_values if use_cache or past_key_values is not None else None
+
+        past_seen = cache.get_seq_length() if cache is not None else 0
+        query_length = inputs_embeds.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(past_seen, past_seen + query_length, device=inputs_embeds.device)[None]
+        dtype = inputs_embeds.dtype
+        if torch.is_autocast_enabled(inputs_embeds.device.type):
+            dtype = torch.get_autocast_dtype(inputs_embeds.device.type)
+        mask = additive_attention_mask(
+            attention_mask, query_length, past_seen + query_length, dtype, inputs_embeds.device
+        )
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        all_hidden_states = () if output_hidden_states else None
+        all_router_logits = () if output_router_logits else None
+        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, router_logits = decoder_layer(
+                hidden_states,
+                attention_mask=mask,
+                position_embeddings=position_embeddings,
+                past_key_values=cache,
+                **kwargs,
+            )
+            if output_router_logits and router_logits is not None:
+                all_router_logits += (router_logits,)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        return MoeModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            cache=cache if use_cache else None,
+            hidden_states=all_hidden_states,
+            router_logits=all_router_logits,
+        )
+
+
+class LLaDA2MoeModelLM(LLaDA2MoePreTrainedModel, GenerationMixin):
+    """LLaDA2 with its LM head (the published `LLaDA2MoeModelLM`). Float32 logits at the position they predict."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.word_embeddings.weight"}
+
+    def __init__(self, config: LLaDA2MoeConfig):
+        super().__init__(config)
+        self.model = LLaDA2MoeModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.word_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_router_logits: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> MoeCausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor`, *optional*):
+            Targets of the same positions (no shift, as the original): mean cross-entropy over labels != -100.
+        logits_to_keep (`int` or `torch.Tensor`, *optional*):
+            Logits of the last `logits_to_keep` positions only (0: all), or of the given indices.
+
+        `aux_loss` is always None: LLaDA2 balances its experts with `expert_bias`, not an auxiliary loss (as the
+        original, which declares the field and never fills it).
+        """
+        outputs: MoeModelOutputWithPast = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_router_logits=output_router_logits,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :]).float()
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device)
+            )
+        return MoeCausalLMOutputWithPast(
+            loss=loss,
+            aux_loss=None,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            router_logits=outputs.router_logits,
+        )
+
+
+class LLaDA21MoeModel(LLaDA2MoeModel):
+    """LLaDA2.1's base model (`llada21_moe`): the architecture of [`LLaDA2MoeModel`]."""
+
+    config: LLaDA21MoeConfig
+    config_class = LLaDA21MoeConfig
+
+
+class LLaDA21MoeModelLM(LLaDA2MoeModelLM):
+    """LLaDA2.1 with its LM head (`llada21_moe`): the architecture of [`LLaDA2MoeModelLM`]; it differs in its
+    sampler (token editing: `trl_t3d.models.llada2.llada2_generate(..., editing_threshold=...)`)."""
+
+    config: LLaDA21MoeConfig
+    config_class = LLaDA21MoeConfig
+
+
+__all__ = ["LLaDA21MoeModel", "LLaDA21MoeModelLM", "LLaDA2MoeModel", "LLaDA2MoeModelLM", "LLaDA2MoePreTrainedModel"]

@@ -59,7 +59,12 @@ def sdar_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def llada2_dir(tmp_path_factory):
-    return testing.save_llada2_like(str(tmp_path_factory.mktemp("llada2")))
+    return testing.save_llada2(str(tmp_path_factory.mktemp("llada2")))
+
+
+@pytest.fixture(scope="session")
+def llada21_dir(tmp_path_factory):
+    return testing.save_llada2(str(tmp_path_factory.mktemp("llada21")), model_type="llada21_moe")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ FAMILIES = {
     "sdar": ("sdar_dir", "AutoModelForCausalLM"),
     "llada2": ("llada2_dir", "AutoModelForCausalLM"),
 }
-NATIVE = ("generic", "llada", "dream", "sdar")  # transformers or trl_t3d classes: loaded without remote code
+NATIVE = ("generic", "llada", "dream", "sdar", "llada2")  # transformers or trl_t3d classes: loaded without remote code
 PROMPTS = ["12+34=", "perm:abcde", "x"]
 
 

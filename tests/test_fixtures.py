@@ -148,7 +148,7 @@ def test_generic_model_builds_in_memory(tokenizer):
 
 def test_llada2_is_block_causal_with_bool_or_additive_masks(llada2_dir):
     """LLaDA2 (`llada2_moe`) is block diffusion: the block-diffusion adapter drives it with LLaDA2's own mask forms."""
-    model = AutoModelForCausalLM.from_pretrained(llada2_dir, trust_remote_code=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(llada2_dir).eval()  # the native class
     adapter = get_adapter(model)
     assert adapter.name == "llada2" and adapter.block_causal and adapter.default_block_length == 32
     assert adapter.resolve_lora_targets(model) == list(adapter.lora_target_modules)

@@ -314,3 +314,131 @@ def test_original_code_loads_our_student(tmp_path):
     result = subprocess.run([*command, "--check-student", str(student)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     print(result.stdout, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- loading through trl_t3d, adapter, pipeline
+TRAP = 'raise RuntimeError("the checkpoint\'s own code ran")\n'
+
+
+@pytest.mark.parametrize("path", [GOLDEN, GOLDEN21], ids=["llada2", "llada21"])
+@pytest.mark.parametrize("trust_remote_code", [False, True])
+def test_hub_layout_loads_natively_with_automodel_for_diffusion_lm(tmp_path, path, trust_remote_code):
+    """The golden checkpoint with the original file names beside it (files that raise): never run unless asked."""
+    import shutil
+
+    from trl_t3d import AutoModelForDiffusionLM
+    from trl_t3d.models.loading import original_code_files
+
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(path / name, tmp_path / name)
+    files = original_code_files(AutoConfig.from_pretrained(tmp_path))
+    assert files  # the published auto_map survives
+    for name in files:
+        (tmp_path / name).write_text(TRAP)
+    model = AutoModelForDiffusionLM.from_pretrained(str(tmp_path), trust_remote_code=trust_remote_code)
+    assert isinstance(model, LLaDA2MoeModelLM) and type(model).__module__.startswith("trl_t3d.models.")
+    assert model.get_diffusion_adapter().name == "llada2"
+    golden = golden_of(path)
+    with torch.no_grad():
+        logits = model(input_ids=golden["no_mask.input_ids"]).logits
+    assert max_delta(logits, golden["no_mask.logits"]) <= TOL
+    out = tmp_path / "student"
+    model.save_pretrained(out)
+    for name in files:  # the original code travels with the student
+        assert (out / name).read_text() == TRAP
+
+
+@pytest.mark.parametrize("family_dir", ["llada2_dir", "llada21_dir"])
+def test_adapter_lora_targets_and_block_cache(request, family_dir, tokenizer):
+    from trl_t3d import diffusion_generate, get_adapter
+
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(family_dir)).eval()
+    adapter = get_adapter(model, tokenizer=tokenizer)
+    assert adapter.name == "llada2" and adapter.block_causal and adapter.trained_block_length(model) == 32
+    targets = adapter.resolve_lora_targets(model)
+    assert set(targets) == {"query_key_value", "dense", "gate_proj", "up_proj", "down_proj"}
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=targets))
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
+    assert any(".experts." in n for n in adapted) and any(".shared_experts." in n for n in adapted)
+    assert not any(n.endswith((".gate", "lm_head")) for n in adapted)  # never the router or the head
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(family_dir)).eval()
+    batch = tokenizer(["12+34=", "x"], return_tensors="pt", padding=True, add_special_tokens=False)
+    kwargs = dict(max_new_tokens=8, block_length=4, processing_class=tokenizer, stop_at_eos=False)
+    cached = diffusion_generate(model, batch["input_ids"], batch["attention_mask"], use_cache=True, **kwargs)
+    plain = diffusion_generate(model, batch["input_ids"], batch["attention_mask"], use_cache=False, **kwargs)
+    assert torch.equal(cached, plain)
+
+
+def test_editing_trajectories_are_refused_with_the_fix():
+    from trl_t3d.adapters import LLaDA2Adapter
+
+    model = AutoModelForCausalLM.from_pretrained(GOLDEN21).eval()
+    prompt = prompts_of(golden_of(GOLDEN21))[0][None]
+    kwargs = dict(mask_token_id=MASK_ID, max_new_tokens=10, block_length=BLOCK, threshold=0.5, return_dict=True)
+    edited = llada2_generate(model, prompt, editing_threshold=0.3, **kwargs)
+    assert edited.edit_counts.sum() > 0
+    with pytest.raises(ValueError, match="editing_threshold=None"):
+        LLaDA2Adapter.trajectory(edited)
+    plain = llada2_generate(model, prompt, **kwargs)  # LLaDA2.0's rule: each token committed once
+    step_map = LLaDA2Adapter.trajectory(plain)
+    assert (step_map >= 0).all() and plain.edit_counts.sum() == 0
+
+
+@pytest.mark.parametrize("family_dir", ["llada2_dir", "llada21_dir"])
+def test_collect_distill_full_and_lora_evaluate_and_lm_eval(request, tmp_path, family_dir):
+    """The whole pipeline on a tiny native LLaDA2.0 / 2.1: collection, full and LoRA distillation with gradient
+    checkpointing, few-step evaluation, lm-eval's generate_until."""
+    import datasets
+    from lm_eval.api.instance import Instance
+    from peft import LoraConfig
+
+    from trl_t3d import AutoModelForDiffusionLM, DDOConfig, DDOTrainer
+    from trl_t3d.collect import collect_trajectories
+    from trl_t3d.evaluation import Task, evaluate_few_step
+    from trl_t3d.evaluation.lm_eval_backend import DiffusionLMEval
+    from trl_t3d.generation import DiffusionGenerationConfig
+
+    directory = request.getfixturevalue(family_dir)
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(directory)
+    teacher = AutoModelForDiffusionLM.from_pretrained(directory)
+    prompts = datasets.Dataset.from_dict({"prompt": ["1+1=", "abc", "hello", "7-2="]})
+    config = DiffusionGenerationConfig(max_new_tokens=8, block_length=4, tokens_per_step=1)
+    trajectories = collect_trajectories(
+        teacher, tokenizer, prompts, config, batch_size=2, show_progress=False, apply_chat_template=False
+    )
+    assert len(trajectories) == 4 and all(sorted(s for s in r["step_map"] if s >= 0) for r in trajectories)
+    for use_peft in (False, True):
+        args = DDOConfig(
+            output_dir=str(tmp_path / f"out{use_peft}"),
+            per_device_train_batch_size=2,
+            max_steps=1,
+            learning_rate=1e-3,
+            report_to="none",
+            save_strategy="no",
+            disable_tqdm=True,
+            activation_checkpointing=True,
+            use_cpu=True,
+        )
+        trainer = DDOTrainer(
+            directory,
+            args=args,
+            train_dataset=trajectories,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=4, lora_alpha=8) if use_peft else None,
+        )
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        trainer.train()
+        moved = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+        assert moved and (not use_peft or all("lora_" in n for n in moved))
+        assert not use_peft or not any(".mlp.gate." in n for n in moved)  # LoRA leaves the router alone
+        assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
+    task = Task("echo", ["1+1=", "abc"], ["2", "b"], max_new_tokens=8)
+    report = evaluate_few_step(teacher, tokenizer, task, [1, 2], block_length=4, show_progress=False)
+    assert [r["tokens_per_step"] for r in report["results"]] == [1, 2]
+    lm = DiffusionLMEval(directory, tokens_per_step=2, check_greedy=False)
+    (text,) = lm.generate_until(
+        [Instance("generate_until", {}, ("1+1=", {"until": [], "max_gen_toks": 4}), 0, ("s", 0, 1))]
+    )
+    assert isinstance(text, str)

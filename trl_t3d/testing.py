@@ -9,7 +9,7 @@ back through the same `from_pretrained` paths a user takes:
   `model_type` and `auto_map`, loaded without remote code.
 - `save_generic_mlm`: `LlamaForCausalLM` with `is_causal=False` and `config.mask_token_id` (generic adapter).
 - `save_remote_mlm`: a remote-code bidirectional model of no known family ("any other diffusion LM").
-- `save_llada2_like`: remote code with LLaDA2's calling convention (block diffusion), until a native port exists.
+- `save_llada2`: a tiny native LLaDA2.0 / LLaDA2.1 (MoE, block diffusion; `model_type` llada2_moe / llada21_moe).
 - `make_diffusion_gemma`: a tiny native `DiffusionGemmaForBlockDiffusion`.
 - `quick_ddo_config`: a `DDOConfig` for a few CPU steps of training on these models, nothing saved or reported.
 """
@@ -261,6 +261,68 @@ def save_sdar(save_directory: str, **kwargs) -> str:
     return _save_with_tokenizer(make_sdar, save_directory, **kwargs)
 
 
+LLADA2_AUTO_MAP = {
+    "AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+    "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+    "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM",
+}
+
+
+def make_llada2(
+    tokenizer=None,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 0,
+    model_type: str = "llada2_moe",
+    **overrides,
+):
+    """A tiny native LLaDA2.0 (`model_type="llada2_moe"`) or LLaDA2.1 (`"llada21_moe"`) with every MoE feature of the
+    published configs (a dense first layer, then 8 experts in 4 groups, top-2 within 2 groups, a shared expert, routed
+    scaling, `expert_bias`; partial RoPE, q/k norm, GQA) over the char tokenizer's vocabulary."""
+    from .models.llada2 import LLaDA2MoeConfig, LLaDA2MoeModelLM, LLaDA21MoeConfig, LLaDA21MoeModelLM
+
+    tokenizer = tokenizer or make_tokenizer()
+    config_class, model_class = {
+        "llada2_moe": (LLaDA2MoeConfig, LLaDA2MoeModelLM),
+        "llada21_moe": (LLaDA21MoeConfig, LLaDA21MoeModelLM),
+    }[model_type]
+    settings = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        moe_intermediate_size=hidden_size // 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),
+        head_dim=hidden_size // num_heads,
+        num_experts=8,
+        num_shared_experts=1,
+        num_experts_per_tok=2,
+        n_group=4,
+        topk_group=2,
+        first_k_dense_replace=1,
+        use_bias=False,
+        attention_dropout=0.0,
+        embedding_dropout=0.0,
+        output_dropout=0.0,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        mask_token_id=tokenizer.mask_token_id,  # a convenience: the published config leaves it to the tokenizer
+        architectures=["LLaDA2MoeModelLM"],
+        auto_map=dict(LLADA2_AUTO_MAP),
+    )
+    config = config_class(**(settings | overrides))
+    torch.manual_seed(seed)
+    return model_class(config).eval()
+
+
+def save_llada2(save_directory: str, **kwargs) -> str:
+    """A tiny native LLaDA2 (see `make_llada2`) and the char tokenizer in the Hub layout."""
+    return _save_with_tokenizer(make_llada2, save_directory, **kwargs)
+
+
 # --------------------------------------------------------------------------------------------------
 # Remote-code families: the modeling files are written next to the weights, as on the Hub.
 # --------------------------------------------------------------------------------------------------
@@ -365,139 +427,6 @@ class RemoteMLMModel(PreTrainedModel):
         return CausalLMOutputWithPast(logits=logits)
 """
 
-_LLADA2_CONFIG = """
-from transformers import PretrainedConfig
-
-
-class LLaDA2LikeConfig(PretrainedConfig):
-    model_type = "llada2_moe"
-
-    def __init__(self, vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=64, rope_theta=10000.0, rms_norm_eps=1e-5, **kwargs):
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.rope_theta = rope_theta
-        self.rms_norm_eps = rms_norm_eps
-        super().__init__(**kwargs)
-"""
-
-_LLADA2_MODELING = '''
-import torch
-import torch.nn.functional as F
-from torch import nn
-from transformers import PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
-
-from .configuration_llada2_like import LLaDA2LikeConfig
-
-
-def _rope(x, positions, theta):
-    # x: (B, H, T, D); positions: (B, T)
-    D = x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
-    ang = positions[:, None, :, None].float() * inv
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-
-
-class LLaDA2LikeAttention(nn.Module):
-    def __init__(self, config, layer_idx):
-        super().__init__()
-        d = config.hidden_size
-        self.n_heads, self.theta, self.layer_idx = config.num_attention_heads, config.rope_theta, layer_idx
-        self.query_key_value = nn.Linear(d, 3 * d, bias=False)
-        self.dense = nn.Linear(d, d, bias=False)
-
-    def forward(self, x, mask, positions, cache):
-        B, T, D = x.shape
-        q, k, v = (t.view(B, T, self.n_heads, -1).transpose(1, 2) for t in self.query_key_value(x).chunk(3, dim=-1))
-        q, k = _rope(q, positions, self.theta), _rope(k, positions, self.theta)
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.dense(a.transpose(1, 2).reshape(B, T, D))
-
-
-class LLaDA2LikeMLP(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        d, h = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(d, h, bias=False)
-        self.up_proj = nn.Linear(d, h, bias=False)
-        self.down_proj = nn.Linear(h, d, bias=False)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class LLaDA2LikeLayer(nn.Module):
-    def __init__(self, config, layer_idx):
-        super().__init__()
-        self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.attention = LLaDA2LikeAttention(config, layer_idx)
-        self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.mlp = LLaDA2LikeMLP(config)
-
-    def forward(self, x, mask, positions, cache):
-        x = x + self.attention(self.input_layernorm(x), mask, positions, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class LLaDA2LikeModel(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LLaDA2LikeLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-
-
-class LLaDA2LikeModelLM(PreTrainedModel):
-    """LLaDA2's calling convention: a 4D block-diffusion mask (bool, or additive float) with explicit position ids;
-    without a mask the attention is causal, as in LLaDA2's remote code."""
-
-    config_class = LLaDA2LikeConfig
-    base_model_prefix = "model"
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.model = LLaDA2LikeModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-
-    def get_input_embeddings(self):
-        return self.model.word_embeddings
-
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
-                **kwargs):
-        x = self.model.word_embeddings(input_ids)
-        B, T = input_ids.shape
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=x.device)[None].expand(B, -1)
-        if attention_mask is None:
-            keys = torch.arange(past + T, device=x.device)
-            mask = (keys[None, :] <= keys[past:, None])[None, None]
-        elif attention_mask.dim() != 4:
-            raise ValueError("LLaDA2 takes a 4D block-diffusion attention mask")
-        elif attention_mask.dtype == torch.bool:
-            mask = attention_mask
-        else:
-            mask = attention_mask.to(x.dtype)
-        cache = past_key_values if use_cache else None
-        for layer in self.model.layers:
-            x = layer(x, mask, position_ids, cache)
-        logits = self.lm_head(self.model.norm(x))
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
-'''
-
 
 def _write_remote_code(save_directory: str, files: dict[str, str], auto_map: dict[str, str], config) -> None:
     os.makedirs(save_directory, exist_ok=True)
@@ -554,36 +483,6 @@ def save_remote_mlm(
         config,
     )
     return _materialize_remote_model(save_directory, "AutoModel", seed)
-
-
-def save_llada2_like(
-    save_directory: str, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0
-):
-    """Remote-code block-diffusion model with LLaDA2's model_type (`llada2_moe`), module names and calling convention
-    (4D bool or additive mask + position ids, `DynamicCache`), loaded with AutoModelForCausalLM. LLaDA2's own code
-    needs transformers 4.x; this fixture stands for it until a native port exists."""
-    tokenizer = make_tokenizer(save_directory)
-    config = dict(
-        model_type="llada2_moe",
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        intermediate_size=2 * hidden_size,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        architectures=["LLaDA2LikeModelLM"],
-    )
-    _write_remote_code(
-        save_directory,
-        {"configuration_llada2_like.py": _LLADA2_CONFIG, "modeling_llada2_like.py": _LLADA2_MODELING},
-        {
-            "AutoConfig": "configuration_llada2_like.LLaDA2LikeConfig",
-            "AutoModelForCausalLM": "modeling_llada2_like.LLaDA2LikeModelLM",
-        },
-        config,
-    )
-    return _materialize_remote_model(save_directory, "AutoModelForCausalLM", seed)
 
 
 def load_remote(save_directory: str, auto_class: str = "AutoModel"):

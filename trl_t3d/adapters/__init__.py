@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .base import BaseDiffusionAdapter, DiffusionAdapter, position_ids_from_mask
-from .block_diffusion import BlockDiffusionAdapter, LLaDA2Adapter
+from .block_diffusion import BlockDiffusionAdapter
 from .diffusion_gemma import DiffusionGemmaAdapter
 from .families import DreamAdapter, GenericMaskedLMAdapter, LLaDAAdapter
+from .llada2 import LLaDA2Adapter
 from .registry import ADAPTERS, get_adapter, is_causal, register_adapter, resolve_adapter_class
 
 __all__ = [

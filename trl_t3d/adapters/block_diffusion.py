@@ -160,24 +160,6 @@ class BlockDiffusionAdapter(DiffusionAdapter):
         self.cached_forward(model, cache, prompt_ids, valid, prompt_ids.shape[1], block_length, prompt_ids.shape[1])
 
 
-class LLaDA2Adapter(BlockDiffusionAdapter):
-    """LLaDA2.x (`llada2_moe`: LLaDA2.0-mini/-flash, LLaDA2.1): block diffusion with a block-diagonal causal 4D
-    mask (bool or additive) and explicit position ids, block 32, MoE remote code.
-
-    Decoding counts blocks from the completion's start (as for SDAR). LLaDA2's own `generate` (batch 1) aligns
-    blocks to absolute positions, so its first completion block shares the prompt's last block; the two agree when
-    the prompt length is a multiple of the block length.
-    """
-
-    name = "llada2"
-    model_types = ("llada2_moe",)
-    default_mask_token_id = 156895
-    mask_token_names = ("<|mask|>", "<|MASK|>", "[MASK]", "<mask>")
-    default_block_length = 32
-    lora_target_modules = ("query_key_value", "dense", "gate_proj", "up_proj", "down_proj")
-    extra_eos_token_names = ("<|role_end|>",)
-
-
 def _cache_length(cache) -> int:
     return int(cache.get_seq_length()) if cache is not None else 0
 

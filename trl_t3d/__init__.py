@@ -26,6 +26,7 @@ from .generation import (  # noqa: E402, F401
     add_diffusion_generation,
     diffusion_generate,
 )
+from .objectives import LossTerm, StepContext, TermOutput, register_loss_term, register_objective  # noqa: E402, F401
 from .resolved import DiffusionLM, load_diffusion_lm  # noqa: E402, F401
 
 # DDO training (trl_t3d/trainer/): imported lazily, so `import trl_t3d.adapters` does not pay for importing trl.

@@ -184,10 +184,12 @@ def mean_field_queries(
     generator: torch.Generator | None = None,
     *,
     order: torch.Tensor | None = None,
+    positions: int = 1,
 ) -> torch.Tensor:
-    """(S, B, L) bool, S = `num_queries`: query s holds, in every block, the s-th position of that block's masked
-    set in a random order (empty where the block has <= s masked positions). The order is that of `order` ((B, L)
-    random keys, read at the masked positions; e.g. keyed per example), else drawn from `generator`.
+    """(S, B, L) bool, S = `num_queries`: query s holds, in every block, the positions of ranks
+    [s·k, (s+1)·k) (k = `positions`) of that block's masked set in a random order (empty where the block has fewer
+    masked positions). The order is that of `order` ((B, L) random keys, read at the masked positions; e.g. keyed per
+    example), else drawn from `generator`.
 
     Blocks never share a query position, so one teacher forward per query gives each block's exact conditional
     for bidirectional states (a single trained block) and block-causal ones (blocks see only each other's clean
@@ -200,8 +202,10 @@ def mean_field_queries(
         order = torch.rand(mask.shape, generator=generator, device=mask.device)
     keys = order.float().masked_fill(~mask, 2.0)  # masked first
     ranks = ranks_within_blocks(keys, block_length)
+    if positions < 1:
+        raise ValueError(f"`mean_field_positions` must be >= 1, got {positions}.")
     slots = torch.arange(num_queries, device=mask.device).view(-1, 1, 1)
-    return mask.unsqueeze(0) & (ranks.unsqueeze(0) == slots)
+    return mask.unsqueeze(0) & (ranks.unsqueeze(0) // positions == slots)
 
 
 def mean_field_kl(policy_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:
@@ -209,3 +213,34 @@ def mean_field_kl(policy_log_probs: torch.Tensor, teacher_log_probs: torch.Tenso
     (reverse) KL of the student's one-step prediction q_i from the teacher's conditional p_i."""
     policy_log_probs = policy_log_probs.float()
     return (policy_log_probs.exp() * (policy_log_probs - teacher_log_probs.float())).sum(-1)
+
+
+def tad_loss(
+    policy_log_probs: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    policy_token_logps: torch.Tensor,
+    loss_mask: torch.Tensor,
+    decode_rank: torch.Tensor,
+    block_length: int,
+    near_tokens: int,
+    distant_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TAD's temporal-aware loss per example, and the near positions (B, L).
+
+    A masked position is *near* when fewer than `near_tokens` masked positions of its block come before it in decode
+    order (it is decoded within the next `near_tokens` steps of a one-token-per-step trajectory), else *distant*.
+    loss = (Σ_near -log p_θ(y_i) + distant_weight · Σ_distant KL(p_teacher,i || p_θ,i)) / |M|, with the (N, V)
+    log-probs of the masked rows.
+    """
+    mask = loss_mask.bool()
+    block_of = torch.arange(mask.shape[-1], device=mask.device) // block_length
+    rank = decode_rank.masked_fill(~mask, torch.iinfo(decode_rank.dtype).max)
+    num_blocks = int(block_of[-1]) + 1 if mask.shape[-1] else 0
+    first = torch.full((mask.shape[0], num_blocks), torch.iinfo(rank.dtype).max, dtype=rank.dtype, device=mask.device)
+    first = first.scatter_reduce(1, block_of.expand_as(rank), rank, reduce="amin")
+    ahead = decode_rank - first.gather(1, block_of.expand_as(rank))
+    near = mask & (ahead < near_tokens)
+    teacher = teacher_log_probs.float()
+    kl = scatter_rows((teacher.exp() * (teacher - policy_log_probs.float())).sum(-1), mask)
+    total = (-policy_token_logps.float() * near).sum(-1) + distant_weight * (kl * (mask & ~near)).sum(-1)
+    return total / mask.sum(-1).clamp(min=1), near

@@ -9,30 +9,9 @@ import torch
 from transformers.utils import logging
 from trl.trainer.base_config import _BaseConfig
 
-logger = logging.get_logger(__name__)
+from ..objectives import loss_term_class, resolve_objective
 
-# Named objectives: T3D (the paper's), DDO alone, the paper's naive trajectory-distillation baseline, and T3D or NTD
-# with the mean-field reverse KL to the teacher ("t3d_mf" is trl-t3d's recommended objective).
-LOSS_PRESETS: dict[str, tuple[str, ...]] = {
-    "t3d": ("ddo", "path"),
-    "ddo": ("ddo",),
-    "ntd": ("ntd",),
-    "t3d_mf": ("ddo", "path", "mean_field"),
-    "ntd_mf": ("ntd", "mean_field"),
-}
-LOSS_TERMS = ("ddo", "path", "ntd", "certainty", "mean_field")
-# Terms that read the frozen reference (the teacher): without one of them no reference is kept or run.
-REFERENCE_TERMS = frozenset({"ddo", "mean_field"})
-# Settings that only act through one term: set to a non-default value without that term, they warn.
-TERM_SETTINGS = {
-    "alpha": "ddo",
-    "beta": "ddo",
-    "reference_temperature": "ddo",
-    "lambda_path": "path",
-    "path_k_steps": "path",
-    "mean_field_queries": "mean_field",
-    "mean_field_temperature": "mean_field",
-}
+logger = logging.get_logger(__name__)
 
 # Settings a preset decides, for every one of these fields left unset (None). "recommended" is what the task suite
 # (benchmarks/task_suite.py, README "Which objective") measured best; "t3d_paper" is the paper's exact recipe
@@ -159,16 +138,19 @@ class DDOConfig(_BaseConfig):
             The objective. A named one: `"t3d_mf"` (T3D's loss + the mean-field term; the `"recommended"` preset's),
             `"t3d"` (DDO + `lambda_path` x path loss, the paper's; the `"t3d_paper"` preset's), `"ntd"` (naive
             trajectory distillation: masked cross-entropy on the same trajectory states, the paper's baseline),
-            `"ntd_mf"` (NTD + the mean-field term) or `"ddo"` (DDO alone); or a list of terms among `"ddo"`,
+            `"ntd_mf"` (NTD + the mean-field term), or one term's name alone; or a list of terms among `"ddo"`,
             `"path"`, `"ntd"`, `"certainty"` (dParallel's certainty forcing: the entropy of correct predictions on the
-            masked positions) and `"mean_field"` (mean-field reverse KL to the teacher: the student's one-step
+            masked positions), `"mean_field"` (mean-field reverse KL to the teacher: the student's one-step
             argmax fills the masked set and the frozen reference scores each position given the others,
-            `mean_field_queries` reference forwards per step), summed with `loss_weights`. `None` takes the
-            preset's. Every objective shares the states, the collator and the metrics, so one flag compares them on
-            your data. Without a `"ddo"` or `"mean_field"` term no reference is kept or run.
+            `mean_field_queries` reference forwards per step), `"tad"` (TAD, arXiv 2605.09536: hard cross-entropy
+            on the positions decoded next, soft KL to the teacher on the distant ones), `"sft"` (plain
+            masked-diffusion SFT on the teacher's completions, random masks as in pretraining) and any term
+            registered with `trl_t3d.register_loss_term`, summed with `loss_weights`. `None` takes the preset's.
+            Every objective shares the states, the collator and the metrics, so one flag compares them on your data.
+            Without a term that reads the reference (`"ddo"`, `"mean_field"`, `"tad"`) no reference is kept or run.
         loss_weights (`list[float]`, *optional*):
-            Weights of the `loss_type` terms, in order. `None`: 1 for every term except `"path"`, which gets
-            `lambda_path`.
+            Weights of the `loss_type` terms, in order. `None`: each term's default weight (1, and `lambda_path`
+            for `"path"`).
         alpha (`float`, *optional*, defaults to `0.5`):
             Weight of the DDO fake term `-log(1 - σ(β·log p_θ(ŷ)/p_ref(ŷ)))`.
         beta (`float`, *optional*, defaults to `0.1`):
@@ -184,6 +166,15 @@ class DDOConfig(_BaseConfig):
             Reference forwards per step of the `"mean_field"` term; each puts one masked position per block back to
             noise, so up to this many positions per block are trained (all of a block of 4). The reference plays
             the teacher: with `ref_sync_steps > 0` it is the last synced policy for this term too.
+        mean_field_positions (`int`, *optional*, defaults to `1`):
+            Masked positions per block that one `"mean_field"` query puts back to the mask token (spaced in a random
+            order). 1 gives each queried position's exact conditional given the student's fill; k > 1 trains k
+            times the positions per reference forward, each conditioned without the other k - 1 (an approximation).
+        tad_near_tokens (`int`, *optional*):
+            `"tad"`: the masked positions decoded within this many next steps of their block are *near* (hard
+            cross-entropy); the rest *distant* (soft KL to the teacher). `None` uses `student_tokens_per_step`.
+        tad_distant_weight (`float`, *optional*, defaults to `1.0`):
+            `"tad"`: weight of the distant positions' KL against the near positions' cross-entropy.
         mean_field_temperature (`float`, *optional*, defaults to `0.0`):
             Temperature of the student's one-step prediction that fills the masked set for the `"mean_field"` term:
             0 = its argmax, what few-step greedy decoding commits (measured best on the task suite); 1 = a sample of
@@ -312,6 +303,13 @@ class DDOConfig(_BaseConfig):
     mean_field_temperature: float = field(
         default=0.0, metadata={"help": "Temperature of the student's fill in the mean_field term; 0 = argmax."}
     )
+    mean_field_positions: int = field(
+        default=1, metadata={"help": "Masked positions per block in one mean_field query."}
+    )
+    tad_near_tokens: int | None = field(
+        default=None, metadata={"help": "tad: positions decoded within this many steps are near; None = student's."}
+    )
+    tad_distant_weight: float = field(default=1.0, metadata={"help": "tad: weight of the distant positions' KL."})
 
     # Reference
     ref_sync_steps: int | None = field(
@@ -371,6 +369,12 @@ class DDOConfig(_BaseConfig):
             raise ValueError(f"`reference_temperature` must be >= 0, got {self.reference_temperature}.")
         if self.mean_field_queries < 1:
             raise ValueError(f"`mean_field_queries` must be >= 1, got {self.mean_field_queries}.")
+        if self.mean_field_positions < 1:
+            raise ValueError(f"`mean_field_positions` must be >= 1, got {self.mean_field_positions}.")
+        if self.tad_near_tokens is not None and self.tad_near_tokens < 1:
+            raise ValueError(f"`tad_near_tokens` must be >= 1 (or None), got {self.tad_near_tokens}.")
+        if self.tad_distant_weight < 0:
+            raise ValueError(f"`tad_distant_weight` must be >= 0, got {self.tad_distant_weight}.")
         if self.mean_field_temperature < 0:
             raise ValueError(f"`mean_field_temperature` must be >= 0, got {self.mean_field_temperature}.")
         if self.ref_sync_steps < 0:
@@ -394,8 +398,15 @@ class DDOConfig(_BaseConfig):
         """A loss setting changed from its default while its term is not in the objective does nothing: say so."""
         terms = self.loss_terms()  # also validates loss_type
         defaults = {f.name: f.default for f in fields(self)}
-        for name, term in TERM_SETTINGS.items():
-            if term not in terms and getattr(self, name) != defaults[name]:
+        from ..objectives import loss_term_names
+
+        owners = {}
+        for term in loss_term_names():
+            cls = loss_term_class(term)
+            for name in (*cls.settings, *([cls.default_weight] if isinstance(cls.default_weight, str) else [])):
+                owners[name] = term
+        for name, term in owners.items():
+            if name in defaults and term not in terms and getattr(self, name) != defaults[name]:
                 logger.warning(
                     f"`{name}`={getattr(self, name)} has no effect: loss_type={list(terms)} has no '{term}' term "
                     f"(preset {self.preset!r}). Add '{term}' to loss_type, or drop `{name}`."
@@ -426,34 +437,12 @@ class DDOConfig(_BaseConfig):
 
     def loss_terms(self) -> dict[str, float]:
         """The objective as `{term: weight}` (see `loss_type`), validated; every error names the valid choices."""
-        loss_type = self.loss_type
-        if isinstance(loss_type, (list, tuple)) and len(loss_type) == 1 and loss_type[0] in LOSS_PRESETS:
-            loss_type = loss_type[0]
-        if isinstance(loss_type, str) and loss_type in LOSS_PRESETS:
-            if self.loss_weights is not None:
-                raise ValueError(
-                    f"`loss_weights` applies to a list of terms, not to the preset loss_type={loss_type!r}. Give "
-                    f"loss_type={list(LOSS_PRESETS[loss_type])} with loss_weights, or drop loss_weights."
-                )
-            terms = list(LOSS_PRESETS[loss_type])
-        else:
-            terms = [loss_type] if isinstance(loss_type, str) else list(loss_type)
-        unknown = [t for t in terms if t not in LOSS_TERMS]
-        if not terms or unknown or len(set(terms)) != len(terms):
-            raise ValueError(
-                f"Invalid loss_type={loss_type!r}: use a preset {sorted(LOSS_PRESETS)} or a list of distinct terms "
-                f"among {list(LOSS_TERMS)}."
-            )
-        weights = self.loss_weights
-        if weights is None:
-            weights = [self.lambda_path if t == "path" else 1.0 for t in terms]
-        if len(weights) != len(terms) or any(w < 0 for w in weights):
-            raise ValueError(f"`loss_weights`={weights} must give one weight >= 0 per term of loss_type={terms}.")
-        return dict(zip(terms, (float(w) for w in weights)))
+        return resolve_objective(self.loss_type, self.loss_weights, self)
 
     def reads_reference(self) -> bool:
-        """Whether the objective has a term that reads the frozen reference (DDO, mean-field): else none is kept."""
-        return bool(REFERENCE_TERMS & set(self.loss_terms()))
+        """Whether the objective has a term that reads the frozen reference (DDO, mean-field, TAD): else none is
+        kept."""
+        return any(loss_term_class(term).reads_reference for term in self.loss_terms())
 
     def teacher_generation_settings(self) -> dict:
         """The teacher's decoding settings for self-collected trajectories: `generation_config`, else `generation_*`."""

@@ -28,19 +28,8 @@ from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import disable_dropout_in_model, use_adapter
 
-from ..losses import (
-    certainty_loss,
-    ddo_loss,
-    masked_log_probs,
-    mean_field_kl,
-    mean_field_queries,
-    mean_over_mask,
-    ntd_loss,
-    path_loss_from_token_logps,
-    picked_token_logps,
-    sample_fake_tokens,
-    scatter_rows,
-)
+from ..losses import mean_over_mask
+from ..objectives import MeanFieldTerm, StepContext, loss_term_class
 from ..resolved import DiffusionLM, load_diffusion_lm
 from ..trajectories import dataset_metadata, is_prompt_only, prepare_trajectory_dataset
 from .collator import DDODataCollator
@@ -385,6 +374,8 @@ class DDOTrainer(_BaseTrainer):
         # 5. Reference: frozen copy (built before accelerate/deepspeed wraps the policy), or disabled adapters; none
         #    when the objective has no term that reads it (DDO, mean-field)
         self.loss_terms = args.loss_terms()
+        self._loss_terms = [self._make_term(name, args) for name in self.loss_terms]
+        self._eval_terms = [term for term in self._loss_terms if not term.training_only]
         if not args.reads_reference():
             if ref_model is not None:
                 logger.warning(
@@ -489,6 +480,12 @@ class DDOTrainer(_BaseTrainer):
         return dataloader
 
     # -------------------------------------------------------------------------------------- randomness
+    def _make_term(self, name: str, args):
+        cls = loss_term_class(name)
+        if cls is MeanFieldTerm:
+            return cls(args, max_over_processes=self._max_over_processes)
+        return cls(args)
+
     def _uniform(self, name: str, inputs: dict, counts: torch.Tensor, width: int, device) -> torch.Tensor:
         """Uniform noise of a batch, `(counts.sum(), width)` in example order: example i's `counts[i]` rows come from
         a generator seeded by `(seed, name, mode, state_key[i])` (see `trainer/randomness.py`), so they do not depend
@@ -509,10 +506,6 @@ class DDOTrainer(_BaseTrainer):
             streams[name, mode] = torch.Generator(device=device).manual_seed(seed)
         total = int(counts.sum())
         return torch.rand((total, width), generator=streams[name, mode], device=device, dtype=torch.float64)
-
-    def _never_id(self):
-        """The mask token, which one-shot predictions (fake tokens, the mean-field fill) never write."""
-        return self.adapter.mask_token_id if self.adapter.noise == "mask" else None
 
     def _prepare(self, dataset, processing_class, args, name):
         if isinstance(dataset, dict):
@@ -739,155 +732,53 @@ class DDOTrainer(_BaseTrainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        args = self.args
+        """The objective's terms over one shared `StepContext`: the policy forward at x_t and the reference forward
+        run once, and only if a term reads them (T3D's loss: one of each, where the paper's code runs four)."""
         mode = "train" if self.model.training else "eval"
-        terms = self.loss_terms
-        if mode == "eval":  # the mean-field term's extra reference forwards are a training signal, not a measure
-            terms = {term: weight for term, weight in terms.items() if term != "mean_field"}
-        loss_mask = inputs["loss_mask"].bool()
-        labels = inputs["x0"]
-        block_length = int(inputs["block_length"][0])
-        ddo_terms = None
-
-        # 1. One reference forward (only when the objective has a DDO term): log p_ref(y), the fake tokens ŷ (drawn
-        #    once), log p_ref(ŷ)
-        if "ddo" in terms:
-            with torch.no_grad(), self._reference(model) as reference:
-                ref_rows = self._completion_logits(reference, inputs)[loss_mask].float()  # (N, V): rows of M only
-                noise = None
-                if args.reference_temperature > 0:
-                    noise = self._uniform(
-                        "fake_tokens", inputs, loss_mask.sum(-1), ref_rows.shape[-1], ref_rows.device
-                    )
-                fake_rows = sample_fake_tokens(
-                    ref_rows, args.reference_temperature, uniform=noise, never_id=self._never_id()
-                )
-                ref_log_probs = ref_rows.log_softmax(-1)
-                del ref_rows
-                fake = labels.masked_scatter(loss_mask, fake_rows)
-                ref_real_tok = picked_token_logps(ref_log_probs, loss_mask, labels)
-                ref_fake_tok = picked_token_logps(ref_log_probs, loss_mask, fake)
-                del ref_log_probs
-
-        # 2. One policy forward gives every term: log p_θ(y), log p_θ(ŷ), path, NTD and certainty losses
-        policy_log_probs = masked_log_probs(self._completion_logits(model, inputs), loss_mask)
-        policy_real_tok = picked_token_logps(policy_log_probs, loss_mask, labels)
-        losses = {
-            "path": path_loss_from_token_logps(
-                policy_real_tok, loss_mask, inputs["decode_rank"], block_length, args.path_k_steps
-            ),
-            "ntd": ntd_loss(policy_real_tok, loss_mask),
-        }
-        if "certainty" in terms:
-            losses["certainty"] = certainty_loss(policy_log_probs, labels, loss_mask)
-        extra_metrics = {}
-        if "mean_field" in terms:
-            losses["mean_field"], extra_metrics["mean_field/teacher_agrees"] = self._mean_field_loss(
-                model, inputs, policy_log_probs, block_length
-            )
-        if "ddo" in terms:
-            policy_fake_tok = picked_token_logps(policy_log_probs, loss_mask, fake)
-            ddo_terms = {
-                "policy_real": mean_over_mask(policy_real_tok, loss_mask),
-                "policy_fake": mean_over_mask(policy_fake_tok, loss_mask),
-                "ref_real": mean_over_mask(ref_real_tok, loss_mask),
-                "ref_fake": mean_over_mask(ref_fake_tok, loss_mask),
-                "fake_equals_real": (fake == labels)[loss_mask].float().mean()[None],
-            }
-            losses["ddo"], ddo_terms["loss_real"], ddo_terms["loss_fake"] = ddo_loss(
-                ddo_terms["policy_real"],
-                ddo_terms["policy_fake"],
-                ddo_terms["ref_real"],
-                ddo_terms["ref_fake"],
-                args.alpha,
-                args.beta,
-            )
-        del policy_log_probs
-        loss = sum(weight * losses[term] for term, weight in terms.items()).mean()
-
-        self._record_metrics(mode, losses, ddo_terms, inputs, extra_metrics)
+        terms = self._loss_terms if mode == "train" else self._eval_terms
+        ctx = self._step_context(model, inputs, mode)
+        outputs = {term.name: term.compute(ctx) for term in terms}
+        if outputs:
+            loss = sum(self.loss_terms[name] * out.loss for name, out in outputs.items()).mean()
+        else:  # every term is training-only
+            loss = torch.zeros((), device=ctx.loss_mask.device)
+        self._record_metrics(mode, outputs, inputs)
         if return_outputs:
-            outputs = {"policy_real_logps": mean_over_mask(policy_real_tok, loss_mask)}
-            if ddo_terms is not None:
-                outputs["policy_fake_logps"] = ddo_terms["policy_fake"]
-            return loss, outputs
+            return loss, {"policy_real_logps": mean_over_mask(ctx.policy_token_logps, ctx.loss_mask)}
         return loss
 
-    def _mean_field_loss(self, model, inputs, policy_log_probs, block_length):
-        """Mean-field reverse KL to the teacher's joint over the masked set, per example, and the share of queried
-        positions where the teacher's best token given the student's fill is the student's own (1 = the block the
-        student writes in one step is one the teacher would keep).
+    def _step_context(self, model, inputs, mode) -> StepContext:
+        def reference_forward(state):
+            with self._reference(model) as reference:
+                return self._completion_logits(reference, state)
 
-        What is computed: the student's one-step prediction x̃ fills the masked set (its argmax at the default
-        `mean_field_temperature=0`, a Gumbel sample at > 0; never the mask token); for each query the teacher (the
-        frozen reference) sees x̃ with one position per block put back to the mask token and gives
-        p(x_i | x̃_-i, context); the loss is the mean over queried positions of KL(q_i || p(· | x̃_-i)).
-        With x̃ sampled from q this is the mean-field gradient of KL(q || p_teacher) over factorized q. With the argmax
-        fill (the default) it is the teacher re-scoring the student's own greedy block: it pulls each position toward
-        what the teacher would write given the student's other positions, which favours one coherent answer per block
-        but can also settle on a consistent wrong one. Randomness (queries, fill) is keyed per example.
-        """
-        loss_mask = inputs["loss_mask"].bool()
-        device, counts = policy_log_probs.device, loss_mask.sum(-1)
-        noise = None
-        if self.args.mean_field_temperature > 0:
-            noise = self._uniform("mean_field_fill", inputs, counts, policy_log_probs.shape[-1], device)
-        sampled = sample_fake_tokens(
-            policy_log_probs.detach(), self.args.mean_field_temperature, uniform=noise, never_id=self._never_id()
-        )
-        filled = inputs["xt"].masked_scatter(loss_mask, sampled.to(inputs["xt"].dtype))
-        order = scatter_rows(self._uniform("mean_field_queries", inputs, counts, 1, device)[:, 0], loss_mask)
-        queries = mean_field_queries(loss_mask, block_length, self.args.mean_field_queries, order=order)
-        # a queried position shows the teacher noise: the mask token (not a random token the collator placed there)
-        noised = inputs["xt"] if self._never_id() is None else torch.full_like(inputs["xt"], self._never_id())
-        row_of = scatter_rows(torch.arange(policy_log_probs.shape[0], device=loss_mask.device), loss_mask)
-        teacher_rows = torch.zeros(policy_log_probs.shape, dtype=torch.float32, device=policy_log_probs.device)
-        covered = torch.zeros_like(loss_mask)
-        with torch.no_grad(), self._reference(model) as reference:
-            for query in queries[: self._num_nonempty_queries(queries)]:
-                state = dict(inputs, xt=torch.where(query, noised, filled))
-                teacher_rows[row_of[query]] = self._completion_logits(reference, state)[query].float().log_softmax(-1)
-                covered |= query
-        rows = covered[loss_mask]
-        kl = mean_field_kl(policy_log_probs[rows], teacher_rows[rows])
-        agrees = (teacher_rows[rows].argmax(-1) == policy_log_probs[rows].argmax(-1)).float()
-        return mean_over_mask(scatter_rows(kl, covered), covered), mean_over_mask(
-            scatter_rows(agrees, covered), covered
+        return StepContext(
+            inputs,
+            args=self.args,
+            adapter=self.adapter,
+            mode=mode,
+            policy_forward=lambda state: self._completion_logits(model, state),
+            reference_forward=reference_forward if self.args.reads_reference() else None,
+            uniform=self._uniform,
         )
 
-    def _num_nonempty_queries(self, queries) -> int:
-        """Queries holding a position (later ones hold fewer, so they come first), the maximum over processes: a
-        sharded reference (ZeRO-3, FSDP) gathers its weights in every forward, so every rank must run as many."""
-        count = queries.flatten(1).any(-1).sum()
+    def _max_over_processes(self, count: int) -> int:
+        """The maximum of `count` over processes: a sharded reference (ZeRO-3, FSDP) gathers its weights in every
+        forward, so every rank must run as many (e.g. mean-field queries)."""
         if self.accelerator.num_processes > 1:
-            count = self.accelerator.gather(count[None]).max()
-        return int(count)
+            count = int(self.accelerator.gather(torch.tensor([count], device=self.accelerator.device)).max())
+        return count
 
-    def _record_metrics(self, mode, losses, ddo_terms, inputs, extra=None):
+    def _record_metrics(self, mode, outputs, inputs):
         gather = self.accelerator.gather_for_metrics
-        values = {f"loss_{term}": value for term, value in losses.items()} | (extra or {})
-        if ddo_terms is not None:
-            margin_real = (ddo_terms["policy_real"] - ddo_terms["ref_real"]).detach()
-            margin_fake = (ddo_terms["policy_fake"] - ddo_terms["ref_fake"]).detach()
-            values.update(
-                {
-                    "loss_real": ddo_terms["loss_real"],
-                    "loss_fake": ddo_terms["loss_fake"],
-                    "logps/policy_real": ddo_terms["policy_real"],
-                    "logps/policy_fake": ddo_terms["policy_fake"],
-                    "logps/ref_real": ddo_terms["ref_real"],
-                    "logps/ref_fake": ddo_terms["ref_fake"],
-                    "margins/real": margin_real,
-                    "margins/fake": margin_fake,
-                    "accuracy/real": (margin_real > 0).float(),
-                    "accuracy/fake": (margin_fake < 0).float(),
-                    "accuracy": ((margin_real > 0).float() + (margin_fake < 0).float()) / 2,
-                    "fake_equals_real": ddo_terms["fake_equals_real"],
-                }
-            )
-        stacked = gather(torch.stack([t.detach().float().mean() for t in values.values()])[None]).mean(0)
-        for key, value in zip(values, stacked.tolist()):
-            self._metrics[mode][key].append(value)
+        values = {}
+        for name, out in outputs.items():
+            values[f"loss_{name}"] = out.loss
+            values.update(out.metrics)
+        if values:
+            stacked = gather(torch.stack([t.detach().float().mean() for t in values.values()])[None]).mean(0)
+            for key, value in zip(values, stacked.tolist()):
+                self._metrics[mode][key].append(value)
         loss_mask = inputs["loss_mask"]
         inputs_tokens = inputs["prompt_attention_mask"].sum() + inputs["xt"].numel()
         self._tokens_since_log[mode] += int(gather(inputs_tokens.detach()[None]).sum())
@@ -977,16 +868,10 @@ class DDOTrainer(_BaseTrainer):
 
     def _objective_summary(self) -> str:
         """The loss terms with their weights and the settings each one reads, for the model card."""
-        args = self.args
-        details = {
-            "ddo": f"alpha = {args.alpha}, beta = {args.beta}",
-            "path": f"k = {args.path_k_steps}",
-            "mean_field": f"{args.mean_field_queries} queries, fill temperature {args.mean_field_temperature}",
-        }
-        parts = [
-            f"{term} x {weight:g}" + (f" ({details[term]})" if term in details else "")
-            for term, weight in self.loss_terms.items()
-        ]
+        parts = []
+        for term in self._loss_terms:
+            details = term.describe()
+            parts.append(f"{term.name} x {self.loss_terms[term.name]:g}" + (f" ({details})" if details else ""))
         return f"`loss_type={list(self.loss_terms)}`: " + "; ".join(parts)
 
     def _save_generation_config(self, output_dir):

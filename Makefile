@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m trl_t3d.demo
+	$(PY) -m trl_t3d.toy.demo
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 -m "not deepspeed"

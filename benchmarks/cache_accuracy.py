@@ -6,7 +6,7 @@ step in blocks of 4 (the demo's evaluation), with `cache="none" | "prefix" | "du
 at one token per step (the collection setting) with each cache: the share of prompts whose completion, and whose
 step map, differ from exact decoding.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m trl_t3d.demo --output_dir /tmp/demo     # teacher/ and student/ (~5 min)
+    OMP_NUM_THREADS=1 .venv/bin/python -m trl_t3d.toy.demo --output_dir /tmp/demo     # teacher/ and student/ (~5 min)
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/cache_accuracy.py --teacher_dir /tmp/demo/teacher \\
         --student_dir /tmp/demo/student                          # writes benchmarks/results/cache_accuracy.json
 
@@ -137,7 +137,7 @@ def main():
     parser.add_argument("--num_eval", type=int, default=256, help="test prompts per task")
     parser.add_argument("--num_trajectories", type=int, default=512, help="training prompts per task")
     parser.add_argument("--block_length", type=int, default=4)
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="built-in tasks (trl_t3d.evaluation)")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="built-in tasks (trl_t3d.toy.tasks)")
     parser.add_argument("--max_new_tokens", type=int, default=None, help="canvas; default: each task's own")
     parser.add_argument(
         "--refresh_intervals", type=int, nargs="*", default=[2], help="cache_refresh_interval values to add"
@@ -146,14 +146,14 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
-    from trl_t3d.evaluation import get_task
+    from trl_t3d.toy.tasks import get_task
 
     started = time.perf_counter()
     if args.teacher_dir:
         teacher, tokenizer = load(args.teacher_dir)
         teacher_source = args.teacher_dir
     else:
-        from trl_t3d.pretraining import make_toy_teacher
+        from trl_t3d.toy.pretraining import make_toy_teacher
 
         teacher, tokenizer = make_toy_teacher(args.seed)
         teacher.eval()

@@ -106,8 +106,8 @@ def main(argv=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_t3d import DiffusionGenerationConfig, collect_trajectories
-    from trl_t3d.evaluation import get_task
-    from trl_t3d.pretraining import make_toy_teacher
+    from trl_t3d.toy.pretraining import make_toy_teacher
+    from trl_t3d.toy.tasks import get_task
 
     start = time.perf_counter()
     torch.manual_seed(0)

@@ -7,7 +7,7 @@
 3. distill, from the teacher's weights, with the same trajectories, step budget, batch size and learning rate:
    - `sft`: masked-diffusion cross-entropy on the teacher's completions with random masking (t ~ U(0, 1)): the
      pretraining objective on the trajectories. DDOConfig cannot express it (alpha=0 still leaves DDO's real term,
-     a sigmoid of a log-ratio, not a cross-entropy), so it is a plain loop (`trl_t3d.pretraining`);
+     a sigmoid of a log-ratio, not a cross-entropy), so it is a plain loop (`trl_t3d.toy.pretraining`);
    - `ddo_no_path`: `DDOTrainer` as `t3d` but with `lambda_path=0`;
    - `t3d`: `DDOTrainer` with the T3D loss (alpha 0.5, beta 0.1, lambda_path 0.2, k 4) and two settings changed
      for this scale: no random tokens (`random_token_ratio=0`) and mask ratios drawn uniformly from
@@ -39,7 +39,7 @@ import time
 
 import torch
 
-from trl_t3d.pretraining import DEFAULT_TEACHER_FLOOR
+from trl_t3d.toy.pretraining import DEFAULT_TEACHER_FLOOR
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TASKS = ("arithmetic", "permutation_skewed")
@@ -90,13 +90,13 @@ def parse_args(argv=None):
 def load_or_train_teacher(args):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_t3d.pretraining import make_toy_teacher
+    from trl_t3d.toy.pretraining import make_toy_teacher
 
     if args.teacher_dir and os.path.exists(os.path.join(args.teacher_dir, "config.json")):
         print(f"Loading the teacher from {args.teacher_dir}")
         model = AutoModelForCausalLM.from_pretrained(args.teacher_dir).eval()
         return model, AutoTokenizer.from_pretrained(args.teacher_dir), {"loaded_from": args.teacher_dir}
-    from trl_t3d.evaluation import get_task
+    from trl_t3d.toy.tasks import get_task
 
     tasks = [get_task(name, num_examples=20000, split="train") for name in args.tasks]
     model, tokenizer, log = make_toy_teacher(
@@ -112,7 +112,7 @@ def collect(teacher, tokenizer, args):
     from datasets import Dataset, concatenate_datasets
 
     from trl_t3d import DiffusionGenerationConfig, collect_trajectories
-    from trl_t3d.evaluation import get_task
+    from trl_t3d.toy.tasks import get_task
 
     parts = []
     for name in args.tasks:
@@ -138,7 +138,7 @@ def collect(teacher, tokenizer, args):
 
 def train_sft(teacher, tokenizer, trajectories, args, seed):
     """Masked-diffusion CE on the teacher's completions (EOS-padded to the canvas), same budget as DDO."""
-    from trl_t3d.pretraining import pretrain_masked_diffusion
+    from trl_t3d.toy.pretraining import pretrain_masked_diffusion
 
     canvas = 8
     eos = tokenizer.eos_token_id
@@ -169,7 +169,7 @@ def train_ddo(teacher, tokenizer, trajectories, args, seed, **overrides):
     import tempfile
 
     from trl_t3d import DDOTrainer
-    from trl_t3d.pretraining import toy_distillation_config
+    from trl_t3d.toy.pretraining import toy_distillation_config
 
     settings = {
         "loss_type": "t3d",  # the paper's objective (DDOConfig's default is trl-t3d's recommended one)
@@ -199,7 +199,7 @@ def train_ddo(teacher, tokenizer, trajectories, args, seed, **overrides):
 
 def ordering_shares(report: dict) -> dict:
     """Per budget, the share of answers that are the skewed data's joint mode, another valid ordering, or invalid."""
-    from trl_t3d.evaluation.tasks import SKEWED_ORDERINGS
+    from trl_t3d.toy.tasks import SKEWED_ORDERINGS
 
     mode = max(SKEWED_ORDERINGS, key=lambda ow: ow[1])[0]
     shares = {}
@@ -215,7 +215,8 @@ def ordering_shares(report: dict) -> dict:
 
 def evaluate_task(model, tokenizer, args, task_name: str, name: str) -> dict:
     """`evaluate_few_step` on the test split (or the first trajectory prompts), every sample kept in the report."""
-    from trl_t3d.evaluation import evaluate_few_step, get_task
+    from trl_t3d.evaluation import evaluate_few_step
+    from trl_t3d.toy.tasks import get_task
 
     if args.eval_split == "train":  # the first prompts of the collection (same generator, same seed)
         task = get_task(task_name, num_examples=args.eval_examples, split="train", seed=COLLECT_SEED)
@@ -343,7 +344,7 @@ def main(argv=None):
     args = parse_args(argv)
     logging.getLogger("trl_t3d").setLevel(logging.WARNING)
     from trl_t3d.evaluation import rows_markdown_table
-    from trl_t3d.pretraining import check_teacher_floor
+    from trl_t3d.toy.pretraining import check_teacher_floor
 
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -413,7 +414,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from trl_t3d.pretraining import TeacherBelowFloorError
+    from trl_t3d.toy.pretraining import TeacherBelowFloorError
 
     try:
         main()

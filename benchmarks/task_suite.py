@@ -8,7 +8,7 @@ from the teacher's weights on the same trajectories with the same budget, throug
 test prompts at 1 / 2 / 4 tokens per step in blocks of 4 and 1 / 2 / 4 / 8 in one block of 16, and with threshold
 decoding (Fast-dLLM's rule, thresholds 0.9 / 0.7 / 0.5: accuracy, tokens per forward and AUP).
 
-Tasks (trl_t3d.evaluation.tasks): arithmetic (deterministic, answers of 2-3 digits), reverse (deterministic,
+Tasks (trl_t3d.toy.tasks): arithmetic (deterministic, answers of 2-3 digits), reverse (deterministic,
 4-10 letters over several blocks), permutation_skewed (many answers, a learnable joint mode), two_way_sort (two
 answers at 50/50), phrase (many answers with constraints across a two-block phrase).
 
@@ -120,8 +120,8 @@ def parse_args(argv=None):
 
 # ------------------------------------------------------------------------------------------------ stages
 def train_teacher(seed: int, args):
-    from trl_t3d.evaluation import get_task
-    from trl_t3d.pretraining import make_toy_teacher
+    from trl_t3d.toy.pretraining import make_toy_teacher
+    from trl_t3d.toy.tasks import get_task
 
     tasks = [get_task(name, num_examples=20000, split="train", seed=seed) for name in args.tasks]
     model, tokenizer, log = make_toy_teacher(
@@ -193,7 +193,7 @@ def collect(teacher, tokenizer, args, seed: int):
     from datasets import Dataset, concatenate_datasets
 
     from trl_t3d import DiffusionGenerationConfig, collect_trajectories
-    from trl_t3d.evaluation import get_task
+    from trl_t3d.toy.tasks import get_task
 
     config = DiffusionGenerationConfig(max_new_tokens=CANVAS, block_length=4, tokens_per_step=1)
     parts = []
@@ -217,7 +217,7 @@ def collect(teacher, tokenizer, args, seed: int):
 
 def student_config(args, seed: int, method: str, output_dir: str):
     """The method's `DDOConfig` (its `lora_r`, if any, is not a config field: `train_student` reads it)."""
-    from trl_t3d.pretraining import toy_distillation_config
+    from trl_t3d.toy.pretraining import toy_distillation_config
 
     settings = {k: v for k, v in ALL_METHODS[method].items() if k != "lora_r"}
     return toy_distillation_config(
@@ -256,7 +256,8 @@ def evaluate(model, tokenizer, args, name: str) -> dict:
     """Accuracy and tokens per forward per task and decoding: `{task}/b{block}/k{tokens per step}` for fixed budgets
     and `{task}/b{block}/t{threshold}` for threshold decoding (test split, greedy, low-confidence remasking)."""
     from trl_t3d import DiffusionGenerationConfig
-    from trl_t3d.evaluation import evaluate_few_step, get_task
+    from trl_t3d.evaluation import evaluate_few_step
+    from trl_t3d.toy.tasks import get_task
 
     out = {}
     for task_name in args.tasks:

@@ -17,8 +17,9 @@ import time
 
 import torch
 
-from trl_t3d.evaluation import evaluate_few_step, get_task, markdown_table, plot_frontier
-from trl_t3d.pretraining import make_toy_teacher
+from trl_t3d.evaluation import evaluate_few_step, markdown_table, plot_frontier
+from trl_t3d.toy.pretraining import make_toy_teacher
+from trl_t3d.toy.tasks import get_task
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -17,8 +17,9 @@ from trl_t3d import (
     collect_trajectories,
     testing,
 )
-from trl_t3d.evaluation import Task, evaluate_few_step, get_task
+from trl_t3d.evaluation import Task, evaluate_few_step
 from trl_t3d.hub import push_student_to_hub
+from trl_t3d.toy.tasks import get_task
 
 ROW = {"prompt_ids": [11, 12, 13], "completion_ids": [14, 15, 16, 17], "step_map": [1, 0, 3, 2], "block_length": 4}
 
@@ -254,7 +255,7 @@ def test_example_script_bad_input(tmp_path, paths):
     ],
 )
 def test_demo_bad_input(argv, message, capsys):
-    from trl_t3d.demo import parse_args
+    from trl_t3d.toy.demo import parse_args
 
     with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from trl_t3d import demo
-from trl_t3d.demo import parse_args, run_demo
-from trl_t3d.pretraining import TeacherBelowFloorError, check_teacher_floor
+from trl_t3d.toy import demo
+from trl_t3d.toy.demo import parse_args, run_demo
+from trl_t3d.toy.pretraining import TeacherBelowFloorError, check_teacher_floor
 
 
 def test_demo_pipeline_runs_end_to_end(tmp_path):

@@ -13,7 +13,6 @@ import torch
 from trl_t3d import testing
 from trl_t3d.evaluation import (
     Task,
-    arithmetic_task,
     aup,
     aup_of_report,
     boxed_verifier,
@@ -21,20 +20,21 @@ from trl_t3d.evaluation import (
     exact_match_verifier,
     extract_boxed,
     extract_last_number,
-    get_task,
     get_verifier,
     markdown_table,
     normalize_latex_answer,
     number_verifier,
     one_of_verifier,
-    permutation_task,
     permutation_verifier,
     plot_frontier,
     rows_markdown_table,
-    two_way_sort_task,
 )
-from trl_t3d.evaluation.tasks import (
+from trl_t3d.toy.tasks import (
     SKEWED_ORDERINGS,
+    arithmetic_task,
+    get_task,
+    permutation_task,
+    two_way_sort_task,
 )
 
 
@@ -407,7 +407,7 @@ def test_evaluate_few_step_errors(tiny_model, tokenizer):
 # ------------------------------------------------------------------------------------------------ pretraining
 def test_masked_diffusion_pretraining_learns(tokenizer):
     """A few steps on one fixed example drive its loss down: objective, masking and optimizer are wired right."""
-    from trl_t3d.pretraining import build_examples, masked_diffusion_loss, pretrain_masked_diffusion
+    from trl_t3d.toy.pretraining import build_examples, masked_diffusion_loss, pretrain_masked_diffusion
 
     task = Task("one", ["12+34="], [46], "number", targets=["46"], max_new_tokens=4)
     examples = build_examples([task], tokenizer)
@@ -423,7 +423,7 @@ def test_masked_diffusion_pretraining_learns(tokenizer):
     assert out["results"][0]["accuracy"] == 1.0
     # the loss only covers masked completion tokens: nothing masked -> zero loss
     from trl_t3d.adapters import get_adapter
-    from trl_t3d.pretraining import collate
+    from trl_t3d.toy.pretraining import collate
 
     adapter = get_adapter(model, tokenizer=tokenizer)
     prompt_ids, prompt_mask, completions = collate(examples, adapter.pad_token_id)
@@ -433,7 +433,7 @@ def test_masked_diffusion_pretraining_learns(tokenizer):
 
 
 def test_build_examples_drops_and_counts_too_long(tokenizer, caplog):
-    from trl_t3d.pretraining import build_examples
+    from trl_t3d.toy.pretraining import build_examples
 
     task = Task("t", ["a", "b"], [1, 2], "exact", targets=["12", "123456"], max_new_tokens=4)
     with caplog.at_level("WARNING"):
@@ -455,7 +455,7 @@ def test_permutation_skewed_rejects_other_lengths():
 
 def test_phrase_task_argmax_mixes_phrases_while_one_position_at_a_time_finds_one():
     """The "New York" + "Los Angeles" -> "New Angeles" failure, on the exact phrase distribution of every category."""
-    from trl_t3d.evaluation.tasks import PHRASE_WEIGHTS, phrase_bank, phrase_task
+    from trl_t3d.toy.tasks import PHRASE_WEIGHTS, phrase_bank, phrase_task
 
     bank = phrase_bank(32, 8)
     for phrases in bank:

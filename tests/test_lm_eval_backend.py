@@ -106,7 +106,7 @@ def flexible_extract(completion, reference):
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """(model, tokenizer, saved dir): a tiny bidirectional LM trained to answer the first 6 questions."""
-    from trl_t3d.pretraining import pretrain_masked_diffusion
+    from trl_t3d.toy.pretraining import pretrain_masked_diffusion
 
     tokenizer = testing.make_tokenizer()
     model = testing.make_generic_mlm(tokenizer, hidden_size=32, num_layers=2, seed=0)

@@ -1,11 +1,11 @@
-"""Few-step evaluation: tasks + verifiers, `evaluate_few_step`, AUP, frontier plots and tables.
+"""Few-step evaluation: tasks (prompts + verifier), verifiers, `evaluate_few_step`, AUP, frontier plots and tables.
 
 lm-evaluation-harness tasks run through `trl_t3d.evaluation.lm_eval_backend` (optional extra `eval`; not imported
 here, so the package works without lm-eval)."""
 
 from .evaluate import evaluate_few_step
 from .report import aup, aup_of_report, markdown_table, plot_frontier, rows_markdown_table, write_report
-from .tasks import BUILTIN_TASKS, Task, arithmetic_task, get_task, permutation_task, two_way_sort_task
+from .tasks import Task
 from .verifiers import (
     VERIFIERS,
     boxed_verifier,
@@ -20,10 +20,8 @@ from .verifiers import (
 )
 
 __all__ = [
-    "BUILTIN_TASKS",
     "VERIFIERS",
     "Task",
-    "arithmetic_task",
     "aup",
     "aup_of_report",
     "boxed_verifier",
@@ -31,14 +29,11 @@ __all__ = [
     "exact_match_verifier",
     "extract_boxed",
     "extract_last_number",
-    "get_task",
     "get_verifier",
     "markdown_table",
     "normalize_latex_answer",
     "number_verifier",
     "one_of_verifier",
-    "permutation_task",
-    "two_way_sort_task",
     "write_report",
     "permutation_verifier",
     "plot_frontier",

@@ -26,7 +26,7 @@ class EvalArguments(DatasetArguments):
 
     Parameters:
         task (`str`, *optional*):
-            A built-in task of `trl_t3d.evaluation`; or leave it unset and give `dataset_name` + `answer_column` +
+            A built-in toy task of `trl_t3d.toy.tasks`; or leave it unset and give `dataset_name` + `answer_column` +
             `verifier` for your own.
         answer_column (`str`, *optional*, defaults to `"answer"`):
             Reference answers of a custom task.
@@ -107,7 +107,9 @@ def build_task(script_args: EvalArguments):
                 "Give either `--task` (a built-in task) or `--dataset_name` (your own prompts and answers), not both."
             )
         kwargs = {"num_examples": script_args.max_samples} if script_args.max_samples is not None else {}
-        task = evaluation.get_task(script_args.task, **kwargs)
+        from ..toy.tasks import get_task  # the command line (top floor) offers the toy tasks by name
+
+        task = get_task(script_args.task, **kwargs)
         if script_args.reasoning_suffix:  # appended to every prompt, as for a dataset task (never dropped)
             import dataclasses
 

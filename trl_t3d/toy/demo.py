@@ -69,9 +69,10 @@ def _section(title: str) -> None:
 def run_demo(args: argparse.Namespace) -> dict:
     from datasets import Dataset, concatenate_datasets
 
-    from . import DDOTrainer, DiffusionGenerationConfig, collect_trajectories
-    from .evaluation import evaluate_few_step, get_task, markdown_table, plot_frontier
+    from .. import DDOTrainer, DiffusionGenerationConfig, collect_trajectories
+    from ..evaluation import evaluate_few_step, markdown_table, plot_frontier
     from .pretraining import check_teacher_floor, make_toy_teacher, toy_distillation_config
+    from .tasks import get_task
 
     torch.manual_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)

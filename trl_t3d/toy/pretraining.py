@@ -5,8 +5,8 @@ token independently with probability t (the prompt is never masked), and minimiz
 tokens weighted by 1/t (an upper bound of the negative log-likelihood). Completions are padded with EOS to a fixed
 canvas, as LLaDA's SFT does, so the model learns to fill the tail of the canvas with EOS.
 
-`make_toy_teacher` trains a small bidirectional Llama (`trl_t3d.testing.make_generic_mlm`) on the built-in tasks of
-`trl_t3d.evaluation` (arithmetic, permutation_skewed) in a few CPU minutes: accurate when decoding one token per step,
+`make_toy_teacher` trains a small bidirectional Llama (`trl_t3d.testing.make_generic_mlm`) on the toy tasks of
+`trl_t3d.toy.tasks` (arithmetic, permutation_skewed) in a few CPU minutes: accurate when decoding one token per step,
 and (on the many-answers task) bad when decoding many tokens per step, the gap T3D distillation closes.
 
 Pretraining runs a fixed number of steps, so every machine trains the same teacher; a time cap (`max_time_s`) is an
@@ -129,7 +129,7 @@ def pretrain_masked_diffusion(
     """
     from tqdm.auto import tqdm
 
-    from .adapters import get_adapter
+    from ..adapters import get_adapter
 
     if steps <= 0 or batch_size <= 0:
         raise ValueError(f"`steps` and `batch_size` must be positive, got {steps}, {batch_size}.")
@@ -187,7 +187,7 @@ def pretrain_masked_diffusion(
 
 def toy_training_tasks(num_examples_per_task: int = 20000, seed: int = 0) -> list:
     """The training split of every built-in task (the data `make_toy_teacher` learns)."""
-    from .evaluation.tasks import arithmetic_task, permutation_skewed_task
+    from .tasks import arithmetic_task, permutation_skewed_task
 
     return [
         arithmetic_task(num_examples_per_task, split="train", seed=seed),
@@ -219,7 +219,7 @@ def make_toy_teacher(
 
     With `return_log=True` returns `(model, tokenizer, log)` (see `pretrain_masked_diffusion`).
     """
-    from .testing import make_generic_mlm, make_tokenizer
+    from ..testing import make_generic_mlm, make_tokenizer
 
     tokenizer = make_tokenizer()
     model = make_generic_mlm(tokenizer, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, seed=seed)
@@ -243,7 +243,7 @@ def toy_distillation_config(output_dir: str, steps: int, batch_size: int, learni
     """The `DDOConfig` every toy experiment distills with (demo, task suite, small reproduction): a fixed step count,
     constant learning rate after 10 warm-up steps, nothing saved, CPU unless a GPU is present; `settings` (the
     objective, the states, ...) go on top."""
-    from .trainer import DDOConfig
+    from ..trainer import DDOConfig
 
     defaults = dict(
         output_dir=output_dir,

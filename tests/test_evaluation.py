@@ -326,23 +326,28 @@ def tiny_model(tokenizer):
     return testing.make_generic_mlm(tokenizer, hidden_size=32, num_layers=2, seed=0)
 
 
-def _plain_loop_completion(model, tokenizer, prompt, length, per_step):
+def _plain_loop_completion(model, tokenizer, prompt, length, per_step, eos=None):
     """Greedy decoding written without the decoder: one unpadded full forward per step, the `per_step` most confident
-    masked positions (probability of the argmax, the mask never proposed) take their argmax; the text up to EOS."""
+    masked positions (probability of the argmax, the mask never proposed) take their argmax; with `eos`, it stops
+    once an `eos` has everything before it decided. Returns (the text up to EOS, forwards run)."""
     context, mask = tokenizer(prompt)["input_ids"], tokenizer.mask_token_id
-    state = [mask] * length
+    eos = tokenizer.eos_token_id if eos is None else eos
+    state, forwards = [mask] * length, 0
     while mask in state:
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([context + state])).logits[0, len(context) :]
+        forwards += 1
         probs = torch.softmax(logits.double(), -1)
         probs[:, mask] = -1.0
         confidence, tokens = probs.max(-1)
         undecided = [i for i in range(length) if state[i] == mask]
         for i in sorted(undecided, key=lambda i: -confidence[i].item())[:per_step]:
             state[i] = int(tokens[i])
-    if tokenizer.eos_token_id in state:
-        state = state[: state.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(state, skip_special_tokens=True)
+        if eos in state and mask not in state[: state.index(eos)]:
+            break
+    if eos in state:
+        state = state[: state.index(eos)]
+    return tokenizer.decode(state, skip_special_tokens=True), forwards
 
 
 def test_evaluate_few_step_reports_nfe_consistent_with_tokens_per_step(tiny_model, tokenizer, tmp_path):
@@ -360,7 +365,9 @@ def test_evaluate_few_step_reports_nfe_consistent_with_tokens_per_step(tiny_mode
         num_samples_logged=6,
     )
     assert [r["tokens_per_step"] for r in report["results"]] == [1, 2, 4, 8]
-    plain = {k: [_plain_loop_completion(tiny_model, tokenizer, p, 8, k) for p in task.prompts] for k in (1, 2, 4, 8)}
+    plain = {
+        k: [_plain_loop_completion(tiny_model, tokenizer, p, 8, k)[0] for p in task.prompts] for k in (1, 2, 4, 8)
+    }
     for r in report["results"]:
         k = r["tokens_per_step"]
         assert r["nfe"] == 8 / k and r["nfe_per_batch"] == 8 / k  # no EOS stop: every sample pays ceil(8 / k)
@@ -380,6 +387,23 @@ def test_evaluate_few_step_reports_nfe_consistent_with_tokens_per_step(tiny_mode
     saved = json.loads((tmp_path / "few_step_eval.json").read_text())
     assert saved["model_name"] == "tiny" and saved["num_examples"] == 6 and len(saved["results"]) == 4
     assert (tmp_path / "few_step_eval.png").exists()
+
+
+def test_nfe_counts_every_forward_a_sample_ran_before_its_eos(tiny_model, tokenizer):
+    """A sample that stops at EOS pays the forwards it ran, including those that committed only positions after the
+    EOS (they become padding with step -1): its NFE is that of the plain loop decoding it alone."""
+    task = arithmetic_task(6, seed=0)
+    eos = tokenizer.convert_tokens_to_ids("z")  # the untrained toy writes "z" often: call it EOS
+    config = {"max_new_tokens": 8, "block_length": 8, "eos_token_id": eos}
+    report = evaluate_few_step(
+        tiny_model, tokenizer, task, [1, 2], generation_config=config, batch_size=4, show_progress=False,
+        num_samples_logged=6,
+    )  # fmt: skip
+    for r in report["results"]:
+        plain = [_plain_loop_completion(tiny_model, tokenizer, p, 8, r["tokens_per_step"], eos) for p in task.prompts]
+        assert [s["completion"] for s in r["samples"]] == [text for text, _ in plain]
+        assert r["nfe"] == sum(forwards for _, forwards in plain) / 6
+    assert report["results"][0]["nfe"] < 8  # the EOS stop saved forwards
 
 
 def test_evaluate_few_step_scores_with_the_verifier(tiny_model, tokenizer):

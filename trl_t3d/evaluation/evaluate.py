@@ -4,9 +4,10 @@ For each budget the same prompts are decoded with the same settings except `toke
 
 - `accuracy`: share of completions the task's verifier accepts;
 - `nfe`: forward passes per sample, the mean over samples of the number of denoising passes that committed at least
-  one of its tokens (a sample that stopped at EOS does not pay for its batch mates); `nfe_per_batch` is the
-  decoder's own count, per batch;
-- `tokens_per_forward`: committed tokens per forward pass and sample (total committed / total per-sample NFE), the
+  one of its tokens until it stopped, what it pays decoded alone (a sample that stopped at EOS does not pay for its
+  batch mates; a pass that committed only positions after its EOS, which become padding, counts);
+  `nfe_per_batch` is the decoder's own count, per batch;
+- `tokens_per_forward`: kept tokens (up to EOS) per forward pass and sample (total kept / total per-sample NFE), the
   parallelism "TPF" AUP is measured with;
 - `wall_time_s` and `samples_per_s` (decoding only; hardware dependent, unlike NFE and TPF).
 """
@@ -46,6 +47,33 @@ def _base_config(model, task: Task, generation_config, overrides: dict):
     config.return_dict_in_generate = True
     config.output_step_map = True
     return config
+
+
+class RowForwards:
+    """A `step_callback` of `diffusion_generate` that counts, per row, the forward passes in which the row committed
+    at least one token: what the sample pays when decoded alone.
+
+    The step map cannot tell: positions after a sample's EOS get step -1 when it stops, so a forward that committed
+    only such positions (before the EOS was decided) would go uncounted.
+    """
+
+    def __init__(self):
+        self._left: torch.Tensor | None = None  # undecided positions per row before the latest forward
+        self._counts: torch.Tensor | None = None
+
+    def __call__(self, step, canvas, undecided) -> None:
+        left = undecided.sum(-1)
+        if self._left is None:
+            self._counts = torch.zeros_like(left)
+        else:
+            self._counts += left < self._left
+        self._left = left
+
+    def counts(self) -> list[int]:
+        """Per-row forwards, once decoding is over (the last forward decided what was left)."""
+        if self._left is None:
+            return []
+        return (self._counts + (self._left > 0)).tolist()
 
 
 def _completion_text(tokenizer, ids: list[int], eos_ids: set[int]) -> str:
@@ -179,6 +207,7 @@ def evaluate_few_step(
                 attention_mask[r, width - len(prompts[i]) :] = 1
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+            forwards = RowForwards()
             start = time.perf_counter()
             out = diffusion_generate(
                 model,
@@ -188,6 +217,7 @@ def evaluate_few_step(
                 adapter=resolved.adapter,
                 processing_class=tokenizer,
                 generator=generator,
+                step_callback=forwards,
             )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -195,10 +225,10 @@ def evaluate_few_step(
             batch_nfe.append(int(out.nfe))
             step_map = out.step_map.cpu()
             completion_ids = out.sequences[:, width:].cpu()
+            row_forwards = forwards.counts()
             for r, i in enumerate(rows):
-                steps_used = step_map[r][step_map[r] >= 0]
-                sample_nfe[i] = int(torch.unique(steps_used).numel())
-                committed[i] = int(steps_used.numel())
+                sample_nfe[i] = row_forwards[r]
+                committed[i] = int((step_map[r] >= 0).sum())
                 completions[i] = _completion_text(tokenizer, completion_ids[r].tolist(), eos_ids)
         correct = [task.verify(completions[i], i) for i in range(len(prompts))]
         total_nfe = sum(sample_nfe)

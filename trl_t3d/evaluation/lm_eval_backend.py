@@ -44,7 +44,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 
 from ..generation import DiffusionGenerationConfig, diffusion_generate
 from ..generation.decode import resolve_generation_config
-from .evaluate import _completion_text
+from .evaluate import RowForwards, _completion_text
 from .likelihood import masked_loglikelihood
 
 logger = logging.getLogger(__name__)
@@ -430,7 +430,7 @@ class DiffusionLMEval(TemplateLM):
         return ids
 
     def _decode_batch(self, prompts: list[list[int]], config: DiffusionGenerationConfig, generator):
-        """Left-pad and decode one batch; returns (completion ids, step map, decoder NFE, seconds)."""
+        """Left-pad and decode one batch; returns (completion ids, step map, decoder NFE, seconds, per-row NFE)."""
         pad_id = config.pad_token_id if config.pad_token_id is not None else self.resolved.pad_token_id
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -440,6 +440,7 @@ class DiffusionLMEval(TemplateLM):
             attention_mask[row, width - len(prompt) :] = 1
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
+        forwards = RowForwards()
         start = time.perf_counter()
         out = diffusion_generate(
             self.model,
@@ -450,11 +451,12 @@ class DiffusionLMEval(TemplateLM):
             processing_class=self.tokenizer,
             use_cache=self.use_cache,
             generator=generator,
+            step_callback=forwards,
         )
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
         seconds = time.perf_counter() - start
-        return out.sequences[:, width:].cpu(), out.step_map.cpu(), int(out.nfe), seconds
+        return out.sequences[:, width:].cpu(), out.step_map.cpu(), int(out.nfe), seconds, forwards.counts()
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Decode every request; one that draws random numbers (temperature > 0, `remasking="random"` or `"origin"`, a
@@ -496,7 +498,7 @@ class DiffusionLMEval(TemplateLM):
         for rows in tqdm(batches, desc="diffusion_lm generate_until", disable=disable_tqdm or self._rank != 0):
             config = settings[rows[0]][0]
             generator = self._request_generator(*keys[rows[0]], device=self._device) if self._draws(config) else None
-            completion_ids, step_map, batch_nfe, seconds = self._decode_batch(
+            completion_ids, step_map, batch_nfe, seconds, row_forwards = self._decode_batch(
                 [prompts[i] for i in rows], config, generator
             )
             eos_ids = config.eos_token_id if config.eos_token_id is not None else self.resolved.eos_token_ids
@@ -507,10 +509,9 @@ class DiffusionLMEval(TemplateLM):
                     if stop:
                         text = text.split(stop)[0]
                 outputs[i] = text
-                steps_used = step_map[r][step_map[r] >= 0]
                 stats[i] = {
-                    "nfe": int(torch.unique(steps_used).numel()),
-                    "committed": int(steps_used.numel()),
+                    "nfe": row_forwards[r],
+                    "committed": int((step_map[r] >= 0).sum()),
                     "batch_nfe": batch_nfe,
                     "seconds": seconds / len(rows),
                     "tokens_per_step": config.tokens_per_step,
@@ -683,11 +684,12 @@ class DiffusionLMEval(TemplateLM):
     def speed_metrics(self) -> dict[str, dict]:
         """Per task: NFE and tokens per forward of generation (as `evaluate_few_step`), forwards of likelihoods.
 
-        `nfe` is the mean over samples of the forward passes that committed at least one of the sample's tokens,
-        `tokens_per_forward` is committed tokens / those passes, `nfe_per_batch` the decoder's own count per batch
-        (mean over samples). Times: `decode_time_s` / `likelihood_time_s` are the seconds summed over processes
-        (compute time); `wall_time_s` is the wall time of the task's requests, generation and likelihood: the processes
-        run side by side, so it is the longest of their times, and `samples_per_s` is generated samples over the wall
+        `nfe` is the mean over samples of the forward passes that committed at least one of the sample's tokens until
+        it stopped (`evaluation.evaluate.RowForwards`), `tokens_per_forward` is kept tokens / those passes,
+        `nfe_per_batch` the decoder's own count per batch (mean over samples). Times: `decode_time_s` /
+        `likelihood_time_s` are the seconds summed over processes (compute time); `wall_time_s` is the wall time of
+        the task's requests, generation and likelihood: the processes run side by side, so it is the longest of their
+        times, and `samples_per_s` is generated samples over the wall
         time of generation (`decode_wall_time_s`). Complete on rank 0 only.
         """
 

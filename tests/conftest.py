@@ -68,5 +68,10 @@ def llada21_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def lladamoe_dir(tmp_path_factory):
+    return testing.save_lladamoe(str(tmp_path_factory.mktemp("lladamoe")))
+
+
+@pytest.fixture(scope="session")
 def remote_mlm_dir(tmp_path_factory):
     return testing.save_remote_mlm(str(tmp_path_factory.mktemp("remote_mlm")))

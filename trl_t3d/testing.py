@@ -10,6 +10,7 @@ back through the same `from_pretrained` paths a user takes:
 - `save_generic_mlm`: `LlamaForCausalLM` with `is_causal=False` and `config.mask_token_id` (generic adapter).
 - `save_remote_mlm`: a remote-code bidirectional model of no known family ("any other diffusion LM").
 - `save_llada2`: a tiny native LLaDA2.0 / LLaDA2.1 (MoE, block diffusion; `model_type` llada2_moe / llada21_moe).
+- `save_lladamoe`: a tiny native LLaDA-MoE (`lladamoe`, bidirectional MoE).
 - `make_diffusion_gemma`: a tiny native `DiffusionGemmaForBlockDiffusion`.
 - `quick_ddo_config`: a `DDOConfig` for a few CPU steps of training on these models, nothing saved or reported.
 """
@@ -321,6 +322,55 @@ def make_llada2(
 def save_llada2(save_directory: str, **kwargs) -> str:
     """A tiny native LLaDA2 (see `make_llada2`) and the char tokenizer in the Hub layout."""
     return _save_with_tokenizer(make_llada2, save_directory, **kwargs)
+
+
+LLADAMOE_AUTO_MAP = {
+    "AutoConfig": "configuration_lladamoe.LLaDAMoEConfig",
+    "AutoModel": "modeling_lladamoe.LLaDAMoEModel",
+    "AutoModelForCausalLM": "modeling_lladamoe.LLaDAMoEModelLM",
+}
+
+
+def make_lladamoe(
+    tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0, **overrides
+):
+    """A tiny native LLaDA-MoE (`lladamoe`): a dense first layer, then 8 softmax-routed experts (top 2) with
+    `expert_bias` and a shared expert; q/k norm, partial RoPE, GQA; over the char tokenizer's vocabulary."""
+    from .models.llada_moe import LLaDAMoEConfig, LLaDAMoEModelLM
+
+    tokenizer = tokenizer or make_tokenizer()
+    settings = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        dense_intermediate_size=2 * hidden_size,
+        expert_intermediate_size=hidden_size // 2,
+        shared_expert_intermediate_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),
+        num_experts=8,
+        num_experts_per_tok=2,
+        moe_layer_freq=[0] + [1] * (num_layers - 1),
+        moe_router_enable_expert_bias=True,
+        moe_router_score_function="softmax",
+        qk_layernorm=True,
+        partial_rotary_factor=0.5,
+        rope_theta=50000.0,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        mask_token_id=tokenizer.mask_token_id,  # a convenience: the published config leaves it to the tokenizer
+        architectures=["LLaDAMoEModelLM"],
+        auto_map=dict(LLADAMOE_AUTO_MAP),
+    )
+    config = LLaDAMoEConfig(**(settings | overrides))
+    torch.manual_seed(seed)
+    return LLaDAMoEModelLM(config).eval()
+
+
+def save_lladamoe(save_directory: str, **kwargs) -> str:
+    """A tiny native LLaDA-MoE (see `make_lladamoe`) and the char tokenizer in the Hub layout."""
+    return _save_with_tokenizer(make_lladamoe, save_directory, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from .block_diffusion import BlockDiffusionAdapter
 from .diffusion_gemma import DiffusionGemmaAdapter
 from .families import DreamAdapter, GenericMaskedLMAdapter, LLaDAAdapter
 from .llada2 import LLaDA2Adapter
+from .llada_moe import LLaDAMoEAdapter
 from .registry import ADAPTERS, get_adapter, is_causal, register_adapter, resolve_adapter_class
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "DreamAdapter",
     "GenericMaskedLMAdapter",
     "LLaDAAdapter",
+    "LLaDAMoEAdapter",
     "get_adapter",
     "is_causal",
     "position_ids_from_mask",

@@ -17,11 +17,12 @@ class GenericMaskedLMAdapter(DiffusionAdapter):
 
 
 class LLaDAAdapter(DiffusionAdapter):
-    """LLaDA / LLaDA-1.5 (native `trl_t3d.models.llada`) and LLaDA-MoE: no position ids (the original counts
-    positions from 0 whatever the padding; RoPE is relative, so left padding changes nothing)."""
+    """LLaDA / LLaDA-1.5 (native `trl_t3d.models.llada`; LLaDA-MoE has its own, `adapters/llada_moe.py`): no
+    position ids (the original counts positions from 0 whatever the padding; RoPE is relative, so left padding changes
+    nothing)."""
 
     name = "llada"
-    model_types = ("llada", "lladamoe", "llada_moe")
+    model_types = ("llada",)
     auto_class = "AutoModel"
     default_mask_token_id = 126336
     mask_token_names = ("<|mdm_mask|>", *DiffusionAdapter.mask_token_names)

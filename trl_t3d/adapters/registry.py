@@ -7,6 +7,7 @@ from .block_diffusion import BlockDiffusionAdapter
 from .diffusion_gemma import DiffusionGemmaAdapter
 from .families import DreamAdapter, GenericMaskedLMAdapter, LLaDAAdapter
 from .llada2 import LLaDA2Adapter
+from .llada_moe import LLaDAMoEAdapter
 
 ADAPTERS: dict[str, type[BaseDiffusionAdapter]] = {}
 
@@ -21,6 +22,7 @@ def register_adapter(cls: type[BaseDiffusionAdapter]) -> type[BaseDiffusionAdapt
 
 for _cls in (
     LLaDAAdapter,
+    LLaDAMoEAdapter,
     DreamAdapter,
     BlockDiffusionAdapter,
     LLaDA2Adapter,

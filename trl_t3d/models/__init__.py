@@ -16,6 +16,7 @@ NATIVE_FAMILIES["Dream"] = "dream"
 NATIVE_FAMILIES["sdar"] = "sdar"
 NATIVE_FAMILIES["llada2_moe"] = "llada2"
 NATIVE_FAMILIES["llada21_moe"] = "llada2"
+NATIVE_FAMILIES["lladamoe"] = "llada_moe"
 # NATIVE-FAMILY-IMPORTS
 
 

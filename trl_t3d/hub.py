@@ -459,3 +459,41 @@ def _list_files(folder: str) -> list[str]:
         for name in files:
             out.append(os.path.relpath(os.path.join(root, name), folder))
     return sorted(out)
+
+
+def student_training_details(
+    *,
+    teacher: str,
+    family: str,
+    is_adapter: bool,
+    dataset_name: str | None,
+    stats: dict,
+    teacher_decoding: dict,
+    objective: str,
+    preset: str,
+    mask_ratios,
+    mask_ratio_exponent,
+    random_token_ratio,
+    global_step: int,
+    learning_rate: float,
+    ref_sync_steps: int,
+    block_length: int,
+    tokens_per_step: int,
+) -> str:
+    """The "T3D training" section of a student's card: teacher, trajectory data (with what was dropped), objective,
+    states, optimization, and the recommended few-step decoding saved beside the weights."""
+    rounds = f"every {ref_sync_steps} optimizer steps" if ref_sync_steps else "never (one round)"
+    steps_per_block = -(-block_length // tokens_per_step)
+    return f"""### T3D training
+
+- Teacher / reference: `{teacher}` ({family} family; {"LoRA adapters" if is_adapter else "full fine-tuning"})
+- Trajectory data: {dataset_name or "self-collected or user trajectories"}; {stats.get("num_kept", "?")} trajectories
+  ({stats.get("num_truncated_prompts", 0)} prompts cut, {stats.get("num_dropped_long_completions", 0)} long and
+  {stats.get("num_dropped_empty_completions", 0)} empty completions dropped); teacher decoding: `{json.dumps(teacher_decoding)}`
+- Objective: {objective}
+- Preset `{preset}`; states: mask ratios {list(mask_ratios)} (p ∝ r^{mask_ratio_exponent}), random-token ratio {random_token_ratio}
+- Optimizer steps: {global_step}; learning rate {learning_rate}; reference ← policy {rounds}
+
+Recommended decoding (saved as `diffusion_generation_config.json`, the default of `diffusion_generate`):
+semi-autoregressive, block length {block_length}, {tokens_per_step} tokens per step
+({steps_per_block} steps per block), low-confidence remasking, temperature 0."""

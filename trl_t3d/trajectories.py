@@ -300,3 +300,21 @@ def prepare_trajectory_dataset(
     if stats.num_kept == 0:
         raise ValueError(f"No trajectory is left after validation ({stats.to_dict()}).")
     return (processed, stats) if return_stats else processed
+
+
+def check_training_block(dataset, block_length: int | None, name: str) -> None:
+    """A training block must be whole decoding blocks, or its states mix blocks the decoder never had open together."""
+    if not block_length or "block_length" not in dataset.column_names or len(dataset) == 0:
+        return
+    from collections import Counter
+
+    decoded = Counter(int(b) for b in dataset["block_length"])
+    bad = {b: n for b, n in sorted(decoded.items()) if block_length % b}
+    if bad:
+        raise ValueError(
+            f"`block_length`={block_length} (training) is not a multiple of the decoding block length of "
+            f"{sum(bad.values())} {name} trajectories (decoded with blocks of {sorted(bad)}): their states would "
+            f"straddle decoding blocks and mask tokens in an order no decoder followed. Set `block_length` to a "
+            f"multiple of {max(bad)} (T3D trains SDAR with 8 over decoding blocks of 4), or None to use the "
+            "decoding block."
+        )

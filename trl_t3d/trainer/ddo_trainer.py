@@ -1,17 +1,13 @@
 """`DDOTrainer`: T3D trajectory self-distillation of a diffusion LM with Direct Discriminative Optimization.
 
-Per micro-batch, exactly one reference forward (no grad) and one policy forward, both at the same state x_t, give
-every term of T3D's loss: the reference logits give log p_ref(y), the fake tokens ŷ (argmax or Gumbel, drawn once) and
-log p_ref(ŷ); the policy logits give log p_θ(y), log p_θ(ŷ), the path, NTD and certainty losses. The T3D reference
-code runs four. The mean-field term (the default objective's third) adds `mean_field_queries` reference forwards.
+This module is the trainer's construction, its loss (the objective's terms over one `StepContext`: see
+`trl_t3d.objectives`) and its logging. Around it: `model_setup` (LoRA/QLoRA, checkpointing, fp32 master weights),
+`distributed` (FSDP/ZeRO helpers), `rounds` (reference, multi-round self-play, resume), `randomness` (keyed draws),
+`collator` (the states x_t) and `trl_t3d.hub` (the model card).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
-import json
 import logging
 import os
 import time
@@ -23,24 +19,26 @@ import transformers
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl.trainer.base_trainer import _BaseTrainer
-from trl.trainer.callbacks import SyncRefModelCallback
-from trl.trainer.utils import disable_dropout_in_model, use_adapter
+from trl.trainer.utils import disable_dropout_in_model
 
 from ..losses import mean_over_mask
 from ..objectives import MeanFieldTerm, StepContext, loss_term_class
 from ..resolved import DiffusionLM, load_diffusion_lm
-from ..trajectories import dataset_metadata, is_prompt_only, prepare_trajectory_dataset
+from ..trajectories import check_training_block, dataset_metadata, is_prompt_only, prepare_trajectory_dataset
 from .collator import DDODataCollator
 from .ddo_config import DDOConfig
-from .randomness import ROUND_KEY, STATE_KEY, KeyedRows, KeyedSampler, derive_seed, keyed_uniform
-from .reference_state import load_reference, save_reference
+from .distributed import (
+    keep_present_no_split_modules,
+    max_over_processes,
+    prepare_reference,
+    shard_weight_sharing_groups,
+)
+from .model_setup import checkpointing_enabled, configure_checkpointing, keep_fp32_master_weights, wrap_peft
+from .randomness import STATE_KEY, KeyedRows, KeyedSampler, derive_seed, keyed_uniform
+from .rounds import REFERENCE_ADAPTER, DDOSyncRefModelCallback, ReferenceRoundsMixin
 
 logger = logging.getLogger(__name__)
-
-REFERENCE_ADAPTER = "ref"
-ROUNDS_FILE = "t3d_rounds.json"  # TRL's name (DPOTrainer) for the frozen copy of a trained adapter
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -55,162 +53,11 @@ def _load(model_id: str, args: DDOConfig, adapter, processing_class) -> Diffusio
     )
 
 
-def _refuse_merging(peft_model, reason: str) -> None:
-    """Make `merge_and_unload` / `merge_adapter` raise (on the PeftModel and its LoRA model) instead of merging wrong."""
-
-    def refuse(*args, **kwargs):
-        raise ValueError(
-            f"{reason} Keep the adapter unmerged: save it with `trainer.save_model()` and load it with "
-            "`PeftModel.from_pretrained(base_model, path)`."
-        )
-
-    for target in (peft_model, peft_model.base_model):
-        for method in ("merge_and_unload", "merge_adapter"):
-            object.__setattr__(target, method, refuse)
-
-
-def _checkpointing_enabled(args) -> bool:
-    # transformers >= 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name mirrors it)
-    return bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing)
-
-
-def _checkpointing_kwargs(args):
-    return getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
-
-
-def _set_checkpointing(args, enabled: bool, kwargs: dict | None = None) -> None:
-    for prefix in ("activation", "gradient"):
-        if hasattr(args, f"{prefix}_checkpointing"):
-            setattr(args, f"{prefix}_checkpointing", enabled)
-            if kwargs is not None:
-                setattr(args, f"{prefix}_checkpointing_kwargs", kwargs)
-
-
 def _model_id(model) -> str | None:
     return getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
 
-def _is_quantized(model) -> bool:
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
-
-
-def _linear_leaf_names(model) -> set[str]:
-    names = set()
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
-            names.add(name.rsplit(".", 1)[-1])
-    return names
-
-
-def _vocabulary_heads(model) -> list[str]:
-    """Full names of the Linear layers that project onto the vocabulary (the LM head, whatever it is called)."""
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    return [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and vocab is not None and module.out_features == vocab
-    ]
-
-
-def _keep_present_no_split_modules(model) -> None:
-    """FSDP's transformer auto-wrap (accelerate) wraps the classes named in `_no_split_modules` and fails on any the
-    model lacks (DiffusionGemma inherits Gemma4 layer names it replaces by its own; layers already sharded have FSDP
-    classes). Keep the classes the model has."""
-    names = getattr(model, "_no_split_modules", None)
-    if names:
-        present = {type(module).__name__ for module in model.modules()}
-        model._no_split_modules = {name for name in names if name in present}
-
-
-def _shard_weight_sharing_groups(groups, accelerator) -> None:
-    """FSDP2: shard each group of weight-sharing modules as one unit, before accelerate wraps the rest (it skips
-    modules that are already sharded). Same settings as accelerate's own `fully_shard` calls."""
-    plugin = accelerator.state.fsdp_plugin
-    if not groups or plugin.fsdp_version != 2:
-        if groups:
-            raise ValueError("This model shares weights between modules: train it with FSDP2 (`fsdp_version: 2`).")
-        return
-    if plugin.cpu_ram_efficient_loading:
-        raise ValueError(
-            "This model shares weights between modules, which accelerate's FSDP `cpu_ram_efficient_loading` (weights "
-            "broadcast from rank 0 after sharding) cannot handle: set `fsdp_cpu_ram_efficient_loading: false` in your "
-            "accelerate config."
-        )
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    mesh = getattr(accelerator, "torch_device_mesh", None)
-    kwargs = {
-        "reshard_after_forward": plugin.reshard_after_forward,
-        "offload_policy": plugin.cpu_offload,
-        "mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy(),
-        "mesh": mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)] if mesh is not None else None,
-    }
-    for group in groups:
-        fully_shard(group, **kwargs)
-
-
-def _gathered(params):
-    """Gather ZeRO-3 partitioned parameters for a read/write (a no-op context without ZeRO-3)."""
-    if is_deepspeed_zero3_enabled():
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _without_dropout(module):
-    """Score without dropout, as the frozen copy does in eval mode, yet keep train mode: in eval mode some layers
-    change more than dropout (bitsandbytes repacks 4-bit weights for CPU inference)."""
-    dropouts = [(m, m.p) for m in module.modules() if isinstance(m, torch.nn.Dropout) and m.p]
-    for m, _ in dropouts:
-        m.p = 0.0
-    try:
-        yield module
-    finally:
-        for m, p in dropouts:
-            m.p = p
-
-
-class DDOSyncRefModelCallback(SyncRefModelCallback):
-    """TRL's reference sync for multi-round self-play: every `ref_sync_steps` optimizer steps the reference becomes
-    the current policy (a frozen copy: its weights; PEFT: the "ref" adapter), and with `recollect_each_round` the new
-    reference writes fresh trajectories."""
-
-    def __init__(self, trainer: DDOTrainer):
-        super().__init__(ref_model=trainer.ref_model, accelerator=trainer.accelerator)
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer._restore_reference()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if args.ref_sync_steps and state.global_step % args.ref_sync_steps == 0:
-            self.trainer.sync_reference()
-            if args.recollect_each_round and self.trainer._prompt_dataset is not None:
-                self.trainer._recollect()
-
-
-# ------------------------------------------------------------------------------------------------ trainer
-def _check_training_block(dataset, block_length: int | None, name: str) -> None:
-    """A training block must be whole decoding blocks, or its states mix blocks the decoder never had open together."""
-    if not block_length or "block_length" not in dataset.column_names or len(dataset) == 0:
-        return
-    from collections import Counter
-
-    decoded = Counter(int(b) for b in dataset["block_length"])
-    bad = {b: n for b, n in sorted(decoded.items()) if block_length % b}
-    if bad:
-        raise ValueError(
-            f"`block_length`={block_length} (training) is not a multiple of the decoding block length of "
-            f"{sum(bad.values())} {name} trajectories (decoded with blocks of {sorted(bad)}): their states would "
-            f"straddle decoding blocks and mask tokens in an order no decoder followed. Set `block_length` to a "
-            f"multiple of {max(bad)} (T3D trains SDAR with 8 over decoding blocks of 4), or None to use the "
-            "decoding block."
-        )
-
-
-class DDOTrainer(_BaseTrainer):
+class DDOTrainer(ReferenceRoundsMixin, _BaseTrainer):
     """
     Trainer for T3D: few-step diffusion LMs by trajectory self-distillation with Direct Discriminative Optimization
     ([paper](https://huggingface.co/papers/2602.12262)). A subclass of [`~transformers.Trainer`] like TRL's trainers.
@@ -318,22 +165,7 @@ class DDOTrainer(_BaseTrainer):
             raise ValueError("`model` and `ref_model` must be different objects; omit `ref_model` for a frozen copy.")
 
         # 2. Gradient checkpointing: only where the model's code supports it
-        if _checkpointing_enabled(args):
-            base = model.get_base_model() if is_peft_model(model) else model
-            if not (
-                self.adapter.supports_gradient_checkpointing
-                and getattr(base, "supports_gradient_checkpointing", False)
-            ):
-                logger.warning(
-                    "Gradient checkpointing is not supported by this model's code (%s adapter, %s): training without "
-                    "it. Set `activation_checkpointing=False` to silence this warning, or lower the batch size / use "
-                    "LoRA if memory is short.",
-                    self.adapter.name,
-                    type(base).__name__,
-                )
-                _set_checkpointing(args, False)
-            elif not _checkpointing_kwargs(args):
-                _set_checkpointing(args, True, {"use_reentrant": False})
+        configure_checkpointing(model, self.adapter, args)
 
         # 3. Datasets: trajectories, or prompts to collect them from (with the teacher, before any adapter)
         self._prompt_dataset = None
@@ -368,7 +200,7 @@ class DDOTrainer(_BaseTrainer):
                 "`PeftModel.from_pretrained(base_model, path, is_trainable=True)`."
             )
         if peft_config is not None:
-            model = self._wrap_peft(model, peft_config, args)
+            model = wrap_peft(model, peft_config, self.adapter, args.lora_target_modules, checkpointing_enabled(args))
         self._use_peft = is_peft_model(model)
 
         # 5. Reference: frozen copy (built before accelerate/deepspeed wraps the policy), or disabled adapters; none
@@ -396,7 +228,7 @@ class DDOTrainer(_BaseTrainer):
             if ref_model is not None:
                 disable_dropout_in_model(ref_model)
 
-        self._saved_dtype = self._keep_fp32_master_weights(model, ref_model, args)
+        self._saved_dtype = keep_fp32_master_weights(model, ref_model, args, self._use_peft)
 
         if data_collator is None:
             data_collator = DDODataCollator(
@@ -427,19 +259,12 @@ class DDOTrainer(_BaseTrainer):
 
         self.ref_model = ref_model
         if self.is_fsdp_enabled:  # sharded groups first: their classes (now FSDP ones) leave `_no_split_modules`
-            _shard_weight_sharing_groups(self.adapter.fsdp_weight_sharing_groups(model), self.accelerator)
-            _keep_present_no_split_modules(model.get_base_model() if self._use_peft else model)
+            shard_weight_sharing_groups(self.adapter.fsdp_weight_sharing_groups(model), self.accelerator)
+            keep_present_no_split_modules(model.get_base_model() if self._use_peft else model)
         if self.ref_model is not None:
-            if self.is_deepspeed_enabled:
-                from trl.models.utils import prepare_deepspeed
-
-                self.ref_model = prepare_deepspeed(self.ref_model, self.accelerator)
-            elif self.is_fsdp_enabled:
-                from trl.models.utils import prepare_fsdp
-
-                self.ref_model = prepare_fsdp(self.ref_model, self.accelerator)
-            else:
-                self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
+            self.ref_model = prepare_reference(
+                self.ref_model, self.accelerator, deepspeed=self.is_deepspeed_enabled, fsdp=self.is_fsdp_enabled
+            )
 
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._tokens_since_log = {"train": 0, "eval": 0}
@@ -524,202 +349,10 @@ class DDOTrainer(_BaseTrainer):
         )
         logger.info("%s trajectories: %s", name, stats.to_dict())
         self.__dict__.setdefault("_dataset_stats", {})[name] = stats.to_dict()
-        _check_training_block(dataset, args.block_length, name)
+        check_training_block(dataset, args.block_length, name)
         return dataset
 
-    def _generation_config(self, args):
-        settings = args.teacher_generation_settings()
-        settings.setdefault("mask_token_id", self.adapter.mask_token_id)
-        settings.setdefault("output_step_map", True)
-        settings.setdefault("return_dict_in_generate", True)
-        from ..generation import DiffusionGenerationConfig
-
-        return DiffusionGenerationConfig(**settings)
-
-    def _collect(self, model, processing_class, prompts, args, lockstep: bool = False):
-        from ..collect import collect_trajectories
-
-        if not getattr(model, "hf_device_map", None) and not _is_quantized(model):
-            model.to(args.device)  # decode where training will run, not on the CPU the model was loaded to
-        was_training = model.training
-        model.eval()
-        try:
-            return collect_trajectories(
-                dataclasses.replace(self.diffusion_lm, model=model),  # the current teacher, same ids and renderer
-                None,
-                prompts,
-                self._generation_config(args),
-                batch_size=args.generation_batch_size,
-                teacher_name=self._teacher_id,
-                seed=args.seed,
-                lockstep=lockstep,
-            )
-        finally:
-            model.train(was_training)
-
-    def _recollect(self, start_key: int | None = None):
-        """New round: fresh trajectories from the reference of the round (at a sync, the policy it was just copied
-        from; on a resume, the restored reference, so the resumed round trains on the data the interrupted one had),
-        served from `start_key` on (default: the key after the last one trained).
-
-        A sharded reference (FSDP, ZeRO-3) gathers weights in every forward, so the ranks decode in lockstep: each
-        runs as many forwards as the busiest (`lockstep_forwards`)."""
-        start_key = self._next_round_start() if start_key is None else start_key
-        sharded = self.is_fsdp_enabled or is_deepspeed_zero3_enabled()
-        with torch.no_grad(), self._reference(self.model) as reference:
-            module = self.accelerator.unwrap_model(reference)
-            dataset = self._collect(module, self.processing_class, self._prompt_dataset, self.args, lockstep=sharded)
-        self.train_dataset.swap(self._prepare(dataset, self.processing_class, self.args, "train"), start_key)
-        self._round_starts = [*self.__dict__.get("_round_starts", []), start_key]
-
     # -------------------------------------------------------------------------------------- models
-    def _wrap_peft(self, model, peft_config, args):
-        from peft import get_peft_model, prepare_model_for_kbit_training
-
-        if is_peft_model(model):
-            raise ValueError("`model` is already a PeftModel: omit `peft_config`, or pass the base model.")
-        linear_names = _linear_leaf_names(model)
-        targets = peft_config.target_modules
-        if targets is None:
-            if args.lora_target_modules:
-                targets = list(args.lora_target_modules)
-            else:
-                targets = self.adapter.resolve_lora_targets(model)
-            peft_config.target_modules = set(targets)
-        if not isinstance(targets, str):  # a regex or "all-linear" is left to PEFT
-            # Leaf names ("q_proj") or full module names (DiffusionGemma's adapter names text layers only).
-            full_names = {name for name, _ in model.named_modules()}
-            found = [t for t in targets if t in linear_names or t in full_names]
-            if not found:
-                raise ValueError(
-                    f"None of the LoRA target_modules {sorted(targets)} names a Linear module of this model (its "
-                    f"Linear names: {sorted(linear_names)}). The '{self.adapter.name}' family uses "
-                    f"{list(self.adapter.lora_target_modules)}; leave `target_modules` unset to use them."
-                )
-            missing = sorted(set(targets) - set(found))
-            if missing:
-                logger.warning("LoRA target_modules %s match no module of this model and are ignored.", missing)
-        if getattr(peft_config, "task_type", None) == "CAUSAL_LM" and not hasattr(
-            model, "prepare_inputs_for_generation"
-        ):
-            # LLaDA / Dream load with AutoModel and are no GenerationMixin: PEFT's causal-LM wrapper would crash.
-            logger.info("%s is not a transformers generation model: LoRA with task_type=None.", type(model).__name__)
-            peft_config.task_type = None
-        heads = _vocabulary_heads(model)
-        if heads and not getattr(peft_config, "exclude_modules", None):
-            # LLaDA names its LM head `ff_out`, like its MLP output: keep LoRA off the vocabulary projection.
-            peft_config.exclude_modules = heads
-        if _is_quantized(model):
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=_checkpointing_enabled(args))
-        model = get_peft_model(model, peft_config)
-        if self.adapter.lora_merge_unsafe_reason:
-            _refuse_merging(model, self.adapter.lora_merge_unsafe_reason)
-        return model
-
-    def _keep_fp32_master_weights(self, model, ref_model, args):
-        """Full fine-tuning of a half-precision model trains fp32 master weights (see `DDOConfig.pure_half_precision`);
-        returns the loaded dtype that the final save writes back, or None."""
-        dtype = getattr(model, "dtype", None)
-        if self._use_peft or dtype not in (torch.bfloat16, torch.float16) or _is_quantized(model):
-            return None
-        if args.pure_half_precision:
-            logger.warning(
-                "Training the %s weights as loaded (`pure_half_precision=True`): AdamW updates below half a unit of the "
-                "last place are rounded away (at lr 1e-5 most of them).",
-                dtype,
-            )
-            return None
-        if args.deepspeed_plugin is not None or is_deepspeed_zero3_enabled():
-            return None  # DeepSpeed keeps its own fp32 master copy of the weights
-        logger.info(
-            "Full fine-tuning of a %s model: the trained weights are kept in fp32 (master weights; the reference stays "
-            "%s)%s. `pure_half_precision=True` trains them in %s instead.",
-            dtype,
-            dtype,
-            "; compute in bf16 under autocast" if args.bf16 else "; `bf16=True` computes in bf16 under autocast",
-            dtype,
-        )
-        model.float()
-        if ref_model is not None and not (args.bf16 or args.fp16):
-            ref_model.float()  # fp32 compute: the reference scores in fp32 too, so policy and reference agree at step 0
-        return dtype
-
-    def _save(self, output_dir=None, state_dict=None):
-        """The final save writes the dtype the model was loaded in; checkpoints keep the fp32 master weights."""
-        if self._saved_dtype is not None and not self.__dict__.get("_saving_checkpoint"):
-            if state_dict is None:
-                state_dict = self.accelerator.unwrap_model(self.model).state_dict()
-            state_dict = {k: v.to(self._saved_dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-        return super()._save(output_dir, state_dict)
-
-    @staticmethod
-    def _frozen_copy(model, args):
-        """A frozen reference equal to the policy. Under ZeRO-3 the weights are partitioned: gather before copying."""
-        if _is_quantized(model):
-            raise ValueError(
-                "A quantized model can only be trained with PEFT (QLoRA): pass a `peft_config`, whose disabled "
-                "adapters then serve as the reference."
-            )
-        if is_deepspeed_zero3_enabled():
-            # `_from_config` builds under zero.Init and initializes the partitioned weights the ZeRO-3 way (a plain
-            # constructor runs `_init_weights` on empty shards and fails).
-            ref = type(model)._from_config(copy.deepcopy(model.config), dtype=model.dtype)
-            with _gathered(list(model.parameters()) + list(ref.parameters())):
-                for dst, src in zip(ref.parameters(), model.parameters(), strict=True):
-                    dst.data.copy_(src.data)
-            return ref
-        return copy.deepcopy(model)
-
-    @contextlib.contextmanager
-    def _reference(self, model):
-        """The module that scores as reference: the frozen copy, or (PEFT) the policy with the frozen "ref" adapter
-        (after a sync, or when a trained adapter was passed in) or with adapters disabled; never with dropout.
-        """
-        if self.ref_model is not None:
-            yield self.ref_model
-            return
-        unwrapped = self.accelerator.unwrap_model(model)
-        name = REFERENCE_ADAPTER if REFERENCE_ADAPTER in unwrapped.peft_config else None
-        with use_adapter(unwrapped, name), _without_dropout(unwrapped):
-            yield unwrapped
-
-    @torch.no_grad()
-    def sync_reference(self):
-        """Reference <- current policy (multi-round self-play)."""
-        policy = self.accelerator.unwrap_model(self.model)
-        if self.ref_model is not None:
-            ref = self.accelerator.unwrap_model(self.ref_model)
-            SyncRefModelCallback.sync_target_model(policy, getattr(ref, "module", ref), alpha=1.0)  # ZeRO-3 aware
-        else:
-            self._sync_reference_adapter(policy)
-        self._metrics["train"]["ref_syncs"].append(1.0)
-        logger.info("Reference synced to the policy at step %d.", self.state.global_step)
-
-    @staticmethod
-    @torch.no_grad()
-    def _sync_reference_adapter(policy):
-        """The "ref" adapter <- a frozen copy of the trained adapter, made once without dropout (deterministic)."""
-        active = policy.active_adapter
-        if REFERENCE_ADAPTER not in policy.peft_config:
-            ref_config = copy.deepcopy(policy.peft_config[active])
-            if hasattr(ref_config, "lora_dropout"):
-                ref_config.lora_dropout = 0.0
-            ref_config.inference_mode = True
-            policy.add_adapter(REFERENCE_ADAPTER, ref_config)
-            policy.set_adapter(active)  # keeps the trained adapter trainable and active
-        params = dict(policy.named_parameters())
-        pairs = [
-            (params[name.replace(f".{active}.", f".{REFERENCE_ADAPTER}.")], p)
-            for name, p in params.items()
-            if f".{active}." in name and name.replace(f".{active}.", f".{REFERENCE_ADAPTER}.") in params
-        ]
-        if not pairs:
-            raise RuntimeError("Could not pair the trained adapter's weights with the reference adapter's.")
-        with _gathered([p for pair in pairs for p in pair]):
-            for dst, src in pairs:
-                dst.requires_grad_(False)
-                dst.data.copy_(src.data)
-
     # -------------------------------------------------------------------------------------- loss
     def _completion_logits(self, model, inputs):
         return self.adapter.completion_logits(
@@ -763,11 +396,7 @@ class DDOTrainer(_BaseTrainer):
         )
 
     def _max_over_processes(self, count: int) -> int:
-        """The maximum of `count` over processes: a sharded reference (ZeRO-3, FSDP) gathers its weights in every
-        forward, so every rank must run as many (e.g. mean-field queries)."""
-        if self.accelerator.num_processes > 1:
-            count = int(self.accelerator.gather(torch.tensor([count], device=self.accelerator.device)).max())
-        return count
+        return max_over_processes(count, self.accelerator)
 
     def _record_metrics(self, mode, outputs, inputs):
         gather = self.accelerator.gather_for_metrics
@@ -806,24 +435,6 @@ class DDOTrainer(_BaseTrainer):
             inputs = self._rows_of_current_round(inputs, keys)
             self._last_trained_key = max(self._last_trained_key, int(keys.max()))
         return super().training_step(model, inputs, num_items_in_batch)
-
-    def _rows_of_current_round(self, inputs, keys):
-        """The dataloader builds a batch ahead of its step: one built before a round swapped the trajectories is
-        rebuilt from its keys with the new round's rows."""
-        dataset, rounds = self.train_dataset, inputs.get(ROUND_KEY)
-        if rounds is None or not isinstance(dataset, KeyedRows) or dataset.round == 0:
-            return inputs
-        keys = keys.tolist()
-        if [dataset.locate(k)[0] for k in keys] == rounds.tolist():
-            return inputs
-        return self.data_collator([dataset[k] for k in keys])
-
-    def _next_round_start(self) -> int:
-        """The first state key after every key trained so far, on any process: where a new round's rows begin."""
-        last = torch.tensor([self._last_trained_key], device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            last = self.accelerator.gather(last)
-        return int(last.max()) + 1
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -883,6 +494,14 @@ class DDOTrainer(_BaseTrainer):
         except Exception as err:  # the generation module is optional; never lose a checkpoint over it
             logger.warning("Could not save the DiffusionGenerationConfig: %s", err)
 
+    def _save(self, output_dir=None, state_dict=None):
+        """The final save writes the dtype the model was loaded in; checkpoints keep the fp32 master weights."""
+        if self._saved_dtype is not None and not self.__dict__.get("_saving_checkpoint"):
+            if state_dict is None:
+                state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+            state_dict = {k: v.to(self._saved_dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+        return super()._save(output_dir, state_dict)
+
     def _save_checkpoint(self, model, trial):
         name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else Path(self.args.output_dir).name
         self.create_model_card(model_name=name)
@@ -894,61 +513,7 @@ class DDOTrainer(_BaseTrainer):
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self._reference_lags_policy(self.state.global_step):  # the reference is an earlier policy: keep it
-            save_reference(self._reference_parameters(), checkpoint, self.is_world_process_zero())
-        if self.__dict__.get("_round_starts") and self.is_world_process_zero():  # where the current round's rows begin
-            with open(os.path.join(checkpoint, ROUNDS_FILE), "w") as f:
-                json.dump({"round_starts": self._round_starts}, f)
-
-    # -------------------------------------------------------------------------------------- resuming
-    def _reference_lags_policy(self, step: int) -> bool:
-        """Whether, at `step`, the reference is the policy of an earlier round boundary (not the teacher, not now)."""
-        k = self.args.ref_sync_steps
-        return self.args.reads_reference() and k > 0 and step > k and step % k != 0
-
-    def _reference_parameters(self) -> list:
-        if self.ref_model is not None:
-            ref = self.accelerator.unwrap_model(self.ref_model)
-            return list(getattr(ref, "module", ref).named_parameters())
-        policy = self.accelerator.unwrap_model(self.model)
-        return [(n, p) for n, p in policy.named_parameters() if f".{REFERENCE_ADAPTER}." in n]
-
-    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        if resume_from_checkpoint is True:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # None: the Trainer says so
-        self._resume_checkpoint = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
-        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
-
-    def _restore_reference(self) -> None:
-        """A resumed run's reference is the one the interrupted run had at its checkpoint (called at train begin,
-        once the checkpoint's weights are loaded and the models wrapped)."""
-        checkpoint, step, k = self.__dict__.get("_resume_checkpoint"), self.state.global_step, self.args.ref_sync_steps
-        if not checkpoint or not self.args.reads_reference() or not k or step < k:
-            return  # the reference is still the teacher, as built in __init__
-        restored = self._reference_lags_policy(step) and load_reference(self._reference_parameters(), checkpoint)
-        if not restored:
-            if self._reference_lags_policy(step):
-                logger.warning(
-                    "%s holds no reference weights (%s): the reference restarts from this checkpoint's policy instead "
-                    "of the policy of step %d, so the run is not an exact continuation.",
-                    checkpoint,
-                    "t3d_reference.safetensors",
-                    step - step % k,
-                )
-            self.sync_reference()
-            self._metrics["train"].pop("ref_syncs", None)  # a restored reference, not a new round
-        if self.args.recollect_each_round and self._prompt_dataset is not None:
-            rounds_file = os.path.join(checkpoint, ROUNDS_FILE)
-            if not os.path.isfile(rounds_file):
-                raise FileNotFoundError(
-                    f"{checkpoint} has no {ROUNDS_FILE} (where the interrupted round's trajectories begin): it was "
-                    "written by an older trl-t3d. Resume from a checkpoint of this version, or start the run again."
-                )
-            with open(rounds_file) as f:
-                start_key = json.load(f)["round_starts"][-1]
-            self._recollect(start_key)  # the trajectories of the interrupted round, written by its reference
+        self._save_round_state(checkpoint)
 
     def init_hf_repo(self, token=None, private=None):
         from ..hub import reaching_the_hub
@@ -968,7 +533,7 @@ class DDOTrainer(_BaseTrainer):
         the student as saved (full model, or LoRA adapter on its base) with its recommended few-step decoding."""
         if not self.is_world_process_zero():
             return
-        from ..hub import student_model_card, student_quick_start
+        from ..hub import student_model_card, student_quick_start, student_training_details
 
         args, meta = self.args, self._trajectory_metadata
         output_dir = output_dir or args.output_dir
@@ -977,7 +542,6 @@ class DDOTrainer(_BaseTrainer):
         tags = sorted(set(self._tag_names) | ({tags} if isinstance(tags, str) else set(tags or [])))
         gen = self._student_generation_settings()
         dataset_name = dataset_name or meta.get("dataset_name")
-        stats = self.__dict__.get("_dataset_stats", {}).get("train", {})
         name = model_name or Path(output_dir).name
         repo_id = self.hub_model_id or args.hub_model_id or name
         base = self.accelerator.unwrap_model(self.model)
@@ -997,20 +561,24 @@ class DDOTrainer(_BaseTrainer):
             block_length=gen["block_length"],
             tokens_per_step=gen["tokens_per_step"],
         )
-        rounds = f"every {args.ref_sync_steps} optimizer steps" if args.ref_sync_steps else "never (one round)"
-        training_details = f"""### T3D training
-
-- Teacher / reference: `{teacher}` ({self.adapter.name} family; {"LoRA adapters" if self._use_peft else "full fine-tuning"})
-- Trajectory data: {dataset_name or "self-collected or user trajectories"}; {stats.get("num_kept", "?")} trajectories
-  ({stats.get("num_truncated_prompts", 0)} prompts cut, {stats.get("num_dropped_long_completions", 0)} long and
-  {stats.get("num_dropped_empty_completions", 0)} empty completions dropped); teacher decoding: `{json.dumps(meta.get("generation_config", {}))}`
-- Objective: {self._objective_summary()}
-- Preset `{args.preset}`; states: mask ratios {list(args.mask_ratios)} (p ∝ r^{args.mask_ratio_exponent}), random-token ratio {args.random_token_ratio}
-- Optimizer steps: {self.state.global_step}; learning rate {args.learning_rate}; reference ← policy {rounds}
-
-Recommended decoding (saved as `diffusion_generation_config.json`, the default of `diffusion_generate`):
-semi-autoregressive, block length {gen["block_length"]}, {gen["tokens_per_step"]} tokens per step
-({-(-gen["block_length"] // gen["tokens_per_step"])} steps per block), low-confidence remasking, temperature 0."""
+        training_details = student_training_details(
+            teacher=teacher,
+            family=self.adapter.name,
+            is_adapter=self._use_peft,
+            dataset_name=dataset_name,
+            stats=self.__dict__.get("_dataset_stats", {}).get("train", {}),
+            teacher_decoding=meta.get("generation_config", {}),
+            objective=self._objective_summary(),
+            preset=args.preset,
+            mask_ratios=args.mask_ratios,
+            mask_ratio_exponent=args.mask_ratio_exponent,
+            random_token_ratio=args.random_token_ratio,
+            global_step=self.state.global_step,
+            learning_rate=args.learning_rate,
+            ref_sync_steps=args.ref_sync_steps,
+            block_length=gen["block_length"],
+            tokens_per_step=gen["tokens_per_step"],
+        )
         card = student_model_card(
             model_name=name,
             repo_id=repo_id,
@@ -1023,6 +591,7 @@ semi-autoregressive, block length {gen["block_length"]}, {gen["tokens_per_step"]
             tags=tags,
             trainer_name=self._name,
             paper=self._paper,
+            reference_adapter=REFERENCE_ADAPTER if self._use_peft and self._reference_adapter_saved() else None,
         )
         os.makedirs(output_dir, exist_ok=True)
         card.save(os.path.join(output_dir, "README.md"))

@@ -7,25 +7,13 @@ loaded back into the (possibly sharded) reference when the run resumes.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+from .distributed import gathered
 
 REFERENCE_WEIGHTS_NAME = "t3d_reference.safetensors"
-
-
-@contextlib.contextmanager
-def _gathered(params):
-    """ZeRO-3 partitioned parameters whole for the block (writes on rank 0 are kept); a no-op otherwise."""
-    if is_deepspeed_zero3_enabled():
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
-            yield
-    else:
-        yield
 
 
 def _is_dtensor(tensor) -> bool:
@@ -39,7 +27,7 @@ def full_tensors(named_params: list[tuple[str, torch.nn.Parameter]]) -> dict[str
     """CPU copies of the whole parameters. A collective under FSDP2 / ZeRO-3: every process must call it."""
     params = [p for _, p in named_params]
     out = {}
-    with _gathered(params):
+    with gathered(params):
         for name, param in named_params:
             tensor = param.data.full_tensor() if _is_dtensor(param.data) else param.data
             out[name] = tensor.detach().to("cpu", copy=True).contiguous()
@@ -57,7 +45,7 @@ def assign_full_tensors(named_params: list[tuple[str, torch.nn.Parameter]], tens
             "Resume with the model and PEFT settings of the interrupted run."
         )
     params = [p for _, p in named_params]
-    with _gathered(params):
+    with gathered(params):
         for name, param in named_params:
             value = tensors[name]
             if _is_dtensor(param.data):

@@ -612,6 +612,12 @@ def test_do_sample_without_temperature_samples_at_a_stated_temperature(toy, monk
     ]
     for kwargs, temperature in cases:
         assert lm._request_config(kwargs)[0].temperature == temperature, kwargs
+    # a greedy task's top_k / top_p would only reorder the commits (confidences under the filtered candidates):
+    # ignored, as Hugging Face's greedy search ignores them; a sampled task's are used
+    greedy, _ = lm._request_config({"do_sample": False, "top_p": 0.5, "top_k": 3})
+    assert (greedy.temperature, greedy.top_p, greedy.top_k) == (0.0, None, None)
+    sampled, _ = lm._request_config({"do_sample": True, "temperature": 0.5, "top_p": 0.5, "top_k": 3})
+    assert (sampled.temperature, sampled.top_p, sampled.top_k) == (0.5, 0.5, 3)
     # the model's own sampling temperature when it has one
     monkeypatch.setattr(
         model, "diffusion_generation_config", DiffusionGenerationConfig(temperature=0.7), raising=False

@@ -369,7 +369,17 @@ class DiffusionLMEval(TemplateLM):
             config.temperature = self._task_temperature(gen_kwargs)
         for key in ("top_k", "top_p"):
             if key not in self._explicit and gen_kwargs.get(key) is not None:
-                setattr(config, key, gen_kwargs[key])
+                if float(config.temperature or 0.0) > 0.0:
+                    setattr(config, key, gen_kwargs[key])
+                else:  # as Hugging Face's greedy search; here they would change the commit order's confidences
+                    self._warn_once(
+                        f"greedy_{key}",
+                        "The task's %s=%s is ignored: it decodes greedily (temperature 0), as in Hugging Face's "
+                        "`generate`. Pass the model arguments temperature=... and %s=... to sample with it.",
+                        key,
+                        gen_kwargs[key],
+                        key,
+                    )
         config.validate()
         return config, until
 

@@ -372,8 +372,8 @@ def test_hugging_face_caches_live_in_a_temp_dir_of_the_session(tmp_path):
 def test_distill_trajectory_cache_is_reused_only_for_the_same_collection(generic_dir, tmp_path):
     """Issue 20.7: the cached self-collected trajectories are reused only when the collection fingerprint (prompts,
     teacher, decoding settings, seed) matches; other `generation_*` settings are refused with what differs."""
-    from trl_t3d.scripts.distill import load_or_collect_trajectories
     from trl_t3d.resolved import load_tokenizer
+    from trl_t3d.scripts.distill import load_or_collect_trajectories
     from trl_t3d.scripts.utils import load_diffusion_model
 
     data = tmp_path / "prompts.jsonl"
@@ -395,3 +395,27 @@ def test_distill_trajectory_cache_is_reused_only_for_the_same_collection(generic
         trajectories_for("--generation_block_length", "8")
     with pytest.raises(ValueError, match=r"`seed` 42, this run 3"):
         trajectories_for("--seed", "3")
+
+
+def test_distill_applies_model_init_kwargs_and_refuses_two_dtypes(generic_dir, tmp_path, monkeypatch):
+    """Issue 20.9 (found while checking): `trl-t3d distill` applied only `dtype` of `model_init_kwargs` and dropped the
+    rest, and `--dtype` lost to `model_init_kwargs.dtype` without a word."""
+    from trl_t3d.scripts import distill
+
+    common = ["--model_name_or_path", generic_dir, "--output_dir", str(tmp_path), "--bf16", "false"]
+    args = cli.parse_args("distill", [*common, "--dtype", "float16", "--model_init_kwargs", '{"dtype": "bfloat16"}'])
+    with pytest.raises(ValueError, match=r"Two values for the model's `dtype`: `--dtype float16` and .*bfloat16"):
+        distill.main(*args)
+    seen = {}
+
+    def load(name, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(distill, "load_diffusion_model", load)
+    args = cli.parse_args(
+        "distill", [*common, "--model_init_kwargs", '{"dtype": "bfloat16", "low_cpu_mem_usage": true}']
+    )
+    with pytest.raises(SystemExit):
+        distill.main(*args)
+    assert seen["dtype"] == "bfloat16" and seen["low_cpu_mem_usage"] is True

@@ -150,6 +150,30 @@ def _collection_differences(cached, dataset, settings: dict, collection: dict) -
     return "; ".join(found) or "the prompts or the shard size differ"
 
 
+def model_init_kwargs_for_loading(training_args, model_args) -> dict:
+    """`DDOConfig.model_init_kwargs` for the script's own loading of the model (all of them, not only `dtype`), after
+    refusing a value given twice with two meanings (`--dtype` and `model_init_kwargs.dtype`, ...)."""
+    init_kwargs = dict(training_args.model_init_kwargs or {})
+    defaults = {"dtype": "float32", "attn_implementation": None}  # TRL ModelConfig's defaults
+    for key, default in defaults.items():
+        given = getattr(model_args, key, None)
+        if key in init_kwargs and given != default and str(init_kwargs[key]).replace("torch.", "") != str(given):
+            raise ValueError(
+                f"Two values for the model's `{key}`: `--{key} {given}` and `model_init_kwargs` {key}="
+                f"{init_kwargs[key]!r}. Keep one of them."
+            )
+    for key, given in (
+        ("trust_remote_code", training_args.trust_remote_code),
+        ("revision", model_args.model_revision),
+    ):
+        if key in init_kwargs and init_kwargs.pop(key) != given:
+            raise ValueError(
+                f"`model_init_kwargs` sets {key}, which the command line's `--{key if key != 'revision' else 'model_revision'}"
+                f" {given}` already decides: remove it from `model_init_kwargs`."
+            )
+    return init_kwargs
+
+
 def main(script_args: DistillArguments, training_args, model_args):
     """Load the teacher, get trajectories, train the student with DDO, save it and optionally push it.
 
@@ -170,16 +194,18 @@ def main(script_args: DistillArguments, training_args, model_args):
     tokenizer = load_tokenizer(
         model_id, trust_remote_code=training_args.trust_remote_code, revision=model_args.model_revision
     )
-    init_kwargs = dict(training_args.model_init_kwargs or {})
+    init_kwargs = model_init_kwargs_for_loading(training_args, model_args)
     model = load_diffusion_model(
         model_id,
         adapter=training_args.adapter,
         trust_remote_code=training_args.trust_remote_code,
         revision=model_args.model_revision,
         dtype=init_kwargs.pop("dtype", model_args.dtype),
-        attn_implementation=model_args.attn_implementation,
-        quantization_config=get_quantization_config(model_args),
+        attn_implementation=init_kwargs.pop("attn_implementation", model_args.attn_implementation),
+        quantization_config=init_kwargs.pop("quantization_config", None) or get_quantization_config(model_args),
+        **init_kwargs,
     )
+    training_args.model_init_kwargs = None  # applied here; the trainer gets the loaded model
     train_dataset, self_collected = load_or_collect_trajectories(
         script_args, training_args, model, tokenizer, model_id
     )

@@ -249,8 +249,10 @@ def load_diffusion_model(
     attn_implementation: str | None = None,
     quantization_config=None,
     processing_class=None,
+    **model_kwargs,
 ):
-    """The model of `trl_t3d.load_diffusion_lm`, the one loader (family detection, native classes, the mask id).
+    """The model of `trl_t3d.load_diffusion_lm`, the one loader (family detection, native classes, the mask id);
+    `model_kwargs` go to `from_pretrained` (e.g. `DDOConfig.model_init_kwargs`).
 
     An unknown family raises the registry's error, which lists the supported families and how to pass one.
     """
@@ -265,6 +267,7 @@ def load_diffusion_model(
         attn_implementation=attn_implementation,
         quantization_config=quantization_config,
         processing_class=processing_class,
+        **model_kwargs,
     ).model.eval()
 
 

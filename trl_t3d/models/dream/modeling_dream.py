@@ -88,6 +88,8 @@ def flash_padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class DreamRMSNorm(nn.Module):
+    """RMS norm computed in float32, cast back to the input's dtype, then scaled (affine, no bias), as the original."""
+
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))

@@ -81,23 +81,24 @@ def check_supported(config: LLaDAConfig) -> None:
         )
 
 
+# Copied from trl_t3d.models.dream.modeling_dream.DreamRMSNorm with Dream->LLaDA
 class LLaDARMSNorm(nn.Module):
-    """RMS norm computed in float32, cast back, then scaled (the original `RMSLayerNorm`, affine, no bias)."""
+    """RMS norm computed in float32, cast back to the input's dtype, then scaled (affine, no bias), as the original."""
 
-    def __init__(self, hidden_size: int, eps: float):
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
+        self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         input_dtype = hidden_states.dtype
         hidden_states = hidden_states.to(torch.float32)
         variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.eps)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
         return self.weight * hidden_states.to(input_dtype)
 
     def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.eps}"
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
 
 class LLaDARotaryEmbedding(nn.Module):
@@ -127,8 +128,10 @@ class LLaDARotaryEmbedding(nn.Module):
             return emb.cos(), emb.sin()
 
 
+# Copied from trl_t3d.models.dream.modeling_dream.rotate_half
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2 :]
     return torch.cat((-x2, x1), dim=-1)
 
 
@@ -143,16 +146,27 @@ def apply_rotary_pos_emb(q, k, cos, sin, full_precision: bool = True):
     return q_embed.to(dtype), k_embed.to(k.dtype)
 
 
+# Copied from trl_t3d.models.dream.modeling_dream.repeat_kv
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """(B, kv_heads, T, D) -> (B, kv_heads * n_rep, T, D), each key/value head repeated for its query group."""
+    """[batch, kv_heads, length, dim] -> [batch, kv_heads * n_rep, length, dim] (grouped-query attention)."""
     batch, num_key_value_heads, length, head_dim = hidden_states.shape
     if n_rep == 1:
         return hidden_states
-    hidden_states = hidden_states[:, :, None].expand(batch, num_key_value_heads, n_rep, length, head_dim)
+    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, length, head_dim)
     return hidden_states.reshape(batch, num_key_value_heads * n_rep, length, head_dim)
 
 
-def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+# Copied from trl_t3d.models.sdar.modeling_sdar.eager_attention_forward
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
     key_states = repeat_kv(key, module.num_key_value_groups)
     value_states = repeat_kv(value, module.num_key_value_groups)
     attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling

@@ -54,6 +54,7 @@ class SDARRMSNorm(nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
 
+# Copied from trl_t3d.models.dream.modeling_dream.DreamMLP with Dream->SDAR
 class SDARMLP(nn.Module):
     def __init__(self, config: SDARConfig):
         super().__init__()
@@ -133,23 +134,28 @@ class SDARRotaryEmbedding(nn.Module):
         return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
 
 
+# Copied from trl_t3d.models.dream.modeling_dream.rotate_half
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2 :]
     return torch.cat((-x2, x1), dim=-1)
 
 
+# Copied from trl_t3d.models.dream.modeling_dream.apply_rotary_pos_emb
 def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim: int = 1):
-    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
     return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
 
 
+# Copied from trl_t3d.models.dream.modeling_dream.repeat_kv
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """(batch, kv_heads, seq, dim) -> (batch, kv_heads * n_rep, seq, dim)."""
-    batch, num_key_value_heads, slen, head_dim = hidden_states.shape
+    """[batch, kv_heads, length, dim] -> [batch, kv_heads * n_rep, length, dim] (grouped-query attention)."""
+    batch, num_key_value_heads, length, head_dim = hidden_states.shape
     if n_rep == 1:
         return hidden_states
-    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, slen, head_dim)
-    return hidden_states.reshape(batch, num_key_value_heads * n_rep, slen, head_dim)
+    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, length, head_dim)
+    return hidden_states.reshape(batch, num_key_value_heads * n_rep, length, head_dim)
 
 
 def eager_attention_forward(
@@ -357,9 +363,11 @@ class SDARModel(SDARPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    # Copied from trl_t3d.models.dream.modeling_dream.DreamBaseModel.get_input_embeddings
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
 
+    # Copied from trl_t3d.models.dream.modeling_dream.DreamBaseModel.set_input_embeddings
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
@@ -449,6 +457,7 @@ class SDARForCausalLM(SDARPreTrainedModel, GenerationMixin):
     _tp_plan = {"lm_head": "colwise_gather_output"}
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
+    # Copied from trl_t3d.models.dream.modeling_dream.DreamModel.__init__ with DreamBaseModel->SDARModel, Dream->SDAR
     def __init__(self, config: SDARConfig):
         super().__init__(config)
         self.model = SDARModel(config)
@@ -456,15 +465,19 @@ class SDARForCausalLM(SDARPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    # Copied from trl_t3d.models.dream.modeling_dream.DreamModel.get_input_embeddings
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
+    # Copied from trl_t3d.models.dream.modeling_dream.DreamModel.set_input_embeddings
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.model.embed_tokens = value
 
+    # Copied from trl_t3d.models.dream.modeling_dream.DreamModel.get_output_embeddings
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
+    # Copied from trl_t3d.models.dream.modeling_dream.DreamModel.set_output_embeddings
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
 

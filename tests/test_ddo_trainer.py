@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import os
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -488,3 +489,21 @@ def test_full_fine_tuning_of_a_bf16_model_keeps_fp32_master_weights(tmp_path, to
         with safe_open(str(tmp_path / "student" / "model.safetensors"), "pt") as f:
             assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
         assert policy.dtype == torch.float32  # the trainer keeps training in fp32 after a save
+
+
+def test_trainer_push_checks_the_student_before_uploading(tmp_path, tok, monkeypatch):
+    """`trainer.push_to_hub()` runs the same check as `push_student_to_hub`: a student saved without its tokenizer
+    is refused with the missing files named, and nothing is uploaded."""
+    from huggingface_hub import HfApi
+
+    uploads = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: uploads.append(kw))
+    args = config(tmp_path, max_steps=1, push_to_hub=True, hub_model_id="me/student")
+    trainer = DDOTrainer(testing.make_generic_mlm(tok), args=args, train_dataset=trajectories(tok),
+                         processing_class=tok)  # fmt: skip
+    trainer.train()
+    monkeypatch.setattr(type(tok), "save_pretrained", lambda self, *a, **kw: None)  # the tokenizer is not written
+    with pytest.raises(ValueError, match="not a complete student"):
+        trainer.push_to_hub()
+    assert not uploads

@@ -442,3 +442,61 @@ def test_collect_distill_full_and_lora_evaluate_and_lm_eval(request, tmp_path, f
         [Instance("generate_until", {}, ("1+1=", {"until": [], "max_gen_toks": 4}), 0, ("s", 0, 1))]
     )
     assert isinstance(text, str)
+
+
+# ---------------------------------------------------------------- FSDP2: 2 processes equal 1
+@pytest.mark.accelerate_launch
+def test_fsdp2_two_processes_equal_one_on_tiny_native_llada2(llada2_dir, tmp_path):
+    """`recipes/accelerate_configs/fsdp.yaml` (FSDP2) on 2 CPU processes trains a tiny native LLaDA2 (MoE, each
+    decoder layer with its experts one FSDP unit) to the 1-process weights, full and LoRA (tests/distributed/checks.py)."""
+    import importlib.util
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "tests" / "distributed" / "checks.py"
+    spec = importlib.util.spec_from_file_location("distributed_checks_llada2", script)
+    checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checks)
+    cases = [
+        {"name": f"llada2_{mode}", "model_dir": llada2_dir, "peft": mode == "lora", "ref_sync_steps": 2}
+        for mode in ("full", "lora")
+    ]
+    single = {}
+    for case in cases:
+        trainer = checks.build_trainer(case, str(tmp_path / "single" / case["name"]), 4)
+        trainer.train()
+        single[case["name"]] = checks.trained_weights(trainer)
+    out = tmp_path / "out"
+    out.mkdir()
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps({"cases": cases, "out": str(out)}))
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [
+        str(accelerate), "launch", "--config_file", str(root / "recipes" / "accelerate_configs" / "fsdp.yaml"),
+        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(script), str(spec_path),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    start = time.perf_counter()
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-4000:]
+    print(f"fsdp2 llada2: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    setup = json.loads((out / "setup.json").read_text())
+    for name, s in setup.items():
+        assert s["distributed_type"] == "DistributedType.FSDP" and s["fsdp_version"] == 2, (name, s)
+        assert s["policy_fully_sharded"] and s["policy_dtensor"], (name, s)
+    for case in cases:
+        dist, ref = torch.load(out / f"{case['name']}.pt", weights_only=False), single[case["name"]]
+        torch.testing.assert_close(torch.tensor(dist["losses"]), torch.tensor(ref["losses"]), rtol=0, atol=1e-5)
+        assert dist["policy"].keys() == ref["policy"].keys()
+        for key, value in dist["policy"].items():
+            torch.testing.assert_close(value, ref["policy"][key], rtol=0, atol=2e-5, msg=f"{case['name']}: {key}")
+
+
+def test_every_expert_gets_a_gradient_even_when_no_token_chose_it():
+    """What keeps sharded training in step: a rank whose tokens skip an expert still reduces its (zero) gradient."""
+    model = AutoModelForCausalLM.from_pretrained(GOLDEN).train()
+    out = model(input_ids=torch.tensor([[3]]), labels=torch.tensor([[4]]))  # one token: 3 of 8 experts chosen
+    out.loss.backward()
+    grads = [e.up_proj.weight.grad for e in model.model.layers[1].mlp.experts]
+    assert all(g is not None for g in grads) and sum(bool(g.abs().sum() > 0) for g in grads) == 3

@@ -225,7 +225,11 @@ class LLaDA2MoeGate(nn.Module):
 
 class LLaDA2MoeSparseMoeBlock(nn.Module):
     """Routed experts plus the shared expert. Each expert runs on the tokens routed to it; a token's expert outputs
-    are weighted and summed in float32 in top-k order (the original's order), then cast back."""
+    are weighted and summed in float32 in top-k order (the original's order), then cast back.
+
+    With gradients on, every expert runs, on an empty batch when no token chose it, so each expert's parameters get a
+    (zero) gradient on every rank: FSDP2 / ZeRO-3 reduce the gradients of the parameters that have one, and a rank
+    whose tokens skipped an expert would otherwise reduce fewer tensors than its peers (a collective mismatch)."""
 
     def __init__(self, config: LLaDA2MoeConfig):
         super().__init__()
@@ -247,8 +251,9 @@ class LLaDA2MoeSparseMoeBlock(nn.Module):
         counts = torch.bincount(flat_idx, minlength=len(self.experts)).tolist()
         routed_in = flat[order // k]
         outputs, start = [], 0
+        every_expert = torch.is_grad_enabled()  # see `LLaDA2MoeSparseMoeBlock`: no rank may skip an expert in training
         for expert, count in zip(self.experts, counts):
-            if count:
+            if count or every_expert:
                 outputs.append(expert(routed_in[start : start + count]))
             start += count
         routed_out = torch.cat(outputs) if outputs else routed_in[:0]

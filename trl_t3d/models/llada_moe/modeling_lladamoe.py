@@ -63,7 +63,8 @@ class LLaDAMoEMLP(nn.Module):
 class LLaDAMoESparseMoeBlock(nn.Module):
     """Softmax routing (float32) plus the optional `expert_bias`; the top-k biased weights, unnormalized and cast to
     the hidden dtype, weigh the experts; outputs accumulate expert by expert, in the hidden dtype (as the original).
-    The router is `gate`, a Linear: LoRA targets must never name it."""
+    The router is `gate`, a Linear: LoRA targets must never name it. With gradients on, every expert runs (on an empty
+    batch when no token chose it), so that sharded training reduces the same gradients on every rank."""
 
     def __init__(self, config: LLaDAMoEConfig):
         super().__init__()
@@ -88,9 +89,10 @@ class LLaDAMoESparseMoeBlock(nn.Module):
         weights, selected = torch.topk(weights, self.top_k, dim=-1)
         weights = weights.to(flat.dtype)
         out = torch.zeros_like(flat)
+        every_expert = torch.is_grad_enabled()  # each expert gets a gradient on every rank (FSDP2 / ZeRO-3)
         for expert_idx, expert in enumerate(self.experts):
             tokens, slot = torch.where(selected == expert_idx)
-            if tokens.numel() == 0:
+            if tokens.numel() == 0 and not every_expert:
                 continue
             out.index_add_(0, tokens, (expert(flat[tokens]) * weights[tokens, slot, None]).to(flat.dtype))
         return out.view(batch, seq_len, hidden), router_logits

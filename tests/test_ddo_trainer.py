@@ -303,6 +303,26 @@ def test_prompt_only_dataset_collects_trajectories(tmp_path, tok):
     trainer.train()
 
 
+def test_self_collection_is_the_cached_resumable_path(tmp_path, tok):
+    """Prompts only: the trainer collects through `collect_or_reuse` into output_dir/trajectories (the CLI's cache).
+    A second trainer on the same prompts reuses it without a forward; other decoding settings are refused."""
+    settings = dict(max_steps=1, generation_max_new_tokens=8, generation_block_length=4, max_completion_length=8)
+    prompts = Dataset.from_list([{"prompt": "1+1="}, {"prompt": "2+3="}])
+    first = DDOTrainer(testing.make_generic_mlm(tok), args=config(tmp_path, **settings), train_dataset=prompts,
+                       processing_class=tok)  # fmt: skip
+    cache = tmp_path / "out" / "trajectories"
+    assert (cache / "dataset_info.json").exists() and not (cache / "shards").exists()
+    model = testing.make_generic_mlm(tok)
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    again = DDOTrainer(model, args=config(tmp_path, **settings), train_dataset=prompts, processing_class=tok)
+    assert not calls  # reused, nothing decoded
+    assert again.train_dataset.dataset["completion_ids"] == first.train_dataset.dataset["completion_ids"]
+    with pytest.raises(ValueError, match="another collection.*generation|decoding `block_length`"):
+        DDOTrainer(testing.make_generic_mlm(tok), args=config(tmp_path, **{**settings, "generation_block_length": 8}),
+                   train_dataset=prompts, processing_class=tok)  # fmt: skip
+
+
 def test_config_keeps_trls_checkpointing_default_without_a_deprecation_warning(tmp_path):
     import warnings
 

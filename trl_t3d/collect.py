@@ -622,3 +622,71 @@ def clear_shards(output_dir: str) -> None:
             os.remove(os.path.join(output_dir, name))
     if not os.listdir(output_dir):
         shutil.rmtree(output_dir)
+
+
+def collect_or_reuse(
+    model, processing_class, dataset, generation_config, *, cache_dir: str, distributed_state=None, **collection
+):
+    """`collect_trajectories` into `cache_dir` (resumable shards in `cache_dir/shards`, then the merged dataset saved
+    there), or the dataset already saved in `cache_dir` when it is the same collection (same fingerprint: prompts,
+    teacher, decoding settings, seed...); a cache of another collection is refused, naming what differs.
+
+    The one self-collection path: `trl-t3d distill`, the examples and `DDOTrainer` given prompts all go through it.
+    `collection` holds `collect_trajectories`' keyword arguments.
+    """
+    import datasets
+    from accelerate import PartialState
+
+    from .trajectories import dataset_metadata
+
+    state = distributed_state or PartialState()
+    if os.path.exists(os.path.join(cache_dir, "dataset_info.json")):
+        cached = datasets.load_from_disk(cache_dir)
+        fingerprint, settings = collection_fingerprint(
+            model, processing_class, dataset, generation_config, **collection
+        )
+        if dataset_metadata(cached).get("fingerprint") == fingerprint:
+            logger.info("Reusing the %d trajectories in %s.", len(cached), cache_dir)
+            return cached
+        differences = _collection_differences(cached, dataset, settings, collection)
+        raise ValueError(
+            f"{cache_dir} holds trajectories of another collection: {differences}. "
+            "Reusing them would train on the teacher decoding of other settings. Delete the folder to recollect "
+            f"(`rm -r {cache_dir}`), or collect into another folder (`--trajectory_dir`, or another `output_dir`)."
+        )
+    shard_dir = os.path.join(cache_dir, "shards")
+    trajectories = collect_trajectories(
+        model, processing_class, dataset, generation_config, output_dir=shard_dir, **collection
+    )
+    if state.is_main_process:
+        # save_to_disk next to the shards, then drop them: the saved dataset is the cache from now on.
+        trajectories.save_to_disk(os.path.join(cache_dir, "_tmp_dataset"))
+        clear_shards(shard_dir)
+        for name in os.listdir(os.path.join(cache_dir, "_tmp_dataset")):
+            os.replace(os.path.join(cache_dir, "_tmp_dataset", name), os.path.join(cache_dir, name))
+        os.rmdir(os.path.join(cache_dir, "_tmp_dataset"))
+    state.wait_for_everyone()
+    return trajectories
+
+
+def _collection_differences(cached, dataset, settings: dict, collection: dict) -> str:
+    """What differs between a cached trajectory dataset and the collection this run asks for, in words."""
+    from .trajectories import dataset_metadata
+
+    meta = dataset_metadata(cached)
+    if not meta.get("fingerprint"):
+        return "it has no collection fingerprint in its metadata (not written by `collect_trajectories`)"
+    found = []
+    if len(cached) != len(dataset):
+        found.append(f"{len(cached)} rows, this run has {len(dataset)} prompts")
+    old_gen, new_gen = meta.get("generation_config") or {}, settings["generation_config"]
+    for key in sorted(set(old_gen) | set(new_gen)):
+        if key != "transformers_version" and old_gen.get(key) != new_gen.get(key):
+            found.append(f"decoding `{key}` {old_gen.get(key)!r}, this run {new_gen.get(key)!r}")
+    for key in ("teacher", "teacher_revision", "adapter", "eos_token_ids", "seed"):
+        if key in meta and meta[key] != settings[key]:
+            found.append(f"`{key}` {meta[key]!r}, this run {settings[key]!r}")
+    for key in ("reasoning_suffix", "apply_chat_template"):
+        if key in meta and meta[key] != collection.get(key):
+            found.append(f"`{key}` {meta[key]!r}, this run {collection.get(key)!r}")
+    return "; ".join(found) or "the prompts or the shard size differ"

@@ -57,16 +57,6 @@ class DistillArguments(DatasetArguments):
     hub_dataset_id: str | None = field(default=None, metadata={"help": "Dataset repo id for the trajectories."})
 
 
-def teacher_generation_config(training_args, mask_token_id=None):
-    """The teacher's decoding settings from `DDOConfig` (`generation_config` dict, else the `generation_*` fields)."""
-    from .utils import make_generation_config
-
-    settings = training_args.teacher_generation_settings()
-    if mask_token_id is not None:
-        settings.setdefault("mask_token_id", mask_token_id)
-    return make_generation_config(**settings)
-
-
 def _is_trajectory_dataset(dataset, prompt_column: str) -> bool:
     """A `step_map` column means trajectories; completions without one are an error (see `is_prompt_only`)."""
     from ..trajectories import is_prompt_only
@@ -78,18 +68,19 @@ def _is_trajectory_dataset(dataset, prompt_column: str) -> bool:
 
 
 def load_or_collect_trajectories(script_args: DistillArguments, training_args, model, tokenizer, model_id: str):
-    """(trajectories, self_collected): the dataset itself if it holds trajectories, else the teacher's (cached)."""
-    import datasets
-
-    from ..collect import clear_shards, collect_trajectories, collection_fingerprint
-    from ..trajectories import dataset_metadata
+    """(trajectories, self_collected): the dataset itself if it holds trajectories, else the teacher's, collected
+    through `collect.collect_or_reuse` (resumable shards, then a cache reused only for the same collection)."""
+    from ..collect import collect_or_reuse
 
     dataset = load_prompt_dataset(script_args)
     if _is_trajectory_dataset(dataset, script_args.prompt_column):
         return dataset, False
-    trajectory_dir = script_args.trajectory_dir or os.path.join(training_args.output_dir, "trajectories")
-    generation_config = teacher_generation_config(training_args, training_args.mask_token_id)
-    collection = dict(
+    trajectories = collect_or_reuse(
+        model,
+        tokenizer,
+        dataset,
+        training_args.teacher_generation_config(training_args.mask_token_id),
+        cache_dir=script_args.trajectory_dir or os.path.join(training_args.output_dir, "trajectories"),
         batch_size=training_args.generation_batch_size,
         adapter=training_args.adapter,
         prompt_column=script_args.prompt_column,
@@ -100,54 +91,7 @@ def load_or_collect_trajectories(script_args: DistillArguments, training_args, m
         seed=training_args.seed,
         dataset_name=hub_dataset_name(script_args),
     )
-    if os.path.exists(os.path.join(trajectory_dir, "dataset_info.json")):
-        cached = datasets.load_from_disk(trajectory_dir)
-        fingerprint, settings = collection_fingerprint(model, tokenizer, dataset, generation_config, **collection)
-        if dataset_metadata(cached).get("fingerprint") == fingerprint:
-            logger.info("Reusing the %d trajectories in %s.", len(cached), trajectory_dir)
-            return cached, True
-        differences = _collection_differences(cached, dataset, settings, collection)
-        raise ValueError(
-            f"{trajectory_dir} holds trajectories of another collection: {differences}. "
-            "Reusing them would train on the teacher decoding of other settings. Delete the folder to recollect "
-            f"(`rm -r {trajectory_dir}`), or set `--trajectory_dir` to a new folder."
-        )
-    shard_dir = os.path.join(trajectory_dir, "shards")
-    trajectories = collect_trajectories(
-        model, tokenizer, dataset, generation_config, output_dir=shard_dir, **collection
-    )
-    if training_args.distributed_state.is_main_process:
-        # save_to_disk next to the shards, then drop them: the saved dataset is the cache from now on.
-        trajectories.save_to_disk(os.path.join(trajectory_dir, "_tmp_dataset"))
-        clear_shards(shard_dir)
-        for name in os.listdir(os.path.join(trajectory_dir, "_tmp_dataset")):
-            os.replace(os.path.join(trajectory_dir, "_tmp_dataset", name), os.path.join(trajectory_dir, name))
-        os.rmdir(os.path.join(trajectory_dir, "_tmp_dataset"))
-    training_args.distributed_state.wait_for_everyone()
     return trajectories, True
-
-
-def _collection_differences(cached, dataset, settings: dict, collection: dict) -> str:
-    """What differs between a cached trajectory dataset and the collection this run asks for, in words."""
-    from ..trajectories import dataset_metadata
-
-    meta = dataset_metadata(cached)
-    if not meta.get("fingerprint"):
-        return "it has no collection fingerprint in its metadata (not written by `collect_trajectories`)"
-    found = []
-    if len(cached) != len(dataset):
-        found.append(f"{len(cached)} rows, this run has {len(dataset)} prompts")
-    old_gen, new_gen = meta.get("generation_config") or {}, settings["generation_config"]
-    for key in sorted(set(old_gen) | set(new_gen)):
-        if key != "transformers_version" and old_gen.get(key) != new_gen.get(key):
-            found.append(f"decoding `{key}` {old_gen.get(key)!r}, this run {new_gen.get(key)!r}")
-    for key in ("teacher", "teacher_revision", "adapter", "eos_token_ids", "seed"):
-        if key in meta and meta[key] != settings[key]:
-            found.append(f"`{key}` {meta[key]!r}, this run {settings[key]!r}")
-    for key in ("reasoning_suffix", "apply_chat_template"):
-        if key in meta and meta[key] != collection[key]:
-            found.append(f"`{key}` {meta[key]!r}, this run {collection[key]!r}")
-    return "; ".join(found) or "the prompts or the shard size differ"
 
 
 def model_init_kwargs_for_loading(training_args, model_args) -> dict:

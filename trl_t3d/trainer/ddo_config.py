@@ -444,6 +444,18 @@ class DDOConfig(_BaseConfig):
         kept."""
         return any(loss_term_class(term).reads_reference for term in self.loss_terms())
 
+    def teacher_generation_config(self, mask_token_id: int | None = None):
+        """The teacher's decoding settings as a `DiffusionGenerationConfig` recording trajectories (step maps): the one
+        builder of `DDOTrainer`'s self-collection and `trl-t3d distill`'s."""
+        from ..generation import DiffusionGenerationConfig
+
+        settings = {k: v for k, v in self.teacher_generation_settings().items() if v is not None}
+        if mask_token_id is not None:
+            settings.setdefault("mask_token_id", mask_token_id)
+        settings.setdefault("output_step_map", True)
+        settings.setdefault("return_dict_in_generate", True)
+        return DiffusionGenerationConfig(**settings)
+
     def teacher_generation_settings(self) -> dict:
         """The teacher's decoding settings for self-collected trajectories: `generation_config`, else `generation_*`."""
         if self.generation_config:

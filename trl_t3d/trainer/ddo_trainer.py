@@ -9,6 +9,7 @@ This module is the trainer's construction, its loss (the objective's terms over 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 
@@ -170,7 +171,9 @@ class DDOTrainer(ReferenceRoundsMixin, StudentSavingMixin, _BaseTrainer):
         self._prompt_dataset = None
         if self._is_prompt_only(train_dataset):
             self._prompt_dataset = train_dataset
-            train_dataset = self._collect(model, processing_class, train_dataset, args)
+            train_dataset = self._collect(
+                model, processing_class, train_dataset, args, cache_dir=os.path.join(args.output_dir, "trajectories")
+            )
         train_dataset = self._prepare(train_dataset, processing_class, args, "train")
         if eval_dataset is not None:
             eval_dataset = self._prepare(eval_dataset, processing_class, args, "eval")

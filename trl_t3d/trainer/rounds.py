@@ -136,33 +136,27 @@ class ReferenceRoundsMixin:
                 dst.data.copy_(src.data)
 
     # -------------------------------------------------------------------------------------- self-collection and rounds
-    def _generation_config(self, args):
-        settings = args.teacher_generation_settings()
-        settings.setdefault("mask_token_id", self.adapter.mask_token_id)
-        settings.setdefault("output_step_map", True)
-        settings.setdefault("return_dict_in_generate", True)
-        from ..generation import DiffusionGenerationConfig
-
-        return DiffusionGenerationConfig(**settings)
-
-    def _collect(self, model, processing_class, prompts, args, lockstep: bool = False):
-        from ..collect import collect_trajectories
+    def _collect(self, model, processing_class, prompts, args, lockstep: bool = False, cache_dir: str | None = None):
+        """The teacher's trajectories of `prompts` through the one collection path: with `cache_dir`, resumable and
+        reused by a rerun of the same collection (`collect_or_reuse`); without (a new round), in memory."""
+        from ..collect import collect_or_reuse, collect_trajectories
 
         if not getattr(model, "hf_device_map", None) and not is_quantized(model):
             model.to(args.device)  # decode where training will run, not on the CPU the model was loaded to
         was_training = model.training
         model.eval()
+        collection = dict(
+            batch_size=args.generation_batch_size,
+            teacher_name=self._teacher_id,
+            seed=args.seed,
+            lockstep=lockstep,
+        )
+        teacher = dataclasses.replace(self.diffusion_lm, model=model)  # the current teacher, same ids and renderer
+        decoding = args.teacher_generation_config(self.adapter.mask_token_id)
         try:
-            return collect_trajectories(
-                dataclasses.replace(self.diffusion_lm, model=model),  # the current teacher, same ids and renderer
-                None,
-                prompts,
-                self._generation_config(args),
-                batch_size=args.generation_batch_size,
-                teacher_name=self._teacher_id,
-                seed=args.seed,
-                lockstep=lockstep,
-            )
+            if cache_dir is not None:
+                return collect_or_reuse(teacher, None, prompts, decoding, cache_dir=cache_dir, **collection)
+            return collect_trajectories(teacher, None, prompts, decoding, **collection)
         finally:
             model.train(was_training)
 

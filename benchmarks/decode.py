@@ -1,6 +1,9 @@
-"""Decoding speed on tiny CPU models, side by side in one run; writes benchmarks/results/decode.json.
+"""Decoding speed, side by side in one run; writes benchmarks/results/decode.json (decode_cuda.json on a GPU).
 
-1. Block-causal (sdar-like, hidden 256, 4 layers, random weights), prompt 64, 256 new tokens, 1 token per step:
+Runs unchanged on a CUDA device (`--device auto`, the default: models in bf16 with SDPA attention there) or on the
+CPU (fp32). `benchmarks/device_check.py` calls `bidirectional_cache_benchmark` and `block_cache_benchmark` on 1B models.
+
+1. Block-causal (native SDAR, hidden 256, 4 layers, random weights), prompt 64, 256 new tokens, 1 token per step:
    the plain full-sequence loop (`use_cache=False`) vs exact block KV-cache decoding. Outputs must be identical.
 2. Threshold (parallel) decoding: tokens per forward. A random-weights model is never confident, so this part uses a
    small bidirectional model briefly trained here, in the benchmark, on repeating patterns (it becomes confident),
@@ -33,13 +36,22 @@ import torch
 from trl_t3d import AutoModelForDiffusionLM, diffusion_generate, get_adapter, testing
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "decode.json")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
+
+
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def timed(fn, repeats=1):
     best, out = float("inf"), None
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         out = fn()
+        _sync()
         best = min(best, time.perf_counter() - start)
     return out, best
 
@@ -58,18 +70,19 @@ def run_decoding(model, input_ids, attention_mask=None, repeats=1, **kwargs):
 
 def cache_benchmark(tokenizer, new_tokens, block_length, prompt_length, hidden, layers):
     with tempfile.TemporaryDirectory() as directory:
-        testing.save_sdar_like(directory, hidden_size=hidden, num_layers=layers, num_heads=4)
-        model = AutoModelForDiffusionLM.from_pretrained(directory, trust_remote_code=True, processing_class=tokenizer)
+        testing.save_sdar(directory, hidden_size=hidden, num_layers=layers, num_heads=4)
+        model = AutoModelForDiffusionLM.from_pretrained(directory, processing_class=tokenizer)
+    model = model.to(DEVICE, DTYPE)
     params = sum(p.numel() for p in model.parameters())
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(10, len(tokenizer), (1, prompt_length), generator=generator)
+    input_ids = torch.randint(10, len(tokenizer), (1, prompt_length), generator=generator).to(DEVICE)
     settings = dict(max_new_tokens=new_tokens, block_length=block_length)
     plain, plain_stats = run_decoding(model, input_ids, use_cache=False, **settings)
     cached, cached_stats = run_decoding(model, input_ids, use_cache=True, **settings)
     cached_thr, cached_thr_stats = run_decoding(model, input_ids, use_cache=True, threshold=0.9, **settings)
     identical = torch.equal(plain.sequences, cached.sequences) and torch.equal(plain.step_map, cached.step_map)
     return {
-        "model": f"sdar-like block-causal Llama, hidden {hidden}, {layers} layers, {params / 1e6:.2f}M params, random weights",
+        "model": f"native SDAR, hidden {hidden}, {layers} layers, {params / 1e6:.2f}M params, random weights",
         "prompt_length": prompt_length,
         "max_new_tokens": new_tokens,
         "block_length": block_length,
@@ -94,16 +107,16 @@ def pattern_batch(batch, length, generator):
 def train_confident_model(tokenizer, steps, prompt_length, completion_length):
     """A generic bidirectional model trained with the masked-diffusion loss to continue repeating patterns."""
     torch.manual_seed(0)
-    model = testing.make_generic_mlm(tokenizer, hidden_size=64, num_layers=2, num_heads=4).train()
+    model = testing.make_generic_mlm(tokenizer, hidden_size=64, num_layers=2, num_heads=4).to(DEVICE).train()
     adapter = get_adapter(model, tokenizer=tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     loss_value = None
     for _ in range(steps):
-        clean = pattern_batch(32, prompt_length + completion_length, generator)
+        clean = pattern_batch(32, prompt_length + completion_length, generator).to(DEVICE)
         prompt, target = clean[:, :prompt_length], clean[:, prompt_length:]
-        ratio = torch.rand(32, 1, generator=generator).clamp(min=0.05)
-        noise = torch.rand(target.shape, generator=generator) < ratio
+        ratio = torch.rand(32, 1, generator=generator).clamp(min=0.05)  # on the CPU generator, as before
+        noise = (torch.rand(target.shape, generator=generator) < ratio).to(DEVICE)
         noisy = adapter.noise_tokens(target, noise)
         logits = adapter.completion_logits(model, prompt, None, noisy)
         loss = torch.nn.functional.cross_entropy(logits[noise], target[noise])
@@ -119,7 +132,7 @@ def threshold_benchmark(tokenizer, train_steps, new_tokens, block_length, prompt
     model, final_loss = train_confident_model(tokenizer, train_steps, prompt_length, new_tokens)
     train_seconds = time.perf_counter() - start
     generator = torch.Generator().manual_seed(1)
-    clean = pattern_batch(8, prompt_length + new_tokens, generator)
+    clean = pattern_batch(8, prompt_length + new_tokens, generator).to(DEVICE)
     prompt, target = clean[:, :prompt_length], clean[:, prompt_length:]
     settings = dict(max_new_tokens=new_tokens, block_length=block_length)
     results = {}
@@ -151,10 +164,11 @@ def budgeted_decoding(model, input_ids, attention_mask, budget_s, whole_blocks, 
     """Decode until `budget_s` seconds have passed (checked before each forward; with `whole_blocks`, only before a
     block's first forward), and return what was timed: forwards, committed tokens, seconds, tokens/s."""
     block = kwargs["block_length"]
+    _sync()
     start, timed_run = time.perf_counter(), {}
 
     def check(step, canvas, undecided):
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start  # `undecided` is a copy: the device work before it has finished
         current = int(undecided.any(0).nonzero()[0]) // block  # the first block with undecided positions
         at_block_start = bool(undecided[:, current * block : (current + 1) * block].all())
         if step > 0 and elapsed >= budget_s and (at_block_start or not whole_blocks):
@@ -171,6 +185,7 @@ def budgeted_decoding(model, input_ids, attention_mask, budget_s, whole_blocks, 
             step_callback=check,
             **kwargs,
         )
+        _sync()
         timed_run.update(forwards=out.nfe, tokens=int(input_ids.shape[0] * kwargs["max_new_tokens"]))
         timed_run["seconds"] = time.perf_counter() - start
     except _BudgetSpent:
@@ -179,7 +194,7 @@ def budgeted_decoding(model, input_ids, attention_mask, budget_s, whole_blocks, 
     return {
         "forwards": timed_run["forwards"],
         "tokens": timed_run["tokens"],
-        "seconds": round(timed_run["seconds"], 2),
+        "seconds": round(timed_run["seconds"], 3),
         "tokens_per_second": round(timed_run["tokens"] / timed_run["seconds"], 2),
         "tokens_per_forward": round(timed_run["tokens"] / (batch * timed_run["forwards"]), 2),
         "blocks_timed": round(timed_run["tokens"] / (batch * block), 2),
@@ -217,18 +232,50 @@ def native_llada(quick: bool):
         embedding_dropout=0.0,
         init_device="cpu",
         init_fn="mitchell",
+        attn_implementation="sdpa",
     )
     torch.manual_seed(0)
     model = LLaDAModelLM(config).eval()
-    with torch.no_grad():  # random weights predict near-uniformly; x8 makes some (not most) predictions pass 0.9
-        model.model.transformer.ff_out.weight.mul_(8.0)
-    return model
+    sharpen_output_head(model)
+    return model.to(DEVICE, DTYPE)
 
 
-def bidirectional_cache_benchmark(quick: bool, budget_s: float, only_settings=None):
-    model = native_llada(quick)
+def sharpen_output_head(model, factor: float = 8.0):
+    """Random weights predict near-uniformly; x8 on the output head makes some (not most) predictions pass 0.9."""
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(factor)
+
+
+def _warm_up(model, input_ids, **kwargs):
+    """One forward of each kind first (CUDA kernels, cuBLAS handles, allocator), untimed."""
+    try:
+        budgeted_decoding(model, input_ids, None, 0.0, whole_blocks=False, **kwargs)
+    except Exception:  # noqa: BLE001 - the timed run reports the error
+        pass
+
+
+def bidirectional_cache_benchmark(
+    quick: bool,
+    budget_s: float,
+    only_settings=None,
+    *,
+    model=None,
+    prompt_length: int | None = None,
+    new_tokens: int | None = None,
+    block: int | None = None,
+    batches=(1, 8),
+    deadline: float | None = None,
+    progress=print,
+):
+    """Fast-dLLM's approximate prefix / dual cache against exact decoding (`cache="none"`) on a native LLaDA, each run
+    timed for `budget_s` seconds; `deadline` (a `time.perf_counter()` value) skips the runs left once passed."""
+    model = model if model is not None else native_llada(quick)
     params = sum(p.numel() for p in model.parameters())
-    prompt_length, new_tokens, block = (64, 64, 16) if quick else (512, 256, 32)
+    defaults = (64, 64, 16) if quick else (512, 256, 32)
+    prompt_length = prompt_length or defaults[0]
+    new_tokens = new_tokens or defaults[1]
+    block = block or defaults[2]
+    vocab = model.config.vocab_size
     generator = torch.Generator().manual_seed(0)
     settings = {
         "1_token_per_step": dict(tokens_per_step=1),
@@ -236,46 +283,114 @@ def bidirectional_cache_benchmark(quick: bool, budget_s: float, only_settings=No
         "threshold_0.9": dict(threshold=0.9, threshold_rule="fast_dllm"),
     }
     settings = {k: v for k, v in settings.items() if not only_settings or k in only_settings}
-    runs = {}
-    for batch in (1, 8):
-        input_ids = torch.randint(0, 8000, (batch, prompt_length), generator=generator)
+    runs, skipped = {}, []
+    for batch in batches:
+        input_ids = torch.randint(10, min(vocab, 8000), (batch, prompt_length), generator=generator).to(DEVICE)
         for name, extra in settings.items():
             row = {}
             for mode in ("none", "prefix", "dual"):
-                row[mode] = budgeted_decoding(
-                    model,
-                    input_ids,
-                    None,
-                    budget_s,
-                    whole_blocks=mode != "none",
-                    max_new_tokens=new_tokens,
-                    block_length=block,
-                    cache=mode,
-                    **extra,
-                )
-                print(f"batch {batch} {name} {mode}: {row[mode]}", flush=True)
+                if deadline is not None and time.perf_counter() > deadline:
+                    skipped.append(f"batch_{batch}/{name}/{mode}")
+                    continue
+                kwargs = dict(max_new_tokens=new_tokens, block_length=block, cache=mode, **extra)
+                _warm_up(model, input_ids, **kwargs)
+                row[mode] = budgeted_decoding(model, input_ids, None, budget_s, whole_blocks=mode != "none", **kwargs)
+                progress(f"  batch {batch} {name} {mode}: {row[mode]}")
             for mode in ("prefix", "dual"):
-                row[f"{mode}_vs_none"] = round(row[mode]["tokens_per_second"] / row["none"]["tokens_per_second"], 2)
-            runs[f"batch_{batch}/{name}"] = row
-    return {
+                if mode in row and "none" in row:
+                    row[f"{mode}_vs_none"] = round(
+                        row[mode]["tokens_per_second"] / row["none"]["tokens_per_second"], 2
+                    )
+            if row:
+                runs[f"batch_{batch}/{name}"] = row
+    result = {
         "model": f"native LLaDA (LLaDAModelLM), {model.config.n_layers} layers, d_model {model.config.d_model}, "
-        f"vocab 8192, {params / 1e6:.1f}M params, random weights, output head x8",
+        f"vocab {vocab}, {params / 1e6:.1f}M params, random weights, output head x8, {DTYPE}, "
+        f"attention {getattr(model.config, '_attn_implementation', None)}, {DEVICE}",
         "prompt_length": prompt_length,
         "max_new_tokens": new_tokens,
         "block_length": block,
         "budget_s": f"{budget_s} per run (at least one forward; cached runs time whole blocks from the first)",
         "runs": runs,
     }
+    if skipped:
+        result["skipped_past_deadline"] = skipped
+    return result
+
+
+def block_cache_benchmark(
+    model,
+    budget_s: float,
+    *,
+    prompt_length: int,
+    new_tokens: int,
+    block: int,
+    batches=(1, 8),
+    settings=None,
+    deadline: float | None = None,
+    progress=print,
+):
+    """A block-causal family's exact block KV cache (`use_cache=True`, same tokens) against full-sequence forwards
+    (`use_cache=False`), each run timed for `budget_s` seconds, at batch sizes `batches`."""
+    params = sum(p.numel() for p in model.parameters())
+    vocab = model.config.vocab_size
+    settings = settings or {"1_token_per_step": dict(tokens_per_step=1)}
+    generator = torch.Generator().manual_seed(0)
+    runs, skipped = {}, []
+    for batch in batches:
+        input_ids = torch.randint(10, min(vocab, 8000), (batch, prompt_length), generator=generator).to(DEVICE)
+        for name, extra in settings.items():
+            row = {}
+            for mode, use_cache in (("no_cache", False), ("exact_block_cache", True)):
+                if deadline is not None and time.perf_counter() > deadline:
+                    skipped.append(f"batch_{batch}/{name}/{mode}")
+                    continue
+                kwargs = dict(max_new_tokens=new_tokens, block_length=block, use_cache=use_cache, **extra)
+                _warm_up(model, input_ids, **kwargs)
+                row[mode] = budgeted_decoding(model, input_ids, None, budget_s, whole_blocks=use_cache, **kwargs)
+                progress(f"  batch {batch} {name} {mode}: {row[mode]}")
+            if len(row) == 2:
+                row["cache_vs_no_cache"] = round(
+                    row["exact_block_cache"]["tokens_per_second"] / row["no_cache"]["tokens_per_second"], 2
+                )
+            if row:
+                runs[f"batch_{batch}/{name}"] = row
+    result = {
+        "model": f"{type(model).__name__}, {params / 1e6:.1f}M params, vocab {vocab}, random weights, {DTYPE}, "
+        f"attention {getattr(model.config, '_attn_implementation', None)}, {DEVICE}",
+        "prompt_length": prompt_length,
+        "max_new_tokens": new_tokens,
+        "block_length": block,
+        "budget_s": f"{budget_s} per run (cached runs time whole blocks)",
+        "runs": runs,
+    }
+    if skipped:
+        result["skipped_past_deadline"] = skipped
+    return result
+
+
+def machine() -> str:
+    if DEVICE.type == "cuda":
+        return f"{torch.cuda.get_device_name(DEVICE)} (CUDA {torch.version.cuda}), {DTYPE}"
+    return f"{platform.processor() or platform.machine()}, CPU, torch threads {torch.get_num_threads()}"
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
     parser.add_argument("--only", choices=["bidirectional_cache"], help="run one part; merged into the results file")
     parser.add_argument("--budget_s", type=float, default=15.0, help="timing budget per bidirectional-cache run")
     parser.add_argument("--settings", nargs="+", help="bidirectional-cache settings to (re)run, merged into the file")
     args = parser.parse_args()
+    global DEVICE, DTYPE
+    if args.device != "auto":
+        DEVICE = torch.device(args.device)
+        DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    global RESULTS
+    if DEVICE.type == "cuda":  # the CPU figures stay where they are
+        RESULTS = RESULTS.replace("decode.json", "decode_cuda.json")
     tokenizer = testing.make_tokenizer()
     quick = args.quick
     if args.only == "bidirectional_cache":
@@ -286,14 +401,12 @@ def main():
             if args.settings and "bidirectional_cache" in report:  # keep the other settings' runs
                 part["runs"] = {**report["bidirectional_cache"]["runs"], **part["runs"]}
             report["bidirectional_cache"] = part
-            report["bidirectional_cache_machine"] = (
-                f"{platform.processor() or platform.machine()}, CPU, torch threads {torch.get_num_threads()}"
-            )
+            report["bidirectional_cache_machine"] = machine()
             with open(RESULTS, "w") as f:
                 json.dump(report, f, indent=2)
         return
     report = {
-        "machine": f"{platform.processor() or platform.machine()}, CPU, torch threads {torch.get_num_threads()}",
+        "machine": machine(),
         "torch": torch.__version__,
         "block_cache": [
             cache_benchmark(

@@ -500,3 +500,14 @@ def test_every_expert_gets_a_gradient_even_when_no_token_chose_it():
     out.loss.backward()
     grads = [e.up_proj.weight.grad for e in model.model.layers[1].mlp.experts]
     assert all(g is not None for g in grads) and sum(bool(g.abs().sum() > 0) for g in grads) == 3
+
+
+@pytest.mark.parametrize("path", [GOLDEN, Path(__file__).parent / "golden" / "lladamoe"], ids=["llada2", "lladamoe"])
+def test_device_map_and_bf16_loading(path):
+    golden = golden_of(path)
+    model = AutoModelForCausalLM.from_pretrained(path, device_map="auto", dtype=torch.bfloat16).eval()
+    assert model.dtype == torch.bfloat16 and str(model.device) == "cpu"  # no accelerator here: all on the CPU
+    with torch.no_grad():
+        logits = model(input_ids=golden["no_mask.input_ids"]).logits
+    assert logits.shape == golden["no_mask.logits"].shape
+    assert (logits.float().argmax(-1) == golden["no_mask.logits"].argmax(-1)).float().mean() > 0.8

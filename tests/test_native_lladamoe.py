@@ -129,7 +129,7 @@ def test_adapter_lora_targets_never_the_router_and_batch_invariance(lladamoe_dir
         assert torch.equal(together[row, -8:], alone[0, -8:]), prompt
 
 
-def test_collect_distill_full_and_lora_and_evaluate(lladamoe_dir, tmp_path):
+def test_collect_distill_full_and_lora_evaluate_and_lm_eval(lladamoe_dir, tmp_path):
     import datasets
     from peft import LoraConfig
     from transformers import AutoTokenizer
@@ -174,6 +174,14 @@ def test_collect_distill_full_and_lora_and_evaluate(lladamoe_dir, tmp_path):
     task = Task("echo", ["1+1=", "abc"], ["2", "b"], max_new_tokens=8)
     report = evaluate_few_step(teacher, tokenizer, task, [1, 2], block_length=4, show_progress=False)
     assert [r["tokens_per_step"] for r in report["results"]] == [1, 2]
+    from lm_eval.api.instance import Instance
+
+    from trl_t3d.evaluation.lm_eval_backend import DiffusionLMEval
+
+    lm = DiffusionLMEval(lladamoe_dir, tokens_per_step=2, check_greedy=False)
+    request = Instance("generate_until", {}, ("1+1=", {"until": [], "max_gen_toks": 4}), 0, ("s", 0, 1))
+    (text,) = lm.generate_until([request])
+    assert isinstance(text, str) and lm.adapter.name == "llada_moe"
 
 
 @pytest.mark.skipif(

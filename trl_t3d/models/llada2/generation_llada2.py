@@ -246,6 +246,7 @@ def llada2_generate(
             input_ids=canvas[index, :span],
             attention_mask=block_causal_mask(absolute[index, :span], block_length, dtype),
             position_ids=position_ids[index, :span],
+            use_cache=False,
         ).logits
         for r, i in enumerate(rows):
             start, end = window(i)

@@ -53,6 +53,20 @@ def _draw(num_examples: int, split: str, seed: int, test_fraction: float, make_o
     return rows
 
 
+def _task(name: str, rows, references, verifier, max_new_tokens: int, block_length: int, **metadata) -> Task:
+    """A toy task from drawn `(prompt, target)` rows: the targets are its training completions."""
+    return Task(
+        name=name,
+        prompts=[p for p, _ in rows],
+        references=list(references),
+        verifier=verifier,
+        targets=[t for _, t in rows],
+        max_new_tokens=max_new_tokens,
+        block_length=block_length,
+        metadata=metadata,
+    )
+
+
 def arithmetic_task(
     num_examples: int = 256,
     split: str = "test",
@@ -78,16 +92,9 @@ def arithmetic_task(
         return f"{a}+{b}=", str(a + b)
 
     rows = _draw(num_examples, split, seed, test_fraction, make_one, (10**max_digits) ** 2)
-    return Task(
-        name="arithmetic",
-        prompts=[p for p, _ in rows],
-        references=[int(a) for _, a in rows],
-        verifier=number_verifier,
-        targets=[a for _, a in rows],
-        max_new_tokens=8,
-        block_length=8,
-        metadata={"split": split, "seed": seed, "min_digits": min_digits, "max_digits": max_digits},
-    )
+    references = [int(a) for _, a in rows]
+    metadata = {"split": split, "seed": seed, "min_digits": min_digits, "max_digits": max_digits}
+    return _task("arithmetic", rows, references, number_verifier, 8, 8, **metadata)
 
 
 def _check_symbols(symbols: str, min_length: int, max_length: int) -> None:
@@ -96,6 +103,17 @@ def _check_symbols(symbols: str, min_length: int, max_length: int) -> None:
         raise ValueError(f"`symbols` must be distinct characters, got {symbols!r}.")
     if not 2 <= min_length <= max_length <= len(symbols):
         raise ValueError(f"Need 2 <= min_length <= max_length <= {len(symbols)}, got {min_length}, {max_length}.")
+
+
+def _symbol_metadata(split: str, seed: int, symbols: str, min_length: int, max_length: int, **extra) -> dict:
+    return {
+        "split": split,
+        "seed": seed,
+        "symbols": symbols,
+        "min_length": min_length,
+        "max_length": max_length,
+        **extra,
+    }
 
 
 # Orderings of `permutation_skewed` (indices into the prompt's symbols) and their weights. For "perm:abcd" the joint
@@ -154,23 +172,10 @@ def permutation_task(
         return f"perm:{''.join(chosen)}", "".join(target)
 
     rows = _draw(num_examples, split, seed, test_fraction, make_one, len(symbols) ** max_length)
-    return Task(
-        name="permutation" if orderings == "uniform" else "permutation_skewed",
-        prompts=[p for p, _ in rows],
-        references=[p.split(":", 1)[1] for p, _ in rows],
-        verifier=permutation_verifier,
-        targets=[t for _, t in rows],
-        max_new_tokens=8,
-        block_length=8,
-        metadata={
-            "split": split,
-            "seed": seed,
-            "symbols": symbols,
-            "min_length": min_length,
-            "max_length": max_length,
-            "orderings": orderings,
-        },
-    )
+    name = "permutation" if orderings == "uniform" else "permutation_skewed"
+    references = [p.split(":", 1)[1] for p, _ in rows]
+    metadata = _symbol_metadata(split, seed, symbols, min_length, max_length, orderings=orderings)
+    return _task(name, rows, references, permutation_verifier, 8, 8, **metadata)
 
 
 def permutation_skewed_task(num_examples: int = 256, split: str = "test", seed: int = 0, **kwargs) -> Task:
@@ -207,22 +212,8 @@ def two_way_sort_task(
     for prompt, _ in rows:
         ascending = "".join(sorted(prompt.split(":", 1)[1]))
         references.append((ascending, ascending[::-1]))
-    return Task(
-        name="two_way_sort",
-        prompts=[p for p, _ in rows],
-        references=references,
-        verifier="one_of",
-        targets=[t for _, t in rows],
-        max_new_tokens=8,
-        block_length=8,
-        metadata={
-            "split": split,
-            "seed": seed,
-            "symbols": symbols,
-            "min_length": min_length,
-            "max_length": max_length,
-        },
-    )
+    metadata = _symbol_metadata(split, seed, symbols, min_length, max_length)
+    return _task("two_way_sort", rows, references, "one_of", 8, 8, **metadata)
 
 
 def reverse_task(
@@ -244,22 +235,8 @@ def reverse_task(
         return f"rev:{chosen}", chosen[::-1]
 
     rows = _draw(num_examples, split, seed, test_fraction, make_one, len(symbols) ** max_length)
-    return Task(
-        name="reverse",
-        prompts=[p for p, _ in rows],
-        references=[t for _, t in rows],
-        verifier="exact",
-        targets=[t for _, t in rows],
-        max_new_tokens=16,
-        block_length=4,
-        metadata={
-            "split": split,
-            "seed": seed,
-            "symbols": symbols,
-            "min_length": min_length,
-            "max_length": max_length,
-        },
-    )
+    metadata = _symbol_metadata(split, seed, symbols, min_length, max_length)
+    return _task("reverse", rows, [t for _, t in rows], "exact", 16, 4, **metadata)
 
 
 # Weights of the three phrases of every `phrase` category: A is the joint mode (0.45), but B and C agree on half of
@@ -311,16 +288,9 @@ def phrase_task(
         return f"say:{category:02d}.{rng.randrange(100):02d}", phrase
 
     rows = _draw(num_examples, split, seed, test_fraction, make_one, num_categories * 100)
-    return Task(
-        name="phrase",
-        prompts=[p for p, _ in rows],
-        references=[bank[int(p[4:6])] for p, _ in rows],
-        verifier="one_of",
-        targets=[t for _, t in rows],
-        max_new_tokens=16,
-        block_length=4,
-        metadata={"split": split, "seed": seed, "num_categories": num_categories, "length": length},
-    )
+    references = [bank[int(p[4:6])] for p, _ in rows]
+    metadata = {"split": split, "seed": seed, "num_categories": num_categories, "length": length}
+    return _task("phrase", rows, references, "one_of", 16, 4, **metadata)
 
 
 BUILTIN_TASKS: dict[str, Callable[..., Task]] = {

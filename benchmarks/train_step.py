@@ -1,9 +1,23 @@
-"""One DDO optimizer step: ours (1 reference + 1 policy forward) vs a faithful four-forward T3D-style step.
+"""One DDO optimizer step: ours (1 reference + 1 policy forward) vs a faithful four-forward T3D-style step; and the
+objectives' step cost on native LLaDA and SDAR.
 
 Writes benchmarks/results/train_step.json. Usage:
 
     OMP_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/train_step.py [--steps 5]
     OMP_NUM_THREADS=1 python benchmarks/train_step.py --states_only   # only the trailing-EOS measurement below
+    OMP_NUM_THREADS=1 python benchmarks/train_step.py --only objective_cost [--output FILE]   # only the objectives
+
+Runs unchanged on a CUDA device when one is present (`--device auto`, the default): there the Llama comparison keeps
+fp32 weights under bf16 autocast, and the native models are loaded in bf16 with SDPA attention and trained as
+`DDOConfig(bf16=True)` trains them (fp32 master weights for full fine-tuning, bf16 autocast). On the CPU: fp32.
+
+Objective cost (`objective_cost`, `objective_cost` in the JSON; also called by benchmarks/device_check.py at 1B):
+one optimizer step of ntd, t3d, t3d_mf (the default), tad, sft and t3d_mf with `mean_field_queries=1,
+mean_field_positions=k` (k = 1, 4, 8), on one native model (LLaDA trained in blocks of 32 over a 64-token canvas,
+SDAR in blocks of 4) and one batch of states, full fine-tuning with one shared policy, reference and AdamW;
+interleaved rounds (each objective once per round, order rotated), median step time, ratio to the t3d step. State
+forwards per micro-step are counted with forward hooks on the policy and the reference (split by grad enabled), and
+peak memory is `torch.cuda.max_memory_allocated` on a GPU and the profiler method below on the CPU.
 
 Both sides run the same tiny bidirectional Llama (fp32), the same batch of states x_t and the same loss definition
 (DDO with mean masked log-probs + level-averaged path loss restricted to the masked set). The baseline follows the
@@ -471,6 +485,7 @@ def objective_cost(
     budget_s: float | None = None,
     variants: dict | None = None,
     lora_rank: int = 16,
+    bf16: bool | None = None,
     progress=print,
 ) -> dict:
     """Step time of each objective as a ratio to a `loss_type="t3d"` step, on one native model and one batch of
@@ -485,9 +500,11 @@ def objective_cost(
     for full fine-tuning, bf16 autocast); on the CPU everything is fp32.
 
     `budget_s` bounds the timed rounds (at least 2 after the warm-up): the section stops early when spent.
+    `bf16` (default: on a GPU) forces the GPU's precision setup, e.g. to check that path on the CPU.
     """
     device = device or resolve_device()
-    dtype = compute_dtype(device)
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+    dtype = torch.bfloat16 if bf16 else torch.float32
     variants = variants or objective_variants()
     start = time.perf_counter()
     data = trajectories(tok, batch, prompt_length, completion_length, block_length)
@@ -498,7 +515,7 @@ def objective_cost(
         per_device_train_batch_size=batch,
         save_strategy="no",
         disable_tqdm=True,
-        bf16=device.type == "cuda",
+        bf16=bf16,
     )
     base = native_model(family, size, tok, device, dtype)
     facts = model_facts(base)

@@ -15,7 +15,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "trl_t3d"
 # trainer, not above evaluation as DESIGN.md's list reads: the trainer's `push_to_hub` / model card are built by hub.py
 # (TRL's shape), and hub imports nothing above `trajectories`.
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("trl_t3d.version", "trl_t3d.models", "trl_t3d.adapters", "trl_t3d.losses"),
+    ("trl_t3d.version", "trl_t3d.models", "trl_t3d.adapters", "trl_t3d.blocks", "trl_t3d.losses"),
     ("trl_t3d.generation",),
     ("trl_t3d.resolved", "trl_t3d.trajectories"),
     ("trl_t3d.collect",),

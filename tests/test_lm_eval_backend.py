@@ -31,9 +31,9 @@ from trl_t3d.evaluation.likelihood import (
     sample_mask_states,
     stratified_mask_counts,
 )
+from trl_t3d.evaluation.lm_eval.sweep import _metric_key
 from trl_t3d.evaluation.lm_eval_backend import (
     DiffusionLMEval,
-    _metric_key,
     evaluate_lm_eval_tasks,
     lm_eval_task_manager,
 )
@@ -565,20 +565,20 @@ def test_is_greedy_decodes_one_token_per_step_exactly_and_draws_nothing(toy, set
     """`is_greedy` asks whether one-token-per-step, deterministic, exact decoding writes the continuation, whatever
     the decoding settings of the sweep: one committed token per forward, every forward over the whole sequence (no
     approximate cache), no draw from the global RNG, and the continuation a plain loop decodes is greedy."""
-    from trl_t3d.evaluation import lm_eval_backend
+    from trl_t3d.evaluation.lm_eval import model as lm_eval_model
 
     model, tokenizer, _ = toy
     lm = DiffusionLMEval(model=model, tokenizer=tokenizer, mc_num=4, mc_batch_size=4, **settings)
     context = lm.tok_encode("Question: 7+80?\nAnswer:")  # unseen: the toy is unsure, so the order matters
     expected = _naive_greedy(model, lm.adapter.mask_token_id, context, 8)
     outputs, lengths = [], []
-    real = lm_eval_backend.diffusion_generate
+    real = lm_eval_model.diffusion_generate
 
     def spy(*args, **kwargs):
         outputs.append(real(*args, **kwargs))
         return outputs[-1]
 
-    monkeypatch.setattr(lm_eval_backend, "diffusion_generate", spy)
+    monkeypatch.setattr(lm_eval_model, "diffusion_generate", spy)
     hook = model.register_forward_pre_hook(
         lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
     )
@@ -600,7 +600,7 @@ def test_do_sample_without_temperature_samples_at_a_stated_temperature(toy, monk
 
     model, tokenizer, _ = toy
     lm = DiffusionLMEval(model=model, tokenizer=tokenizer, block_length=4)
-    with caplog.at_level("WARNING", logger="trl_t3d.evaluation.lm_eval_backend"):
+    with caplog.at_level("WARNING", logger="trl_t3d.evaluation.lm_eval.model"):
         config, _ = lm._request_config({"do_sample": True, "max_gen_toks": 4})
     assert config.temperature == 1.0  # Hugging Face's default, not greedy
     assert "temperature=1.0" in caplog.text and "Pass the model argument temperature=" in caplog.text

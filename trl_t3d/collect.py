@@ -5,8 +5,9 @@
 1. prompts -> token ids by the model's one renderer (`DiffusionLM.render_prompt`: chat template for conversational
    prompts, as TRL does; optional reasoning suffix);
 2. shards of `shard_size` prompts in dataset order; each process of an `accelerate launch` takes every n-th shard;
-3. inside a shard, prompts sorted by length and decoded in left-padded batches with
-   `diffusion_generate(..., return_dict_in_generate=True, output_step_map=True)`;
+3. inside a shard, prompts sorted by length and decoded in left-padded batches by the one decode loop
+   (`generation.decode_prompts`); each prompt samples from its own generator, seeded with `seed` + its index in the
+   dataset, so the trajectories do not depend on the batch size, the shard size or the number of processes;
 4. the decoder's token ids are kept (never re-tokenized text), cut after the first EOS together with the step map;
 5. finished shards are written to `output_dir` (resumable) or gathered in memory; rows come back in dataset order.
 """
@@ -131,17 +132,6 @@ def _shard_path(output_dir: str, index: int, num_shards: int) -> str:
     return os.path.join(output_dir, f"shard-{index:05d}-of-{num_shards:05d}.parquet")
 
 
-def _left_pad(sequences: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, width - len(seq) :] = 1
-    return input_ids.to(device), attention_mask.to(device)
-
-
 def _model_device(model) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -157,63 +147,48 @@ def _decode_shard(
     *,
     batch_size: int,
     eos_token_ids,
-    seed: int | None,
+    seeds: list[int] | None,
     progress,
     cut_at_eos: bool = True,
 ) -> list[dict]:
-    """Decode one shard's prompts (sorted by length inside the shard) and return rows in the shard's order."""
-    from .generation import diffusion_generate
+    """Decode one shard's prompts (`generation.decode_prompts`: sorted by length, left-padded batches, prompt i
+    seeded with `seeds[i]`) and return its rows in the shard's order."""
+    from .generation import decode_prompts
 
-    model, adapter = resolved.model, resolved.adapter
-    device = _model_device(model)
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
-    rows: list[dict | None] = [None] * len(prompts)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(int(seed))
+    adapter = resolved.adapter
+    decoded = decode_prompts(
+        resolved.model,
+        prompts,
+        generation_config,
+        adapter=adapter,
+        processing_class=resolved.tokenizer,
+        batch_size=batch_size,
+        seeds=seeds,
+        pad_token_id=adapter.pad_token_id,
+        progress=progress,
+        device=_model_device(resolved.model),
+    )
     mask_token_id = adapter.mask_token_id
-    for start in range(0, len(order), batch_size):
-        batch_index = order[start : start + batch_size]
-        input_ids, attention_mask = _left_pad([prompts[i] for i in batch_index], adapter.pad_token_id, device)
-        with torch.no_grad():
-            out = diffusion_generate(
-                model,
-                input_ids,
-                attention_mask=attention_mask,
-                generation_config=generation_config,
-                adapter=adapter,
-                processing_class=resolved.tokenizer,
-                generator=generator,
-                return_dict_in_generate=True,
-                output_step_map=True,
+    rows = []
+    for prompt, out in zip(prompts, decoded):
+        completion, step_map, has_eos = out.completion_ids, out.step_map, None
+        if cut_at_eos:
+            completion, step_map, has_eos = cut_after_eos(completion, step_map, eos_token_ids)
+        else:
+            has_eos = any(t in set(eos_token_ids) for t in completion)
+        if len(step_map) != len(completion):
+            raise RuntimeError(
+                f"The decoder's step_map ({len(out.step_map)} entries) is shorter than its completion "
+                f"({len(out.completion_ids)} tokens)."
             )
-        if getattr(out, "step_map", None) is None:
-            raise RuntimeError("`diffusion_generate` returned no `step_map`; trajectories need one.")
-        completions = out.sequences[:, input_ids.shape[1] :].tolist()
-        step_maps = out.step_map.tolist()
-        for row, index in enumerate(batch_index):
-            completion, step_map, has_eos = completions[row], step_maps[row], None
-            if cut_at_eos:
-                completion, step_map, has_eos = cut_after_eos(completion, step_map, eos_token_ids)
-            else:
-                has_eos = any(t in set(eos_token_ids) for t in completion)
-            if len(step_map) != len(completion):
-                raise RuntimeError(
-                    f"The decoder's step_map ({len(step_maps[row])} entries) is shorter than its completion "
-                    f"({len(completions[row])} tokens)."
-                )
-            if any(s < 0 for s in step_map):
-                raise RuntimeError(
-                    "The decoder left undecoded positions (step -1) before the first EOS: the trajectory is "
-                    "incomplete. This is a bug of the decoder; please report it with the generation config."
-                )
-            if mask_token_id is not None and mask_token_id in completion:
-                raise RuntimeError("The decoder left mask tokens in a completion; the trajectory is incomplete.")
-            rows[index] = dict(
-                prompt_ids=list(prompts[index]), completion_ids=completion, step_map=step_map, has_eos=has_eos
+        if any(s < 0 for s in step_map):
+            raise RuntimeError(
+                "The decoder left undecoded positions (step -1) before the first EOS: the trajectory is "
+                "incomplete. This is a bug of the decoder; please report it with the generation config."
             )
-        if progress is not None:
-            progress.update(len(batch_index))
+        if mask_token_id is not None and mask_token_id in completion:
+            raise RuntimeError("The decoder left mask tokens in a completion; the trajectory is incomplete.")
+        rows.append(dict(prompt_ids=list(prompt), completion_ids=completion, step_map=step_map, has_eos=has_eos))
     return rows
 
 
@@ -383,8 +358,9 @@ def collect_trajectories(
             strings as a user message; `False` never.
         keep_text: also store `prompt` (the rendered prompt text) and `completion` (decoded, special tokens skipped).
         keep_columns: other columns of `dataset` to carry over (e.g. `answer` for evaluation).
-        seed: seeds each shard's sampling generator with `seed + shard index`, so a resumed run decodes the same
-            tokens as an uninterrupted one even at temperature > 0. `None` uses torch's global generator.
+        seed: prompt i (its index in `dataset`) samples from its own generator, seeded with `seed + i`, so a resumed
+            run decodes the same tokens as an uninterrupted one even at temperature > 0, and neither the batch size,
+            the shard size nor the number of processes changes them. `None` uses torch's global generator.
         dataset_name: name of the prompt dataset, recorded in the metadata (and used by model cards).
         show_progress: tqdm progress bar on the local main process.
         keep_full_canvas: keep all `max_new_tokens` positions (trailing EOS padding included, every one decoded,
@@ -481,13 +457,14 @@ def collect_trajectories(
     try:
         paired.__enter__()
         for k in todo:
+            shard = prompt_ids[k * shard_size : (k + 1) * shard_size]
             rows = _decode_shard(
                 resolved,
                 generation_config,
-                prompt_ids[k * shard_size : (k + 1) * shard_size],
+                shard,
                 batch_size=batch_size,
                 eos_token_ids=eos_token_ids,
-                seed=None if seed is None else seed + k,
+                seeds=None if seed is None else [seed + k * shard_size + i for i in range(len(shard))],
                 progress=progress,
                 cut_at_eos=not full_canvas,
             )

@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 
+from .generation import speed
 from .trajectories import dataset_metadata
 
 CITATION = """@article{t3d2026,
@@ -41,8 +42,12 @@ def trajectory_dataset_card(dataset, repo_id: str | None = None, *, license: str
     teacher = meta.get("teacher") or "unknown"
     gen = meta.get("generation_config") or {}
     lengths = [len(c) for c in dataset["completion_ids"]] if "completion_ids" in dataset.column_names else []
-    steps = [max(s) + 1 if s else 0 for s in dataset["step_map"]] if "step_map" in dataset.column_names else []
-    tokens_per_forward = sum(lengths) / max(1, sum(steps)) if steps else float("nan")
+    step_maps = dataset["step_map"] if "step_map" in dataset.column_names else []
+    tokens_per_forward = (
+        speed.tokens_per_forward(map(speed.committed_tokens, step_maps), map(speed.forwards_in_step_map, step_maps))
+        if step_maps
+        else float("nan")
+    )
     settings = "\n".join(
         f"| `{k}` | `{json.dumps(v)}` |" for k, v in sorted(gen.items()) if k != "transformers_version"
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 def main() -> None:
     from lm_eval.__main__ import cli_evaluate
 
-    from trl_t3d.evaluation import lm_eval_backend  # noqa: F401  (registers `diffusion_lm`)
+    from trl_t3d.evaluation.lm_eval import model  # noqa: F401  (registers `diffusion_lm`)
 
     cli_evaluate()
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .blocks import block_of, ranks_within_blocks  # noqa: F401  (ranks_within_blocks: the collator reads it here)
+
 
 def masked_log_probs(logits: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """fp32 log-softmax of the masked rows only, (N, V) with N = |M|: N x V, never B x L x V."""
@@ -164,19 +166,6 @@ def sample_fake_tokens(
     return (logits + gumbel).argmax(-1)
 
 
-def ranks_within_blocks(keys: torch.Tensor, block_length: int) -> torch.Tensor:
-    """Rank of each position inside its block of `block_length` by (key, position), 0 = smallest, over the last dim
-    of `keys` (..., L); a last block shorter than `block_length` ranks its own positions only."""
-    length = keys.shape[-1]
-    num_blocks = -(-length // block_length)
-    fill = torch.finfo(keys.dtype).max if keys.is_floating_point() else torch.iinfo(keys.dtype).max
-    padded = torch.full((*keys.shape[:-1], num_blocks * block_length), fill, dtype=keys.dtype, device=keys.device)
-    padded[..., :length] = keys
-    order = torch.argsort(padded.view(*keys.shape[:-1], num_blocks, block_length), dim=-1, stable=True)
-    positions = torch.arange(block_length, device=keys.device).expand_as(order).contiguous()
-    return torch.empty_like(order).scatter_(-1, order, positions).flatten(-2)[..., :length]
-
-
 def mean_field_queries(
     loss_mask: torch.Tensor,
     block_length: int,
@@ -233,12 +222,12 @@ def tad_loss(
     log-probs of the masked rows.
     """
     mask = loss_mask.bool()
-    block_of = torch.arange(mask.shape[-1], device=mask.device) // block_length
+    blocks = block_of(mask.shape[-1], block_length, mask.device)
     rank = decode_rank.masked_fill(~mask, torch.iinfo(decode_rank.dtype).max)
-    num_blocks = int(block_of[-1]) + 1 if mask.shape[-1] else 0
+    num_blocks = int(blocks[-1]) + 1 if mask.shape[-1] else 0
     first = torch.full((mask.shape[0], num_blocks), torch.iinfo(rank.dtype).max, dtype=rank.dtype, device=mask.device)
-    first = first.scatter_reduce(1, block_of.expand_as(rank), rank, reduce="amin")
-    ahead = decode_rank - first.gather(1, block_of.expand_as(rank))
+    first = first.scatter_reduce(1, blocks.expand_as(rank), rank, reduce="amin")
+    ahead = decode_rank - first.gather(1, blocks.expand_as(rank))
     near = mask & (ahead < near_tokens)
     teacher = teacher_log_probs.float()
     kl = scatter_rows((teacher.exp() * (teacher - policy_log_probs.float())).sum(-1), mask)

@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..blocks import block_ids
 from .base import DiffusionAdapter, position_ids_from_mask
-
-
-def block_ids(prompt_length: int, completion_length: int, block_length: int, device=None) -> torch.Tensor:
-    """Block index of every position of `[prompt, completion]`; the completion starts block 0."""
-    positions = torch.arange(prompt_length + completion_length, device=device) - prompt_length
-    return torch.div(positions, block_length, rounding_mode="floor")
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -29,8 +29,8 @@ import re
 
 import torch
 
+from ..blocks import block_ids
 from .base import DiffusionAdapter, position_ids_from_mask
-from .block_diffusion import block_ids
 
 TEXT_LAYER_PATTERN = re.compile(r"(^|\.)(language_model|decoder)\.layers\.\d+\.")
 

@@ -1,6 +1,6 @@
 """Few-step evaluation: tasks (prompts + verifier), verifiers, `evaluate_few_step`, AUP, frontier plots and tables.
 
-lm-evaluation-harness tasks run through `trl_t3d.evaluation.lm_eval_backend` (optional extra `eval`; not imported
+lm-evaluation-harness tasks run through `trl_t3d.evaluation.lm_eval` (optional extra `eval`; not imported
 here, so the package works without lm-eval)."""
 
 from .evaluate import evaluate_few_step

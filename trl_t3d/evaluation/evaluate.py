@@ -5,10 +5,10 @@ For each budget the same prompts are decoded with the same settings except `toke
 - `accuracy`: share of completions the task's verifier accepts;
 - `nfe`: forward passes per sample, the mean over samples of the number of denoising passes that committed at least
   one of its tokens until it stopped, what it pays decoded alone (a sample that stopped at EOS does not pay for its
-  batch mates; a pass that committed only positions after its EOS, which become padding, counts);
-  `nfe_per_batch` is the decoder's own count, per batch;
-- `tokens_per_forward`: kept tokens (up to EOS) per forward pass and sample (total kept / total per-sample NFE), the
-  parallelism "TPF" AUP is measured with;
+  batch mates; a pass that committed only positions after its EOS, which become padding, counts;
+  `DiffusionGenerateOutput.nfe_per_sample`); `nfe_per_batch` is the decoder's own count, per batch;
+- `tokens_per_forward`: kept tokens (up to EOS) per forward pass and sample (total kept / total per-sample NFE,
+  `generation.speed.tokens_per_forward`), the parallelism "TPF" AUP is measured with;
 - `wall_time_s` and `samples_per_s` (decoding only; hardware dependent, unlike NFE and TPF).
 """
 
@@ -18,17 +18,16 @@ import copy
 import json
 import logging
 import os
-import time
 from collections.abc import Sequence
 
-import torch
-
+from ..generation.batch import completion_text as _completion_text  # noqa: F401  (benchmarks/objective_protocol.py)
 from .tasks import Task
 
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "few_step_eval.json"
 PLOT_NAME = "few_step_eval.png"
+PER_BUDGET = ("tokens_per_step", "steps")  # decoding fields set per budget: in each result, not the report's settings
 
 
 def _base_config(model, task: Task, generation_config, overrides: dict):
@@ -47,41 +46,6 @@ def _base_config(model, task: Task, generation_config, overrides: dict):
     config.return_dict_in_generate = True
     config.output_step_map = True
     return config
-
-
-class RowForwards:
-    """A `step_callback` of `diffusion_generate` that counts, per row, the forward passes in which the row committed
-    at least one token: what the sample pays when decoded alone.
-
-    The step map cannot tell: positions after a sample's EOS get step -1 when it stops, so a forward that committed
-    only such positions (before the EOS was decided) would go uncounted.
-    """
-
-    def __init__(self):
-        self._left: torch.Tensor | None = None  # undecided positions per row before the latest forward
-        self._counts: torch.Tensor | None = None
-
-    def __call__(self, step, canvas, undecided) -> None:
-        left = undecided.sum(-1)
-        if self._left is None:
-            self._counts = torch.zeros_like(left)
-        else:
-            self._counts += left < self._left
-        self._left = left
-
-    def counts(self) -> list[int]:
-        """Per-row forwards, once decoding is over (the last forward decided what was left)."""
-        if self._left is None:
-            return []
-        return (self._counts + (self._left > 0)).tolist()
-
-
-def _completion_text(tokenizer, ids: list[int], eos_ids: set[int]) -> str:
-    for i, token in enumerate(ids):
-        if token in eos_ids:
-            ids = ids[:i]
-            break
-    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def evaluate_few_step(
@@ -127,14 +91,18 @@ def evaluate_few_step(
             `output_dir/few_step_eval.png`.
         model_name: name of the model in the report (defaults to `config._name_or_path`).
         num_examples: evaluate only the first n prompts.
-        seed: seeds sampling (temperature > 0, random remasking), the same generator for every budget.
+        seed: seeds sampling (temperature > 0, random remasking, a random canvas): prompt i samples from its own
+            generator seeded with `seed + i`, the same at every budget, so its tokens do not depend on `batch_size`
+            or on the other prompts.
 
     Returns:
         dict with `model_name`, `task`, `num_examples`, `generation_config`, `results` (one entry per budget with
         `tokens_per_step`, `accuracy`, `num_correct`, `nfe`, `nfe_per_batch`, `tokens_per_forward`, `wall_time_s`,
         `samples_per_s`, `samples`), and `aup` (d3LLM's accuracy under parallelism, see `report.aup`).
     """
-    from ..generation import diffusion_generate
+    from ..generation import decode_prompts
+    from ..generation.config import decoding_settings
+    from ..generation.speed import tokens_per_forward
     from .report import aup_of_report
 
     if not isinstance(task, Task):
@@ -175,14 +143,9 @@ def evaluate_few_step(
     # One resolved model: its special ids and prompt renderer are the ones collection and training use.
     resolved = DiffusionLM.from_model(model, processing_class, adapter=adapter, mask_token_id=base.mask_token_id)
     model, tokenizer = resolved.model, resolved.tokenizer
-    pad_id = base.pad_token_id if base.pad_token_id is not None else resolved.pad_token_id
-    eos_ids = base.eos_token_id if base.eos_token_id is not None else resolved.eos_token_ids
-    eos_ids = set(eos_ids if isinstance(eos_ids, (list, tuple)) else [eos_ids]) - {None}
 
     model.eval()
-    device = next(model.parameters()).device
     prompts = task.prompt_ids(resolved, apply_chat_template=apply_chat_template)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     model_name = model_name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
 
     from tqdm.auto import tqdm
@@ -192,53 +155,31 @@ def evaluate_few_step(
         config = copy.deepcopy(base)
         config.tokens_per_step = k
         config.validate()
-        generator = torch.Generator(device=device).manual_seed(seed)
-        completions: list[str | None] = [None] * len(prompts)
-        sample_nfe = [0] * len(prompts)
-        committed = [0] * len(prompts)
-        batch_nfe, wall = [], 0.0
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        for rows in tqdm(batches, desc=f"{task.name} @ {k} tok/step", disable=not show_progress, leave=False):
-            width = max(len(prompts[i]) for i in rows)
-            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                input_ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                attention_mask[r, width - len(prompts[i]) :] = 1
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            forwards = RowForwards()
-            start = time.perf_counter()
-            out = diffusion_generate(
+        with tqdm(
+            total=len(prompts), desc=f"{task.name} @ {k} tok/step", disable=not show_progress, leave=False
+        ) as progress:
+            decoded = decode_prompts(
                 model,
-                input_ids.to(device),
-                attention_mask.to(device),
+                prompts,
                 config,
                 adapter=resolved.adapter,
                 processing_class=tokenizer,
-                generator=generator,
-                step_callback=forwards,
+                batch_size=batch_size,
+                seeds=[seed + i for i in range(len(prompts))],
+                return_text=True,
+                progress=progress,
             )
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall += time.perf_counter() - start
-            batch_nfe.append(int(out.nfe))
-            step_map = out.step_map.cpu()
-            completion_ids = out.sequences[:, width:].cpu()
-            row_forwards = forwards.counts()
-            for r, i in enumerate(rows):
-                sample_nfe[i] = row_forwards[r]
-                committed[i] = int((step_map[r] >= 0).sum())
-                completions[i] = _completion_text(tokenizer, completion_ids[r].tolist(), eos_ids)
+        completions = [out.text for out in decoded]
+        batch_nfe = list({out.batch: out.batch_nfe for out in decoded}.values())
+        wall = sum(out.seconds for out in decoded)
         correct = [task.verify(completions[i], i) for i in range(len(prompts))]
-        total_nfe = sum(sample_nfe)
         result = {
             "tokens_per_step": k,
             "accuracy": sum(correct) / len(correct),
             "num_correct": int(sum(correct)),
-            "nfe": total_nfe / len(prompts),
+            "nfe": sum(out.nfe for out in decoded) / len(prompts),
             "nfe_per_batch": sum(batch_nfe) / len(batch_nfe),
-            "tokens_per_forward": sum(committed) / total_nfe if total_nfe else 0.0,
+            "tokens_per_forward": tokens_per_forward([out.committed for out in decoded], [out.nfe for out in decoded]),
             "wall_time_s": wall,
             "samples_per_s": len(prompts) / wall if wall > 0 else float("inf"),
             "samples": [
@@ -261,23 +202,7 @@ def evaluate_few_step(
         "model_name": str(model_name),
         "task": task.name,
         "num_examples": len(prompts),
-        "generation_config": {
-            key: getattr(base, key)
-            for key in (
-                "max_new_tokens",
-                "block_length",
-                "temperature",
-                "remasking",
-                "schedule",
-                "threshold",
-                "factor",
-                "threshold_rule",
-                "cache",
-                "cache_refresh_interval",
-                "top_k",
-                "top_p",
-            )
-        },
+        "generation_config": decoding_settings(base, exclude=PER_BUDGET),
         "results": results,
     }
     report["aup"] = aup_of_report(report)

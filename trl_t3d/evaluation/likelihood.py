@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from ..blocks import block_spans
+
 
 def stratified_mask_counts(num_samples: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """`num_samples` mask counts in 1..`length`, spread evenly from one random offset (each one uniform on 1..L)."""
@@ -31,15 +33,6 @@ def random_subset_masks(counts: torch.Tensor, length: int, generator: torch.Gene
     """Boolean (n, length): row i masks `counts[i]` positions drawn uniformly without replacement."""
     ranks = torch.rand(counts.shape[0], length, generator=generator).argsort(-1).argsort(-1)
     return ranks < counts[:, None]
-
-
-def block_spans(length: int, block_length: int | None) -> list[tuple[int, int]]:
-    """(start, end) of each block of a continuation of `length` tokens; one block when `block_length` is None."""
-    if block_length is None:
-        return [(0, length)]
-    if block_length < 1:
-        raise ValueError(f"`block_length` must be a positive int or None, got {block_length}.")
-    return [(start, min(start + block_length, length)) for start in range(0, length, block_length)]
 
 
 def sample_mask_states(

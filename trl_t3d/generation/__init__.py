@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .batch import DecodedPrompt, decode_prompts
 from .cache import DiffusionKVCache
 from .config import DIFFUSION_GENERATION_CONFIG_NAME, REMASKING_POLICIES, DiffusionGenerationConfig
 from .decode import DiffusionGenerateOutput, diffusion_generate
@@ -11,10 +12,12 @@ __all__ = [
     "DIFFUSION_GENERATION_CONFIG_NAME",
     "REMASKING_POLICIES",
     "AutoModelForDiffusionLM",
+    "DecodedPrompt",
     "DiffusionGenerateOutput",
     "DiffusionGenerationConfig",
     "DiffusionKVCache",
     "DiffusionLMGenerationMixin",
     "add_diffusion_generation",
+    "decode_prompts",
     "diffusion_generate",
 ]

@@ -294,22 +294,31 @@ class DiffusionGenerationConfig(GenerationConfig):
     def to_diff_dict(self):
         """Keep the diffusion fields even when they equal GenerationConfig's defaults (e.g. temperature 0)."""
         out = super().to_diff_dict()
-        for key in (
-            "max_new_tokens",
-            "block_length",
-            "steps",
-            "tokens_per_step",
-            "remasking",
-            "threshold",
-            "factor",
-            "threshold_rule",
-            "schedule",
-            "eps",
-            "cache",
-            "cache_refresh_interval",
-            "temperature",
-            "stop_at_eos",
-            "mask_token_id",
-        ):
+        for key in ("max_new_tokens", *DIFFUSION_FIELDS, "temperature"):
             out[key] = getattr(self, key)
         return out
+
+
+# ---------------------------------------------------------------------------------------------- the decoding fields
+# The one list of decoding fields, derived from the class: what DiffusionGenerationConfig adds to GenerationConfig
+# (its own attributes), then the fields it shares with GenerationConfig and reads. Everything that names decoding
+# settings (the CLI's decoding arguments, lm-eval's model arguments, the reports, the errors) reads them from here.
+DIFFUSION_FIELDS: tuple[str, ...] = tuple(
+    k for k in vars(DiffusionGenerationConfig()) if k not in vars(GenerationConfig())
+)
+# What to return, not how to decode.
+OUTPUT_FIELDS: tuple[str, ...] = ("output_step_map", "return_dict_in_generate")
+# GenerationConfig's sampling fields the decoder reads.
+SAMPLING_FIELDS: tuple[str, ...] = ("temperature", "top_k", "top_p")
+# The settings that decide what the decoder writes (the special ids `eos_token_id` / `pad_token_id` default to the
+# model's and are left out).
+DECODING_FIELDS: tuple[str, ...] = (
+    "max_new_tokens",
+    *(k for k in DIFFUSION_FIELDS if k not in OUTPUT_FIELDS),
+    *SAMPLING_FIELDS,
+)
+
+
+def decoding_settings(config, exclude=()) -> dict:
+    """`{field: value}` of the decoding fields of `config` (`DECODING_FIELDS`, less `exclude`), for reports."""
+    return {key: getattr(config, key) for key in DECODING_FIELDS if key not in exclude}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,10 +17,12 @@ from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
 from ..adapters import get_adapter
+from ..blocks import block_spans
 from .cache import DiffusionKVCache
-from .config import DiffusionGenerationConfig
-from .sampling import propose_tokens, select_commits
+from .config import DECODING_FIELDS, OUTPUT_FIELDS, DiffusionGenerationConfig
+from .sampling import RowGenerators, propose_tokens, select_commits
 from .schedules import BlockSchedule, factor_commit_counts, origin_commits
+from .speed import committed_tokens, tokens_per_forward
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +36,19 @@ class DiffusionGenerateOutput(ModelOutput):
         step_map (`torch.LongTensor` of shape `(B, max_new_tokens)`, *optional*): 0-based index of the forward pass
             (global over blocks) at which each completion token was committed; -1 where never decoded (after an EOS
             stop; those positions hold pad). Returned with `output_step_map=True`.
-        nfe (`int`): number of denoising forward passes.
-        tokens_per_forward (`float`): committed tokens per forward pass and sequence, `(step_map >= 0).sum() / (B * nfe)`.
+        nfe (`int`): number of denoising forward passes (of the batch).
+        nfe_per_sample (`torch.LongTensor` of shape `(B,)`): the forward passes each sequence ran until it stopped,
+            exactly the forwards it runs decoded alone: a sequence that stopped at EOS or finished its block early does
+            not pay for its batch mates; a pass that committed only positions after its EOS (which become padding)
+            counts, and so does one whose random draws committed nothing (Dream's `origin`).
+        tokens_per_forward (`float`): committed tokens per forward a sequence ran,
+            `(step_map >= 0).sum() / nfe_per_sample.sum()` (`generation.speed.tokens_per_forward`).
     """
 
     sequences: torch.LongTensor | None = None
     step_map: torch.LongTensor | None = None
     nfe: int | None = None
+    nfe_per_sample: torch.LongTensor | None = None
     tokens_per_forward: float | None = None
 
 
@@ -236,11 +245,10 @@ def resolve_generation_config(model, generation_config, kwargs) -> DiffusionGene
     if kwargs:
         unknown = sorted(k for k in kwargs if not hasattr(config, k))
         if unknown:
+            valid = (*DECODING_FIELDS, "eos_token_id", "pad_token_id", *OUTPUT_FIELDS)
             raise ValueError(
                 f"Unknown decoding arguments {unknown}. Valid ones are the fields of DiffusionGenerationConfig "
-                "(max_new_tokens, block_length, steps, tokens_per_step, remasking, schedule, eps, threshold, factor, "
-                "threshold_rule, cache, cache_refresh_interval, temperature, top_k, top_p, mask_token_id, eos_token_id, stop_at_eos, "
-                "output_step_map, return_dict_in_generate)."
+                f"({', '.join(valid)})."
             )
         for key, value in kwargs.items():
             setattr(config, key, value)
@@ -385,7 +393,7 @@ def diffusion_generate(
     processing_class=None,
     streamer=None,
     use_cache: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     step_callback=None,
     **kwargs,
 ):
@@ -402,7 +410,11 @@ def diffusion_generate(
         streamer (`transformers.generation.BaseStreamer`, *optional*): gets the prompt, then each finished block.
         use_cache (`bool`): use the exact block KV cache when the family has one (same tokens, fewer FLOPs), and the
             approximate cache `config.cache` asks for; `False` decodes exactly with full-sequence forwards.
-        generator (`torch.Generator`, *optional*): randomness of sampling and random remasking.
+        generator (`torch.Generator` or a list of them, *optional*): randomness of sampling, random remasking and a
+            random canvas (uniform-noise families). One generator draws batch-shaped tensors, so a sampled row
+            depends on its batch mates; a list gives one generator per row (on the model's device): each row draws
+            from its own, and only at the forwards it would run decoded alone, so a prompt samples the same tokens
+            alone and in any padded batch. Greedy decoding draws nothing.
         step_callback (*optional*): `callback(step, canvas, undecided)` called before each forward with copies of the
             completion canvas and its undecided positions (debugging, trajectory replay).
 
@@ -445,11 +457,21 @@ def diffusion_generate(
     confidence_rule = config.threshold is not None or config.factor is not None
     proposal_remasking = "low_confidence" if config.remasking == "origin" else config.remasking
 
+    if generator is not None and not isinstance(generator, torch.Generator):
+        generator = RowGenerators(generator, batch)
+
     # 3. The canvas: every completion position undecided, holding the family's noise.
     undecided = torch.ones(batch, length, dtype=torch.bool, device=device)
-    canvas = adapter.noise_tokens(
-        torch.zeros(batch, length, dtype=torch.long, device=device), undecided, generator, _vocab_size(model)
-    )
+    blank = torch.zeros(batch, length, dtype=torch.long, device=device)
+    if isinstance(generator, RowGenerators):  # each row's noise from its own generator
+        canvas = torch.cat(
+            [
+                adapter.noise_tokens(blank[row : row + 1], undecided[row : row + 1], rows, _vocab_size(model))
+                for row, rows in enumerate(generator.generators)
+            ]
+        )
+    else:
+        canvas = adapter.noise_tokens(blank, undecided, generator, _vocab_size(model))
     step_map = torch.full((batch, length), -1, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     eos_tensor = torch.tensor(eos_ids, dtype=torch.long, device=device)
@@ -470,8 +492,8 @@ def diffusion_generate(
     # 4. Blocks left to right; inside a block, commit the scheduled number of tokens per forward pass (plus what the
     #    threshold / factor rule passes, or Dream's `origin` draws).
     nfe = 0
-    for start in range(0, length, block_length):
-        end = start + block_length
+    nfe_per_sample = torch.zeros(batch, dtype=torch.long, device=device)
+    for start, end in block_spans(length, block_length):
         for step in range(block_schedule.num_steps):
             block_undecided = undecided[:, start:end]
             if not bool(block_undecided.any()):
@@ -479,6 +501,12 @@ def diffusion_generate(
             counts = block_schedule.counts(step, block_undecided)
             if not confidence_rule and config.remasking != "origin" and not bool(counts.any()):
                 continue  # a step that commits nothing (Dream's early steps) would change nothing: skip its forward
+            # The rows that run this forward: each would run it decoded alone (it has undecided positions in the
+            # block and, on a fixed schedule, a count > 0). They pay for it, and only they draw random numbers.
+            runs = block_undecided.any(-1) if confidence_rule or config.remasking == "origin" else counts > 0
+            nfe_per_sample += runs
+            if isinstance(generator, RowGenerators):
+                generator.active = runs.tolist()
             if step_callback is not None:
                 step_callback(nfe, canvas.clone(), undecided.clone())
             logits = session.block_logits(canvas, start, end)
@@ -519,10 +547,10 @@ def diffusion_generate(
     sequences = torch.cat([input_ids, canvas], dim=1)
     if not config.return_dict_in_generate:
         return sequences
-    committed = int((step_map >= 0).sum())
     return DiffusionGenerateOutput(
         sequences=sequences,
         step_map=step_map if config.output_step_map else None,
         nfe=nfe,
-        tokens_per_forward=committed / (batch * nfe) if nfe else 0.0,
+        nfe_per_sample=nfe_per_sample,
+        tokens_per_forward=tokens_per_forward(int(committed_tokens(step_map).sum()), int(nfe_per_sample.sum())),
     )

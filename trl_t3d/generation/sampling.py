@@ -1,8 +1,63 @@
-"""Pure functions of one denoising step: sample x0, score it, decide how many and which positions to commit."""
+"""Pure functions of one denoising step: sample x0, score it, decide how many and which positions to commit.
+
+Randomness comes from one `torch.Generator` (or the global one), drawn as batch-shaped tensors, or from
+`RowGenerators`: one generator per row, each row's numbers drawn from its own, so a row samples the same alone and in
+any batch.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+
+class RowGenerators:
+    """One `torch.Generator` per row of a batch (on the batch's device).
+
+    Row i's random numbers come from `generators[i]` alone, and are drawn only while row i is `active`: at a forward
+    that it would run if it were decoded alone (the decoder sets `active` before each forward). A row that finished
+    its block or stopped at EOS draws nothing while its batch mates go on, so its later draws do not depend on them:
+    a prompt samples the same tokens alone and in any batch, in any order.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], batch_size: int):
+        self.generators = list(generators)
+        if len(self.generators) != batch_size:
+            raise ValueError(
+                f"`generator` is a list of {len(self.generators)} generators for a batch of {batch_size} prompts: give "
+                "one per prompt (row), or a single torch.Generator."
+            )
+        self.active: list[bool] | None = None  # rows that draw at the current forward; None: every row
+
+    def _rows(self):
+        for row, generator in enumerate(self.generators):
+            if self.active is None or self.active[row]:
+                yield row, generator
+
+    def rand(self, shape, *, dtype=None, device=None) -> torch.Tensor:
+        """Uniform [0, 1) values of `shape` (rows first): each active row's from its own generator, 0.5 elsewhere (a
+        row that is not active commits nothing, so its values are never read)."""
+        out = torch.full(tuple(shape), 0.5, dtype=dtype, device=device)
+        for row, generator in self._rows():
+            out[row] = torch.rand(tuple(shape[1:]), dtype=dtype, device=device, generator=generator)
+        return out
+
+    def rand_per_row(self, counts: Sequence[int], *, device=None) -> torch.Tensor:
+        """`counts[i]` uniform values for each row i, concatenated in row order (rows with a count of 0 draw nothing)."""
+        parts = [
+            torch.rand(int(counts[row]), device=device, generator=generator)
+            for row, generator in self._rows()
+            if int(counts[row])
+        ]
+        return torch.cat(parts) if parts else torch.zeros(0, device=device)
+
+
+def uniform(shape, generator=None, *, dtype=None, device=None) -> torch.Tensor:
+    """`torch.rand(shape)` from `generator`: one `torch.Generator` (or None, the global one), or `RowGenerators`."""
+    if isinstance(generator, RowGenerators):
+        return generator.rand(shape, dtype=dtype, device=device)
+    return torch.rand(shape, dtype=dtype, device=device, generator=generator)
 
 
 def commit_schedule(block_length: int, steps: int, tokens_per_step: int | None = None) -> list[int]:
@@ -39,7 +94,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
-def gumbel_max_scores(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
+def gumbel_max_scores(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | RowGenerators | None = None
+):
     """Scores whose argmax samples softmax(logits / T) (Gumbel-max, in float64 as LLaDA: exp(l) / (-log u)^T).
 
     Temperature 0 returns the logits unchanged (greedy). float64 matters: low-precision Gumbel noise is known to
@@ -48,13 +105,13 @@ def gumbel_max_scores(logits: torch.Tensor, temperature: float, generator: torch
     if temperature == 0:
         return logits
     logits = logits.to(torch.float64)
-    u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    u = uniform(logits.shape, generator, dtype=torch.float64, device=logits.device)
     u = u.clamp_min(torch.finfo(torch.float64).tiny)  # u == 0 would give an infinite noise
     return logits.exp() / (-torch.log(u)) ** temperature
 
 
 def confidence_of(
-    logits: torch.Tensor, x0: torch.Tensor, remasking: str, generator: torch.Generator | None = None
+    logits: torch.Tensor, x0: torch.Tensor, remasking: str, generator: torch.Generator | RowGenerators | None = None
 ) -> torch.Tensor:
     """Confidence in (0, 1] of each predicted token, by remasking policy (higher = commit earlier).
 
@@ -62,7 +119,7 @@ def confidence_of(
     Probabilities are computed in float64 as LLaDA's reference.
     """
     if remasking == "random":
-        return torch.rand(x0.shape, device=x0.device, generator=generator, dtype=torch.float64)
+        return uniform(x0.shape, generator, dtype=torch.float64, device=x0.device)
     probs = torch.softmax(logits.to(torch.float64), dim=-1)
     if remasking == "low_confidence":
         return torch.gather(probs, -1, x0.unsqueeze(-1)).squeeze(-1)
@@ -83,7 +140,7 @@ def propose_tokens(
     top_k: int | None = None,
     top_p: float | None = None,
     never_ids: tuple[int, ...] | list[int] = (),
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowGenerators | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One denoising step's proposal: the token x0 of every position and its confidence, shapes (B, L).
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .sampling import commit_schedule
+from .sampling import RowGenerators, commit_schedule
 
 
 def dream_timesteps(steps: int, eps: float, device=None) -> torch.Tensor:
@@ -38,13 +38,17 @@ def dream_transfer_probability(step: int, steps: int, eps: float) -> torch.Tenso
     return 1 - timesteps[step + 1] / timesteps[step]
 
 
-def origin_commits(undecided: torch.Tensor, probability, generator: torch.Generator | None = None) -> torch.Tensor:
+def origin_commits(undecided: torch.Tensor, probability, generator=None) -> torch.Tensor:
     """Dream's `origin` rule: every undecided position is committed independently with `probability`.
 
     One uniform draw per undecided position, in row-major order over the batch, as Dream's code draws them; with the
-    global generator and Dream's seed the same positions are committed.
+    global generator and Dream's seed the same positions are committed. With `RowGenerators`, each row's draws come
+    from its own generator.
     """
-    draws = torch.rand(int(undecided.sum()), generator=generator, device=undecided.device)
+    if isinstance(generator, RowGenerators):
+        draws = generator.rand_per_row(undecided.sum(-1).tolist(), device=undecided.device)
+    else:
+        draws = torch.rand(int(undecided.sum()), generator=generator, device=undecided.device)
     commit = torch.zeros_like(undecided)
     commit[undecided] = draws < torch.as_tensor(probability, device=undecided.device)
     return commit

@@ -202,7 +202,7 @@ def evaluate_with_lm_eval(script_args: EvalArguments, model_args: TeacherArgumen
 
     Returns the reports (`None` on the other processes of an `accelerate launch` run: the main one writes).
     """
-    from ..evaluation.lm_eval_backend import evaluate_lm_eval_tasks
+    from ..evaluation.lm_eval.sweep import evaluate_lm_eval_tasks
 
     model, tokenizer = load_model_and_tokenizer(model_args)
     name = model_args.model_name_or_path

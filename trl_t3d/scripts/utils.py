@@ -156,24 +156,10 @@ class DecodingArguments:
     top_p: float | None = field(default=None, metadata={"help": "Nucleus (top-p) filtering."})
 
     def generation_kwargs(self) -> dict:
-        keys = (
-            "max_new_tokens",
-            "block_length",
-            "tokens_per_step",
-            "steps",
-            "remasking",
-            "schedule",
-            "eps",
-            "threshold",
-            "factor",
-            "threshold_rule",
-            "cache",
-            "cache_refresh_interval",
-            "temperature",
-            "top_k",
-            "top_p",
-        )
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        """The decoding fields (`generation.config.DECODING_FIELDS`) given here, for a `DiffusionGenerationConfig`."""
+        from ..generation.config import DECODING_FIELDS
+
+        return {k: getattr(self, k) for k in DECODING_FIELDS if getattr(self, k, None) is not None}
 
 
 # ------------------------------------------------------------------------------------------------ loaders

@@ -163,11 +163,11 @@ class DiffusionLMEval(TemplateLM):
         self._rank, self._world_size = self._state.process_index, self._state.num_processes
 
         # 2. One resolved model: tokenizer, adapter and special ids travel together (`trl_t3d.resolved`).
-        from ..resolved import DiffusionLM, load_diffusion_lm
+        from ...resolved import DiffusionLM, load_diffusion_lm
 
         if model is None:
             if isinstance(tokenizer, str):
-                from ..resolved import load_tokenizer
+                from ...resolved import load_tokenizer
 
                 tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code, revision=revision)
             resolved = load_diffusion_lm(

@@ -1,8 +1,7 @@
 """trl-t3d: few-step diffusion LLMs by trajectory self-distillation with DDO (T3D), as a TRL plugin."""
 
-from .version import __version__  # noqa: F401
-
 from .models import register_native_models
+from .version import __version__  # noqa: F401
 
 # LLaDA, Dream and SDAR checkpoints load with our native classes through transformers' Auto classes.
 register_native_models()

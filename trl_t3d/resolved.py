@@ -209,7 +209,9 @@ def _check_vocabulary_fits(model, tokenizer) -> None:
     """A tokenizer with ids the model's embedding has no row for fails deep inside decoding (`IndexError: index out of
     range in self`); say it here, with both sizes."""
     try:
-        rows = model.get_input_embeddings().weight.shape[0]
+        weight = model.get_input_embeddings().weight
+        # a ZeRO-3 partitioned weight is empty on each rank; its full shape is `ds_shape`
+        rows = weight.ds_shape[0] if hasattr(weight, "ds_shape") else weight.shape[0]
         size = len(tokenizer)
     except (AttributeError, TypeError, NotImplementedError):
         return  # no embedding to compare with (a family with its own input layer); decoding checks ids itself

@@ -86,8 +86,23 @@ METHODS: dict[str, dict] = {
 COST_ORDER = ("sft", "ntd", "tad", "t3d", "t3d_paper", "t3d_mf")  # cheapest first (forwards per step), ties by name
 ALTERNATIVES = ("t3d", "t3d_paper")
 GEOMETRIES = {
-    "llada_b32": {"family": "llada", "canvas": 64, "block": 32, "budgets": (1, 2, 4, 8)},
-    "sdar_b4": {"family": "sdar", "canvas": 64, "block": 4, "budgets": (1, 2, 4)},
+    # teacher_lr / teacher_steps: from a pilot of teacher training only (LLaDA's bidirectional teacher learned the tasks at 1e-3, not 3e-3)
+    "llada_b32": {
+        "family": "llada",
+        "canvas": 64,
+        "block": 32,
+        "budgets": (1, 2, 4, 8),
+        "teacher_lr": 1e-3,
+        "teacher_steps": 5000,
+    },
+    "sdar_b4": {
+        "family": "sdar",
+        "canvas": 64,
+        "block": 4,
+        "budgets": (1, 2, 4),
+        "teacher_lr": 3e-3,
+        "teacher_steps": 3000,
+    },
 }
 NEW_TASKS = ("multistep_sum", "paraphrase")
 SUITE_TASKS = ("arithmetic", "reverse", "permutation_skewed", "two_way_sort", "phrase")
@@ -178,11 +193,11 @@ def paraphrase_task(num: int, split: str, seed: int = 0) -> Task:
     )
 
 
-def make_task(name: str, num: int, split: str, seed: int = 0) -> Task:
+def make_task(name: str, num: int, split: str, seed: int = 0, sum_operands: int = 5) -> Task:
     """A task's train/validation/test split. The suite's tasks keep their own train/test hash; their held-out side is
     cut in two (validation/test) by a second stable hash of the prompt."""
     if name == "multistep_sum":
-        return multistep_sum_task(num, split, seed)
+        return multistep_sum_task(num, split, seed, operands=sum_operands)
     if name == "paraphrase":
         return paraphrase_task(num, split, seed)
     if split == "train":
@@ -333,15 +348,19 @@ def train_teachers(geometry_name: str, seed: int, args, val_tasks: dict):
     geometry = GEOMETRIES[geometry_name]
     tokenizer = make_tokenizer()
     model = new_model(geometry["family"], tokenizer, args, seed).to(args.device)
-    train_tasks = [make_task(n, args.train_examples, "train", seed) for n in args.tasks]
+    train_tasks = [make_task(n, args.train_examples, "train", seed, args.sum_operands) for n in args.tasks]
     examples = build_examples(train_tasks, tokenizer, geometry["canvas"])
     adapter = get_adapter(model, tokenizer=tokenizer)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.teacher_lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = min(100, args.teacher_steps // 10)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    lr = args.teacher_lr or geometry["teacher_lr"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    total = args.teacher_steps or geometry["teacher_steps"]
+    every = args.teacher_eval_every or max(1, total // 10)
+    warmup = min(100, total // 10)
+    cosine = lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * s / total))  # noqa: E731  (to 10% at the end: steadier)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * cosine(s))
     curve, best = [], None
-    for step in range(1, args.teacher_steps + 1):
+    for step in range(1, total + 1):
         model.train()
         index = torch.randint(len(examples), (args.batch_size,), generator=generator).tolist()
         batch = collate([examples[i] for i in index], adapter.pad_token_id, args.device)
@@ -351,17 +370,17 @@ def train_teachers(geometry_name: str, seed: int, args, val_tasks: dict):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        if step % args.teacher_eval_every == 0 or step == args.teacher_steps:
+        if step % every == 0 or step == total:
             model.eval()
             scores = {n: r["accuracy"] for n, r in decode(model, tokenizer, val_tasks, geometry).items()}
             distance = sum(max(0.0, INEXACT_BAND[0] - a, a - INEXACT_BAND[1]) for a in scores.values())
             curve.append({"step": step, "validation_1tok": scores, "band_distance": distance})
-            if step < args.teacher_steps and (best is None or distance < best[0]):
+            if step < total and (best is None or distance < best[0]):
                 best = (distance, step, copy.deepcopy(model).eval())
     model.eval()
     if best is None:
-        best = (None, args.teacher_steps, copy.deepcopy(model))
-    return model, best[2], tokenizer, {"curve": curve, "exact_steps": args.teacher_steps, "inexact_steps": best[1]}
+        best = (None, total, copy.deepcopy(model))
+    return model, best[2], tokenizer, {"curve": curve, "exact_steps": total, "inexact_steps": best[1]}
 
 
 def collect(teacher, tokenizer, geometry: dict, args, seed: int):
@@ -374,7 +393,7 @@ def collect(teacher, tokenizer, geometry: dict, args, seed: int):
     )
     parts = []
     for name in args.tasks:
-        task = make_task(name, args.trajectories_per_task, "train", seed + 1)
+        task = make_task(name, args.trajectories_per_task, "train", seed + 1, args.sum_operands)
         prompts = Dataset.from_dict({"prompt_ids": task.prompt_ids(tokenizer)})
         parts.append(
             collect_trajectories(
@@ -451,7 +470,7 @@ def run_job(job: dict) -> dict:
     torch.manual_seed(seed)
     started = time.perf_counter()
     splits = {
-        split: {n: make_task(n, num, split) for n in args.tasks}
+        split: {n: make_task(n, num, split, 0, args.sum_operands) for n in args.tasks}
         for split, num in (("validation", args.val_prompts), ("test", args.test_prompts))
     }
     exact, inexact, tokenizer, log = train_teachers(geometry_name, seed, args, splits["validation"])
@@ -777,10 +796,17 @@ def parse_args(argv=None):
     p.add_argument("--tasks", nargs="+", default=list(NEW_TASKS), choices=list(NEW_TASKS + SUITE_TASKS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--hidden_size", type=int, default=64)
+    p.add_argument(
+        "--sum_operands", type=int, default=5, help="Digits added by `multistep_sum` (steps = operands - 1)."
+    )
     p.add_argument("--num_layers", type=int, default=2)
-    p.add_argument("--teacher_steps", type=int, default=1500)
-    p.add_argument("--teacher_eval_every", type=int, default=150)
-    p.add_argument("--teacher_lr", type=float, default=3e-3)
+    p.add_argument(
+        "--teacher_steps", type=int, default=None, help="Teacher pretraining steps (default: the geometry's)."
+    )
+    p.add_argument(
+        "--teacher_eval_every", type=int, default=None, help="Validation checkpoints every N steps (default: 1/10)."
+    )
+    p.add_argument("--teacher_lr", type=float, default=None, help="Teacher learning rate (default: the geometry's).")
     p.add_argument("--train_examples", type=int, default=20000)
     p.add_argument("--trajectories_per_task", type=int, default=256)
     p.add_argument("--student_steps", type=int, default=100)
@@ -793,6 +819,9 @@ def parse_args(argv=None):
         "--ignore_teacher_bands",
         action="store_true",
         help="Keep every seed in every cell whatever its teacher scores (set by --quick, whose teachers are untrained).",
+    )
+    p.add_argument(
+        "--aggregate_only", action="store_true", help="Report from the saved jobs only (no new job is run)."
     )
     p.add_argument("--output_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     p.add_argument("--tag", default=None, help="Output stem (default objective_protocol, or ..._quick).")
@@ -819,25 +848,42 @@ def main(argv=None) -> int:
         rule_text = f.read()
     os.makedirs(args.output_dir, exist_ok=True)
     started = time.perf_counter()
-    jobs_in = [{"geometry": g, "seed": s, "args": vars(args)} for g in args.geometries for s in args.seeds]
+    # seed-major, so parallel workers run both geometries of a seed together; every finished job is saved at once
+    # (`{tag}_jobs/`) and a rerun of the same command resumes from the saved jobs
+    jobs_dir = os.path.join(args.output_dir, f"{args.tag}_jobs")
+    os.makedirs(jobs_dir, exist_ok=True)
+    job_path = lambda g, s: os.path.join(jobs_dir, f"{g}_seed{s}.json")  # noqa: E731
     done = []
+    jobs_in = []
+    for s in args.seeds:
+        for g in args.geometries:
+            if os.path.exists(job_path(g, s)):
+                with open(job_path(g, s)) as f:
+                    done.append(json.load(f))
+            elif not args.aggregate_only:
+                jobs_in.append({"geometry": g, "seed": s, "args": vars(args)})
+    if done:
+        print(f"Resumed {len(done)} saved jobs from {jobs_dir}", flush=True)
+    finished_here = []
 
-    def report_progress():
+    def finish(result):
+        with open(job_path(result["geometry"], result["seed"]), "w") as f:
+            json.dump(result, f, default=str)
+        done.append(result)
+        finished_here.append(result)
         elapsed = time.perf_counter() - started
-        eta = elapsed / len(done) * (len(jobs_in) - len(done))
-        print(f"[{len(done)}/{len(jobs_in)} jobs] elapsed {elapsed:.0f} s, ETA {eta:.0f} s", flush=True)
+        eta = elapsed / len(finished_here) * (len(jobs_in) - len(finished_here))
+        print(f"[{len(finished_here)}/{len(jobs_in)} jobs] elapsed {elapsed:.0f} s, ETA {eta:.0f} s", flush=True)
 
-    if args.workers > 1:
+    if args.workers > 1 and len(jobs_in) > 1:
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
             for result in pool.imap_unordered(run_job, jobs_in):
-                done.append(result)
-                report_progress()
+                finish(result)
     else:
         for job in jobs_in:
-            done.append(run_job(job))
-            report_progress()
+            finish(run_job(job))
     done.sort(key=lambda j: (j["geometry"], j["seed"]))
     cells = aggregate(done, args)
     verdict = apply_rule(cells, [m for m in args.methods])

@@ -153,10 +153,14 @@ class MeanFieldTerm(LossTerm):
     training_only = True
 
     def describe(self) -> str:
-        spaced = (
-            f", {self.args.mean_field_positions} positions per block" if self.args.mean_field_positions > 1 else ""
-        )
-        return f"{self.args.mean_field_queries} queries{spaced}, fill temperature {self.args.mean_field_temperature}"
+        positions = self.args.mean_field_positions
+        spaced = "one position per 8 tokens of a block" if positions is None else f"{positions} positions per block"
+        return f"{self.args.mean_field_queries} queries of {spaced}, fill temperature {self.args.mean_field_temperature}"
+
+    @staticmethod
+    def positions_per_query(positions: int | None, block_length: int) -> int:
+        """`mean_field_positions`, with `None` resolved to one position per 8 tokens of the block (at least one)."""
+        return max(1, block_length // 8) if positions is None else positions
 
     def __init__(self, args, max_over_processes=None):
         super().__init__(args)
@@ -175,7 +179,11 @@ class MeanFieldTerm(LossTerm):
         filled = inputs["xt"].masked_scatter(mask, fill.to(inputs["xt"].dtype))
         order = scatter_rows(ctx.uniform("mean_field_queries", counts, 1, device)[:, 0], mask)
         queries = mean_field_queries(
-            mask, ctx.block_length, args.mean_field_queries, order=order, positions=args.mean_field_positions
+            mask,
+            ctx.block_length,
+            args.mean_field_queries,
+            order=order,
+            positions=self.positions_per_query(args.mean_field_positions, ctx.block_length),
         )
         # a queried position shows the teacher noise: the mask token (not a random token the collator placed there)
         noised = inputs["xt"] if ctx.never_id is None else torch.full_like(inputs["xt"], ctx.never_id)

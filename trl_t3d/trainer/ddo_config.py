@@ -64,7 +64,7 @@ class DDOConfig(_BaseConfig):
       onto one coherent answer of the teacher: at 4 tokens per step in blocks of 4 it reaches 82.8 / 89.8 on the
       permutation and two-way-sort tasks (NTD 49.2 / 43.8, T3D alone 52.1 / 41.1), keeps 83-98% of the teacher's
       one-token accuracy on every many-answer task, and costs at most 1.6 points at one token per step. It costs
-      `mean_field_queries` (4) more no-grad reference forwards per micro-batch; `"ntd_mf"` drops DDO's.
+      `mean_field_queries` (1) more no-grad reference forwards per micro-batch; `"ntd_mf"` drops DDO's.
 
     The frozen, greedy teacher is what the suite measured; multi-round self-play (`ref_sync_steps`) remains available.
     A field you set explicitly always wins over the preset. Some TRL/transformers defaults are overridden
@@ -162,14 +162,17 @@ class DDOConfig(_BaseConfig):
         reference_temperature (`float`, *optional*, defaults to `0.0`):
             Temperature of the fake sample ŷ drawn from the reference at the masked positions: 0 = argmax, else
             Gumbel-max (drawn once and scored by both models).
-        mean_field_queries (`int`, *optional*, defaults to `4`):
-            Reference forwards per step of the `"mean_field"` term; each puts one masked position per block back to
-            noise, so up to this many positions per block are trained (all of a block of 4). The reference plays
-            the teacher: with `ref_sync_steps > 0` it is the last synced policy for this term too.
-        mean_field_positions (`int`, *optional*, defaults to `1`):
+        mean_field_queries (`int`, *optional*, defaults to `1`):
+            Reference forwards per step of the `"mean_field"` term; each puts `mean_field_positions` masked positions
+            per block back to the mask token, so up to queries x positions positions per block are trained. One
+            query keeps a `t3d_mf` step at about 1.1-1.3x a `t3d` step (3 forwards against 2); 4 queries cost 1.7-1.9x
+            (`benchmarks/train_step.py --only objective_cost`). The reference plays the teacher: with
+            `ref_sync_steps > 0` it is the last synced policy for this term too.
+        mean_field_positions (`int`, *optional*):
             Masked positions per block that one `"mean_field"` query puts back to the mask token (spaced in a random
             order). 1 gives each queried position's exact conditional given the student's fill; k > 1 trains k
             times the positions per reference forward, each conditioned without the other k - 1 (an approximation).
+            `None` uses one position per 8 tokens of the block: 4 in blocks of 32, 1 in blocks of 4.
         tad_near_tokens (`int`, *optional*):
             `"tad"`: the masked positions decoded within this many next steps of their block are *near* (hard
             cross-entropy); the rest *distant* (soft KL to the teacher). `None` uses `student_tokens_per_step`.
@@ -298,13 +301,14 @@ class DDOConfig(_BaseConfig):
     path_k_steps: int = field(default=4, metadata={"help": "Tokens per path level."})
     reference_temperature: float = field(default=0.0, metadata={"help": "Temperature of the fake sample; 0 = argmax."})
     mean_field_queries: int = field(
-        default=4, metadata={"help": "Reference forwards per step of the mean_field term."}
+        default=1, metadata={"help": "Reference forwards per step of the mean_field term."}
     )
     mean_field_temperature: float = field(
         default=0.0, metadata={"help": "Temperature of the student's fill in the mean_field term; 0 = argmax."}
     )
-    mean_field_positions: int = field(
-        default=1, metadata={"help": "Masked positions per block in one mean_field query."}
+    mean_field_positions: int | None = field(
+        default=None,
+        metadata={"help": "Masked positions per block in one mean_field query; None = one per 8 tokens of the block."},
     )
     tad_near_tokens: int | None = field(
         default=None, metadata={"help": "tad: positions decoded within this many steps are near; None = student's."}
@@ -369,7 +373,7 @@ class DDOConfig(_BaseConfig):
             raise ValueError(f"`reference_temperature` must be >= 0, got {self.reference_temperature}.")
         if self.mean_field_queries < 1:
             raise ValueError(f"`mean_field_queries` must be >= 1, got {self.mean_field_queries}.")
-        if self.mean_field_positions < 1:
+        if self.mean_field_positions is not None and self.mean_field_positions < 1:
             raise ValueError(f"`mean_field_positions` must be >= 1, got {self.mean_field_positions}.")
         if self.tad_near_tokens is not None and self.tad_near_tokens < 1:
             raise ValueError(f"`tad_near_tokens` must be >= 1 (or None), got {self.tad_near_tokens}.")

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..losses import ranks_within_blocks
+from .. import blocks as geometry
+from ..blocks import ranks_within_blocks
 from .randomness import ROUND_KEY, STATE_KEY, derive_seed, keyed_generator
 
 
@@ -81,8 +82,8 @@ def sample_trace_state(
     if not 0 < ratio <= 1:
         raise ValueError(f"`ratio` must be in (0, 1], got {ratio}.")
     ranks = decode_ranks(step_map, block_length)
-    block_of = torch.arange(length) // block_length
-    num_blocks = int(block_of[-1]) + 1
+    block_of = geometry.block_of(length, block_length)
+    num_blocks = geometry.num_blocks(length, block_length)
     sizes = torch.bincount(block_of, minlength=num_blocks)  # (num_blocks,)
     num_masked = torch.tensor([max(1, math.ceil(ratio * int(n) - 1e-9)) for n in sizes])
     # Threshold step of each block: the step of the token whose rank is n - num_masked.

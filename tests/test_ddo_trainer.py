@@ -344,7 +344,7 @@ def test_presets_fill_only_the_fields_left_unset(tmp_path, tok):
         return {name: getattr(args, name) for name in PRESETS["recommended"]}
 
     assert settings() == {
-        "loss_type": ["t3d_mf"],
+        "loss_type": ["t3d"],  # chosen by the objective protocol's pre-registered rule (issue #23)
         "mask_ratio_exponent": 0.0,
         "random_token_ratio": 0.0,
         "ref_sync_steps": 0,

@@ -255,7 +255,9 @@ def test_ddo_trainer_with_lora_runs_one_policy_forward_and_the_reference_forward
         save_strategy="no",
         disable_tqdm=True,
         use_cpu=True,
-        mask_ratios=[1.0],  # fully masked: every mean-field query of the default objective holds a position
+        mask_ratios=[1.0],  # fully masked: every mean-field query holds a position
+        loss_type="t3d_mf",
+        mean_field_queries=4,
     )
     trainer = DDOTrainer(
         dg_dir,

@@ -125,13 +125,13 @@ def test_bad_settings_name_the_field(tmp_path, kwargs, match):
         config(tmp_path, **kwargs)
 
 
-def test_default_objective_on_block_causal_lora(tmp_path, tok, sdar_dir):
-    """The recommended preset's objective (T3D + mean-field) on SDAR with LoRA: the reference is the base model with
+def test_t3d_mf_on_block_causal_lora_costs_three_forwards(tmp_path, tok, sdar_dir):
+    """The objective recommended for block-causal families in blocks of 4 (`t3d_mf`) on SDAR with LoRA: the reference is the base model with
     adapters disabled; DDO reads it once and the one default query once more. The cost guard of issue #23: 3
     forwards per micro-step against T3D's 2 (the 4-query setting ran 6 and cost 1.7-1.9x a T3D step)."""
     from peft import LoraConfig
 
-    args = config(tmp_path, loss_type=None, trust_remote_code=True, mask_ratios=[1.0])  # fully masked blocks
+    args = config(tmp_path, loss_type="t3d_mf", trust_remote_code=True, mask_ratios=[1.0])  # fully masked blocks
     trainer = DDOTrainer(
         sdar_dir,
         args=args,
@@ -242,7 +242,7 @@ def test_evaluation_does_not_change_training(tmp_path, tok):
     def run(name, **kw):
         args = testing.quick_ddo_config(
             tmp_path / name, max_steps=3, learning_rate=1e-2, reference_temperature=1.0, mean_field_temperature=1.0,
-            mean_field_queries=4, **kw,
+            loss_type="t3d_mf", mean_field_queries=4, **kw,
         )  # fmt: skip
         data = trajectories(tok, n=6, completion_length=16, block_length=8)
         trainer = DDOTrainer(testing.make_generic_mlm(tok), args=args, train_dataset=data, eval_dataset=data,

@@ -115,7 +115,7 @@ def test_card_is_trls_and_its_quick_start_loads_the_full_student(llada_dir, tmp_
     out = tmp_path / "student"
     trainer = DDOTrainer(
         AutoModelForDiffusionLM.from_pretrained(llada_dir, trust_remote_code=True),
-        args=config(out, hub_model_id="me/llada-t3d"),
+        args=config(out, hub_model_id="me/llada-t3d", loss_type="t3d_mf"),
         train_dataset=trajectories(),
         processing_class=tok,
     )
@@ -127,7 +127,7 @@ def test_card_is_trls_and_its_quick_start_loads_the_full_student(llada_dir, tmp_
         assert line in readme, line  # framework versions from TRL's template
     assert "This model was trained with T3D-DDO" in readme and "huggingface.co/papers/2602.12262" in readme
     assert "pipeline(" not in readme  # TRL's causal-LM quick start does not apply to a diffusion LM
-    assert "mean_field x 1 (4 queries, fill temperature 0.0)" in readme  # the recommended objective
+    assert "mean_field x 1 (1 query of one position per 8 tokens of a block, fill temperature 0.0)" in readme
     assert "block length 4, 4 tokens per step" in readme
     code = quick_start_code(readme, str(out))
     assert 'repo_id = "me/llada-t3d"' in readme

@@ -155,7 +155,9 @@ class MeanFieldTerm(LossTerm):
     def describe(self) -> str:
         positions = self.args.mean_field_positions
         spaced = "one position per 8 tokens of a block" if positions is None else f"{positions} positions per block"
-        return f"{self.args.mean_field_queries} queries of {spaced}, fill temperature {self.args.mean_field_temperature}"
+        queries = self.args.mean_field_queries
+        noun = "query" if queries == 1 else "queries"
+        return f"{queries} {noun} of {spaced}, fill temperature {self.args.mean_field_temperature}"
 
     @staticmethod
     def positions_per_query(positions: int | None, block_length: int) -> int:

@@ -35,12 +35,15 @@ Commands:
     python benchmarks/objective_protocol.py --quick                  # CPU smoke run, 2 seeds, tiny sizes
     python benchmarks/objective_protocol.py --device cuda --workers 12   # full protocol (5 seeds) on one GPU
 
-Measured cost: `--quick --workers 2` took 9 min 25 s wall on this 2-core machine (shared with other jobs;
-OMP_NUM_THREADS=1): 4 jobs, teachers of 120 steps that stay at 0% (a smoke test of the pipeline, not a result). The full
-run's teacher step counts (--teacher_steps 1500 at hidden 64) are NOT yet measured to reach the 90% floor on the new
-tasks; check `teacher_log.curve` in the JSON and raise --teacher_steps if cells are dropped. Its size is set by
---seeds/--student_steps/--teacher_steps/--val_prompts/--test_prompts, and an ETA is printed as jobs finish. Results
-depend on the machine only through the equal-wall-time step counts, which each job measures itself, interleaved, on the device it runs on.
+Measured cost on this 2-core CPU (OMP_NUM_THREADS=1): `--quick --workers 2` took 9 min 25 s (4 jobs, untrained
+teachers: a smoke test of the pipeline, not a result). The run behind `benchmarks/results/objective_protocol.*`,
+`--workers 2 --sum_operands 3 --val_prompts 48 --test_prompts 48 --student_steps 100 --trajectories_per_task 256`,
+took 4550 s for 10 jobs. Teacher learning rates and step counts are per geometry (`GEOMETRIES`, from a teacher-only
+pilot): the SDAR teachers reached their bands; no LLaDA teacher did at hidden 64 and 5000 steps, so check
+`teacher_log.curve` in the JSON and raise --teacher_steps / --hidden_size where cells are dropped. Finished jobs are
+saved in `{tag}_jobs/` and the same command resumes from them (`--aggregate_only` reports without running new ones).
+Results depend on the machine only through the equal-wall-time step counts, which each job measures itself,
+interleaved, on the device it runs on.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ from task_suite import THRESHOLDS  # noqa: E402  (the suite's threshold-decoding
 from trl_t3d.evaluation import Task  # noqa: E402
 
 RULE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocol_rule.md")
-DEFAULT = "t3d_mf"
+INCUMBENT = "t3d_mf"  # the default when the rule was written: the candidate the rule tests, and the wall-time budget
 METHODS: dict[str, dict] = {
     "ntd": {"loss_type": "ntd"},
     "t3d": {"loss_type": "t3d"},
@@ -86,7 +89,8 @@ METHODS: dict[str, dict] = {
 COST_ORDER = ("sft", "ntd", "tad", "t3d", "t3d_paper", "t3d_mf")  # cheapest first (forwards per step), ties by name
 ALTERNATIVES = ("t3d", "t3d_paper")
 GEOMETRIES = {
-    # teacher_lr / teacher_steps: from a pilot of teacher training only (LLaDA's bidirectional teacher learned the tasks at 1e-3, not 3e-3)
+    # teacher_lr / teacher_steps: from a pilot of teacher training only (the bidirectional LLaDA teacher learned the
+    # tasks at 1e-3, not at 3e-3)
     "llada_b32": {
         "family": "llada",
         "canvas": 64,
@@ -492,7 +496,7 @@ def run_job(job: dict) -> dict:
             students[method], times[method] = train_student(
                 teacher, tokenizer, trajectories, args, seed, method, args.student_steps
             )
-        budget = times.get(DEFAULT, max(times.values()))
+        budget = times.get(INCUMBENT, max(times.values()))
         equal_time_steps = {m: max(1, round(args.student_steps * budget / times[m])) for m in methods}
         for method in order:
             record(f"{method}@steps", students[method])
@@ -627,23 +631,23 @@ def apply_rule(cells: dict, methods: list[str]) -> dict:
     keeps = bool(per_geometry)
     reasons = []
     for geometry, scores in details.items():
-        if DEFAULT not in scores:
+        if INCUMBENT not in scores:
             keeps = False
-            reasons.append(f"{geometry}: {DEFAULT} not run")
+            reasons.append(f"{geometry}: {INCUMBENT} not run")
             continue
-        for cell, g in scores[DEFAULT]["goals"].items():
+        for cell, g in scores[INCUMBENT]["goals"].items():
             if not g["pass"] and any(s["goals"].get(cell, {}).get("pass") for s in scores.values()):
                 keeps = False
-                reasons.append(f"{geometry}/{cell}: {DEFAULT} fails goals another candidate meets")
+                reasons.append(f"{geometry}/{cell}: {INCUMBENT} fails goals another candidate meets")
             for alt in ALTERNATIVES:
                 other = scores.get(alt, {}).get("goals", {}).get(cell)
                 if other and g["acc1"] < other["acc1"] - 1.0:
                     keeps = False
                     reasons.append(
-                        f"{geometry}/{cell}: {DEFAULT} loses {other['acc1'] - g['acc1']:.1f} points at 1 tok/step to {alt}"
+                        f"{geometry}/{cell}: {INCUMBENT} loses {other['acc1'] - g['acc1']:.1f} points at 1 tok/step to {alt}"
                     )
     if keeps:
-        default = DEFAULT
+        default = INCUMBENT
     else:  # Step 3: the best supported alternative over all geometries
         total = {
             alt: (
@@ -706,7 +710,7 @@ def markdown(cells: dict, verdict: dict, jobs: list[dict], args) -> str:
             else ""
         )
         + "\n",
-        f"## Verdict (validation)\n\n- default: **{verdict['default']}** (current default `{DEFAULT}` keeps its place: "
+        f"## Verdict (validation)\n\n- default: **{verdict['default']}** (current default `{INCUMBENT}` keeps its place: "
         f"{verdict['current_default_keeps_its_place']})",
     ]
     lines += [f"- {r}" for r in verdict["reasons"][:20]]
@@ -864,6 +868,8 @@ def main(argv=None) -> int:
                 jobs_in.append({"geometry": g, "seed": s, "args": vars(args)})
     if done:
         print(f"Resumed {len(done)} saved jobs from {jobs_dir}", flush=True)
+    elif args.aggregate_only:
+        raise SystemExit(f"--aggregate_only: no saved job in {jobs_dir}; run without it first (or pass that --tag).")
     finished_here = []
 
     def finish(result):

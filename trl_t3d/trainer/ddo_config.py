@@ -60,13 +60,13 @@ class DDOConfig(_BaseConfig):
       decoding), while uniform mask ratios without random tokens cost at most 0.5 with T3D's loss. Few-step decoding
       visits partially decoded blocks (ratios 0.75 / 0.5 / 0.25), which p(r) ∝ r^8 almost never trains on, and random
       tokens teach states no decoder produces.
-    - Objective: T3D's loss alone is level with the paper's naive trajectory-distillation baseline (`"ntd"`, within 3
-      points at 4 tokens per step): both learn each position's share of the teacher's answers, and a block decoded in
-      one step mixes them. The mean-field term (trl-t3d's, not the paper's) pulls the student's one-step prediction
-      onto one coherent answer of the teacher: at 4 tokens per step in blocks of 4 it reaches 82.8 / 89.8 on the
-      permutation and two-way-sort tasks (NTD 49.2 / 43.8, T3D alone 52.1 / 41.1), keeps 83-98% of the teacher's
-      one-token accuracy on every many-answer task, and costs at most 1.6 points at one token per step. It costs
-      `mean_field_queries` (1) more no-grad reference forwards per micro-batch; `"ntd_mf"` drops DDO's.
+    - Objective: T3D's loss (`"t3d"`), chosen by the pre-registered rule of `benchmarks/protocol_rule.md` applied to
+      the validation results of `benchmarks/objective_protocol.py` (README "Which objective"). The mean-field term
+      (`"t3d_mf"`, trl-t3d's, not the paper's) ranked first on SDAR in blocks of 4 (94.6 vs NTD 76.2 and T3D 59.6 at
+      4 tokens per step on a paraphrase task) but lost 1.7 points at one token per step to T3D, more than the rule
+      allows; it is the recommendation for block-causal families in blocks of 4 (`loss_type="t3d_mf"`) and costs
+      `mean_field_queries` (1) more no-grad reference forwards per micro-batch. LLaDA-style geometry (blocks of 32)
+      has no evidence yet: its CPU-scale teachers did not reach the protocol's bands.
 
     The frozen, greedy teacher is what the suite measured; multi-round self-play (`ref_sync_steps`) remains available.
     A field you set explicitly always wins over the preset. Some TRL/transformers defaults are overridden
@@ -74,8 +74,8 @@ class DDOConfig(_BaseConfig):
 
     Parameters:
         preset (`str`, *optional*, defaults to `"recommended"`):
-            Where the five settings above come from when left unset: `"recommended"` (measured best on the task
-            suite) or `"t3d_paper"` (the paper's exact recipe; the shipped recipes use it).
+            Where the five settings above come from when left unset: `"recommended"` (states measured on the task
+            suite, objective chosen by the objective protocol) or `"t3d_paper"` (the paper's exact recipe; the shipped recipes use it).
 
         > Parameters that control the model
 

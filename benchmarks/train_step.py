@@ -56,7 +56,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from datasets import Dataset  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from trl_t3d import DDOConfig, DDOTrainer, testing  # noqa: E402
@@ -86,21 +85,9 @@ def make_model(tok, vocab, hidden, layers, seed=0):
 
 
 def trajectories(tok, n, prompt_length, completion_length, block_length, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(n):
-        steps = []
-        for start in range(0, completion_length, block_length):
-            steps += [start + int(p) for p in torch.randperm(block_length, generator=g)]
-        rows.append(
-            {
-                "prompt_ids": torch.randint(10, len(tok), (prompt_length,), generator=g).tolist(),
-                "completion_ids": torch.randint(10, len(tok), (completion_length,), generator=g).tolist(),
-                "step_map": steps,
-                "block_length": block_length,
-            }
-        )
-    return Dataset.from_list(rows)
+    return testing.synthetic_trajectories(
+        tok, n, completion_length, block_length, seed, prompt_lengths=(prompt_length,)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- four-forward baseline

@@ -37,41 +37,21 @@ def tokenizer():
     return testing.make_tokenizer()
 
 
-@pytest.fixture(scope="session")
-def generic_dir(tmp_path_factory):
-    return testing.save_generic_mlm(str(tmp_path_factory.mktemp("generic")))
+def _saved_model(name: str, save, **kwargs):
+    """A session fixture `<name>_dir`: the directory `save(<a fresh temp dir>, **kwargs)` wrote, made once."""
+
+    @pytest.fixture(scope="session", name=f"{name}_dir")
+    def fixture(tmp_path_factory):
+        return save(str(tmp_path_factory.mktemp(name)), **kwargs)
+
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def llada_dir(tmp_path_factory):
-    return testing.save_llada(str(tmp_path_factory.mktemp("llada")))
-
-
-@pytest.fixture(scope="session")
-def dream_dir(tmp_path_factory):
-    return testing.save_dream(str(tmp_path_factory.mktemp("dream")))
-
-
-@pytest.fixture(scope="session")
-def sdar_dir(tmp_path_factory):
-    return testing.save_sdar(str(tmp_path_factory.mktemp("sdar")))
-
-
-@pytest.fixture(scope="session")
-def llada2_dir(tmp_path_factory):
-    return testing.save_llada2(str(tmp_path_factory.mktemp("llada2")))
-
-
-@pytest.fixture(scope="session")
-def llada21_dir(tmp_path_factory):
-    return testing.save_llada2(str(tmp_path_factory.mktemp("llada21")), model_type="llada21_moe")
-
-
-@pytest.fixture(scope="session")
-def lladamoe_dir(tmp_path_factory):
-    return testing.save_lladamoe(str(tmp_path_factory.mktemp("lladamoe")))
-
-
-@pytest.fixture(scope="session")
-def remote_mlm_dir(tmp_path_factory):
-    return testing.save_remote_mlm(str(tmp_path_factory.mktemp("remote_mlm")))
+generic_dir = _saved_model("generic", testing.save_generic_mlm)
+llada_dir = _saved_model("llada", testing.save_llada)
+dream_dir = _saved_model("dream", testing.save_dream)
+sdar_dir = _saved_model("sdar", testing.save_sdar)
+llada2_dir = _saved_model("llada2", testing.save_llada2)
+llada21_dir = _saved_model("llada21", testing.save_llada2, model_type="llada21_moe")
+lladamoe_dir = _saved_model("lladamoe", testing.save_lladamoe)
+remote_mlm_dir = _saved_model("remote_mlm", testing.save_remote_mlm)

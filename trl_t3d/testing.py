@@ -34,13 +34,17 @@ CHAT_TEMPLATE = (
 )
 
 
-def synthetic_trajectories(
-    tokenizer, n: int = 4, completion_length: int = 8, block_length: int = 4, seed: int = 0, prompt_lengths=(4, 5, 6)
-):
-    """A trajectory `Dataset` of random tokens: row i has a prompt of `prompt_lengths[i % len]` tokens, and its step
-    map decodes each block in a random order, blocks in sequence (the schema `collect_trajectories` writes)."""
-    from datasets import Dataset
-
+def synthetic_rows(
+    vocab_size: int,
+    n: int = 4,
+    completion_length: int = 8,
+    block_length: int = 4,
+    seed: int = 0,
+    prompt_lengths=(4, 5, 6),
+) -> list[dict]:
+    """Trajectory rows of random tokens below `vocab_size` (ids from 10): row i has a prompt of
+    `prompt_lengths[i % len]` tokens, and its step map decodes each block in a random order, blocks in sequence (the
+    schema `collect_trajectories` writes)."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for i in range(n):
@@ -51,13 +55,22 @@ def synthetic_trajectories(
         prompt_length = prompt_lengths[i % len(prompt_lengths)]
         rows.append(
             {
-                "prompt_ids": torch.randint(10, len(tokenizer), (prompt_length,), generator=g).tolist(),
-                "completion_ids": torch.randint(10, len(tokenizer), (completion_length,), generator=g).tolist(),
+                "prompt_ids": torch.randint(10, vocab_size, (prompt_length,), generator=g).tolist(),
+                "completion_ids": torch.randint(10, vocab_size, (completion_length,), generator=g).tolist(),
                 "step_map": steps,
                 "block_length": block_length,
             }
         )
-    return Dataset.from_list(rows)
+    return rows
+
+
+def synthetic_trajectories(
+    tokenizer, n: int = 4, completion_length: int = 8, block_length: int = 4, seed: int = 0, prompt_lengths=(4, 5, 6)
+):
+    """A trajectory `Dataset` of `synthetic_rows` over the tokenizer's vocabulary."""
+    from datasets import Dataset
+
+    return Dataset.from_list(synthetic_rows(len(tokenizer), n, completion_length, block_length, seed, prompt_lengths))
 
 
 def quick_ddo_config(output_dir, **overrides):
@@ -103,6 +116,11 @@ def make_tokenizer(save_directory: str | None = None):
     return tokenizer
 
 
+def _token_ids(tokenizer, *kinds: str) -> dict:
+    """`{"<kind>_token_id": tokenizer.<kind>_token_id}` for each kind ("pad", "eos", "bos", "mask")."""
+    return {f"{kind}_token_id": getattr(tokenizer, f"{kind}_token_id") for kind in kinds}
+
+
 def _llama_kwargs(tokenizer, hidden_size: int, num_layers: int, num_heads: int, **extra) -> dict:
     return dict(
         vocab_size=len(tokenizer),
@@ -112,10 +130,7 @@ def _llama_kwargs(tokenizer, hidden_size: int, num_layers: int, num_heads: int, 
         num_attention_heads=num_heads,
         num_key_value_heads=num_heads,
         max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        mask_token_id=tokenizer.mask_token_id,
+        **_token_ids(tokenizer, "pad", "eos", "bos", "mask"),
         tie_word_embeddings=False,
         **extra,
     )
@@ -131,15 +146,27 @@ def make_generic_mlm(tokenizer=None, hidden_size: int = 32, num_layers: int = 2,
     return LlamaForCausalLM(config).eval()
 
 
-def _save_with_tokenizer(make, save_directory: str, **kwargs) -> str:
-    """`make(tokenizer, **kwargs)` saved with the char tokenizer in `save_directory` (the Hub layout)."""
-    tokenizer = make_tokenizer(save_directory)
-    make(tokenizer, **kwargs).save_pretrained(save_directory)
-    return save_directory
+def _seeded(model_class, config, seed: int):
+    """`model_class(config)` initialized under `seed`, in eval mode."""
+    torch.manual_seed(seed)
+    return model_class(config).eval()
 
 
-def save_generic_mlm(save_directory: str, **kwargs) -> str:
-    return _save_with_tokenizer(make_generic_mlm, save_directory, **kwargs)
+def _saver(make, note: str = ""):
+    """`save_<family>(save_directory, **kwargs)`: `make(tokenizer, **kwargs)` saved with the char tokenizer in
+    `save_directory` (the Hub layout); it returns `save_directory`."""
+
+    def save(save_directory: str, **kwargs) -> str:
+        tokenizer = make_tokenizer(save_directory)
+        make(tokenizer, **kwargs).save_pretrained(save_directory)
+        return save_directory
+
+    save.__name__ = save.__qualname__ = "save_" + make.__name__.removeprefix("make_")
+    save.__doc__ = f"`{make.__name__}(tokenizer, **kwargs)` and the char tokenizer in the Hub layout. {note}".strip()
+    return save
+
+
+save_generic_mlm = _saver(make_generic_mlm)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,18 +207,13 @@ def make_llada(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_h
         include_bias=False,
         include_qkv_bias=False,
         max_sequence_length=1024,
-        mask_token_id=tokenizer.mask_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **_token_ids(tokenizer, "mask", "eos", "pad"),
         auto_map=dict(LLADA_AUTO_MAP),
     )
-    torch.manual_seed(seed)
-    return LLaDAModelLM(config).eval()
+    return _seeded(LLaDAModelLM, config, seed)
 
 
-def save_llada(save_directory: str, **kwargs) -> str:
-    """A tiny native LLaDA and the char tokenizer in the Hub layout; `AutoModel.from_pretrained(dir)` loads it."""
-    return _save_with_tokenizer(make_llada, save_directory, **kwargs)
+save_llada = _saver(make_llada, "`AutoModel.from_pretrained(dir)` loads it.")
 
 
 DREAM_AUTO_MAP = {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"}
@@ -214,9 +236,7 @@ def _qwen_kwargs(tokenizer, hidden_size: int, num_layers: int, num_heads: int) -
         max_position_embeddings=1024,
         rope_theta=10000.0,
         tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
+        **_token_ids(tokenizer, "pad", "eos", "bos"),
     )
 
 
@@ -231,13 +251,10 @@ def make_dream(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_h
         mask_token_id=tokenizer.mask_token_id,
         auto_map=dict(DREAM_AUTO_MAP),
     )
-    torch.manual_seed(seed)
-    return DreamModel(config).eval()
+    return _seeded(DreamModel, config, seed)
 
 
-def save_dream(save_directory: str, **kwargs) -> str:
-    """A tiny native Dream and the char tokenizer in the Hub layout; `AutoModel.from_pretrained(dir)` loads it."""
-    return _save_with_tokenizer(make_dream, save_directory, **kwargs)
+save_dream = _saver(make_dream, "`AutoModel.from_pretrained(dir)` loads it.")
 
 
 def make_sdar(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 4, seed: int = 0):
@@ -252,14 +269,21 @@ def make_sdar(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_he
         mask_token_id=tokenizer.mask_token_id,  # not a published SDAR key (its tokenizer names <|MASK|>): a convenience
         auto_map=dict(SDAR_AUTO_MAP),
     )
-    torch.manual_seed(seed)
-    return SDARForCausalLM(config).eval()
+    return _seeded(SDARForCausalLM, config, seed)
 
 
-def save_sdar(save_directory: str, **kwargs) -> str:
-    """A tiny native SDAR and the char tokenizer in the Hub layout; `AutoModelForCausalLM.from_pretrained(dir)` loads
-    it."""
-    return _save_with_tokenizer(make_sdar, save_directory, **kwargs)
+save_sdar = _saver(make_sdar, "`AutoModelForCausalLM.from_pretrained(dir)` loads it.")
+
+
+def _moe_ids(tokenizer, architecture: str, auto_map: dict) -> dict:
+    """The keys the tiny LLaDA2 and LLaDA-MoE configs share: positions, special ids, architecture and auto_map."""
+    return dict(
+        max_position_embeddings=1024,
+        # the mask id is a convenience: the published configs leave it to the tokenizer
+        **_token_ids(tokenizer, "pad", "eos", "mask"),
+        architectures=[architecture],
+        auto_map=dict(auto_map),
+    )
 
 
 LLADA2_AUTO_MAP = {
@@ -307,21 +331,12 @@ def make_llada2(
         attention_dropout=0.0,
         embedding_dropout=0.0,
         output_dropout=0.0,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        mask_token_id=tokenizer.mask_token_id,  # a convenience: the published config leaves it to the tokenizer
-        architectures=["LLaDA2MoeModelLM"],
-        auto_map=dict(LLADA2_AUTO_MAP),
+        **_moe_ids(tokenizer, "LLaDA2MoeModelLM", LLADA2_AUTO_MAP),
     )
-    config = config_class(**(settings | overrides))
-    torch.manual_seed(seed)
-    return model_class(config).eval()
+    return _seeded(model_class, config_class(**(settings | overrides)), seed)
 
 
-def save_llada2(save_directory: str, **kwargs) -> str:
-    """A tiny native LLaDA2 (see `make_llada2`) and the char tokenizer in the Hub layout."""
-    return _save_with_tokenizer(make_llada2, save_directory, **kwargs)
+save_llada2 = _saver(make_llada2)
 
 
 LLADAMOE_AUTO_MAP = {
@@ -356,21 +371,12 @@ def make_lladamoe(
         qk_layernorm=True,
         partial_rotary_factor=0.5,
         rope_theta=50000.0,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        mask_token_id=tokenizer.mask_token_id,  # a convenience: the published config leaves it to the tokenizer
-        architectures=["LLaDAMoEModelLM"],
-        auto_map=dict(LLADAMOE_AUTO_MAP),
+        **_moe_ids(tokenizer, "LLaDAMoEModelLM", LLADAMOE_AUTO_MAP),
     )
-    config = LLaDAMoEConfig(**(settings | overrides))
-    torch.manual_seed(seed)
-    return LLaDAMoEModelLM(config).eval()
+    return _seeded(LLaDAMoEModelLM, LLaDAMoEConfig(**(settings | overrides)), seed)
 
 
-def save_lladamoe(save_directory: str, **kwargs) -> str:
-    """A tiny native LLaDA-MoE (see `make_lladamoe`) and the char tokenizer in the Hub layout."""
-    return _save_with_tokenizer(make_lladamoe, save_directory, **kwargs)
+save_lladamoe = _saver(make_lladamoe)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -520,9 +526,7 @@ def save_remote_mlm(
         n_layers=num_layers,
         n_heads=num_heads,
         mlp_hidden_size=2 * hidden_size,
-        mask_token_id=tokenizer.mask_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **_token_ids(tokenizer, "mask", "pad", "eos"),
         is_causal=False,
         architectures=["RemoteMLMModel"],
     )
@@ -582,9 +586,7 @@ def make_diffusion_gemma(
         num_experts=2,
         top_k_experts=1,
         moe_intermediate_size=hidden_size,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
+        **_token_ids(tokenizer, "pad", "eos", "bos"),
     )
     vision_config = dict(
         model_type="gemma4_vision",
@@ -607,10 +609,7 @@ def make_diffusion_gemma(
     )
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return DiffusionGemmaForBlockDiffusion(config).eval()
+    return _seeded(DiffusionGemmaForBlockDiffusion, config, seed)
 
 
-def save_diffusion_gemma(save_directory: str, **kwargs) -> str:
-    """Save a tiny DiffusionGemma and the char tokenizer; load back with `DiffusionGemmaForBlockDiffusion`."""
-    return _save_with_tokenizer(make_diffusion_gemma, save_directory, **kwargs)
+save_diffusion_gemma = _saver(make_diffusion_gemma, "Load it back with `DiffusionGemmaForBlockDiffusion`.")

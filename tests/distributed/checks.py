@@ -31,21 +31,9 @@ def make_rows(vocab_size: int, n: int = 8, prompt_length: int = 5, completion_le
               seed: int = 0, identical: bool = False) -> list[dict]:  # fmt: skip
     """Synthetic trajectories (random tokens, a random decode order inside each block). Equal lengths: a bidirectional
     canvas padded to a longer batch sees more mask tokens, so only equal lengths give equal logits in any batching."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(n):
-        steps = []
-        for start in range(0, completion_length, block_length):
-            size = min(block_length, completion_length - start)
-            steps += [start + int(p) for p in torch.randperm(size, generator=g)]
-        rows.append(
-            {
-                "prompt_ids": torch.randint(10, vocab_size, (prompt_length,), generator=g).tolist(),
-                "completion_ids": torch.randint(10, vocab_size, (completion_length,), generator=g).tolist(),
-                "step_map": steps,
-                "block_length": block_length,
-            }
-        )
+    from trl_t3d.testing import synthetic_rows
+
+    rows = synthetic_rows(vocab_size, n, completion_length, block_length, seed, prompt_lengths=(prompt_length,))
     return [rows[0]] * n if identical else rows
 
 

@@ -67,7 +67,48 @@ def package(tmp_path):
 def test_the_marked_model_code_equals_its_sources():
     count, problems, errors = check_copies.check_copies([ROOT / "trl_t3d"], ROOT)
     assert not problems, "\n\n".join(problems)
-    assert count >= 15  # RMSNorm, rotary helpers, repeat_kv, attention, MLP, LM plumbing of llada/dream/sdar
+    assert not errors
+
+
+SHARED_FUNCTIONS = ("rotate_half", "apply_rotary_pos_emb", "repeat_kv", "eager_attention_forward", "attend")
+
+
+def test_the_blocks_the_families_share_are_defined_once():
+    """The families derive their shared code from `models/modeling_common.py` (no copy left to drift): the shared
+    helpers are defined there only, and each family's RMSNorm / RoPE / SwiGLU class subclasses the common one."""
+    import ast
+    import importlib
+
+    from trl_t3d.models import modeling_common
+
+    definitions = {}
+    for path in sorted((ROOT / "trl_t3d" / "models").rglob("modeling_*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name in SHARED_FUNCTIONS:
+                definitions.setdefault(node.name, []).append(path.name)
+    assert definitions == {name: ["modeling_common.py"] for name in SHARED_FUNCTIONS}
+
+    kinds = {"RMSNorm": modeling_common.RMSNorm, "RotaryEmbedding": modeling_common.RotaryEmbedding}
+    checked = 0
+    for name in (
+        "dream.modeling_dream",
+        "llada.modeling_llada",
+        "sdar.modeling_sdar",
+        "llada2.modeling_llada2_moe",
+        "llada_moe.modeling_lladamoe",
+    ):
+        module = importlib.import_module(f"trl_t3d.models.{name}")
+        for attribute, value in vars(module).items():
+            if not isinstance(value, type) or value.__module__ != module.__name__:
+                continue
+            for suffix, base in kinds.items():
+                if attribute.endswith(suffix):
+                    assert issubclass(value, base), f"{name}.{attribute} does not derive from {base.__name__}"
+                    checked += 1
+            if attribute.endswith("MLP"):
+                assert issubclass(value, modeling_common.SwiGLUMLP), f"{name}.{attribute} is not the common SwiGLU"
+                checked += 1
+    assert checked == 14  # 5 RMSNorms, 5 RoPEs, 4 MLPs (LLaDA's MLP lives in its block, under published names)
 
 
 def test_equal_copies_pass_with_replacements_and_as_a_method(package):

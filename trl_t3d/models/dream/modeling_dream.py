@@ -11,23 +11,30 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
 
 import torch
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel
-from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import GENERATION_CONFIG_NAME, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import is_flash_attention_requested
 from transformers.utils.output_capturing import capture_outputs
 
+from ..modeling_common import (
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLUMLP,
+    apply_rotary_pos_emb,
+    attend,
+    init_attention,
+    init_decoder_stack,
+    init_lm_head,
+)
 from .configuration_dream import DreamConfig
 
 
@@ -87,114 +94,26 @@ def flash_padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     return keys[:, 0].to(torch.int32)
 
 
-class DreamRMSNorm(nn.Module):
+class DreamRMSNorm(RMSNorm):
     """RMS norm computed in float32, cast back to the input's dtype, then scaled (affine, no bias), as the original."""
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-    def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
-
-
-class DreamRotaryEmbedding(nn.Module):
+class DreamRotaryEmbedding(RotaryEmbedding):
     """RoPE tables from transformers' RoPE functions, fed Dream's `rope_theta` / `rope_scaling` in their v5 form."""
 
-    inv_freq: torch.Tensor
-
-    def __init__(self, config: DreamConfig):
-        super().__init__()
-        self.max_seq_len_cached = config.max_position_embeddings
-        self.original_max_seq_len = config.max_position_embeddings
-        # transformers 5's RoPE functions read `config.rope_parameters`; Dream's config keeps the published
-        # `rope_theta` / `rope_scaling` keys, so they get a copy that carries both.
-        self.config = copy.copy(config)
-        self.config.rope_parameters = config.rope_parameters_dict()
-        self.rope_type = self.config.rope_parameters["rope_type"]
-        if self.rope_type == "default":
-            rope_init_fn: Callable = self.compute_default_rope_parameters
-        elif self.rope_type in ROPE_INIT_FUNCTIONS:
-            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
-        else:
-            raise ValueError(
-                f"rope_scaling type {self.rope_type!r} is unknown; use one of {['default', *ROPE_INIT_FUNCTIONS]}."
-            )
-        inv_freq, self.attention_scaling = rope_init_fn(self.config)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
-
     @staticmethod
-    def compute_default_rope_parameters(config, device=None, seq_len=None, **kwargs) -> tuple[torch.Tensor, float]:
-        """Plain RoPE (`rope_scaling: null`, the published setting): inverse frequencies of the head dimension."""
-        base = config.rope_parameters["rope_theta"]
-        dim = config.hidden_size // config.num_attention_heads
-        inv_freq = 1.0 / (
-            base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim)
-        )
-        return inv_freq, 1.0
-
-    @torch.no_grad()
-    @dynamic_rope_update
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = emb.cos() * self.attention_scaling
-        sin = emb.sin() * self.attention_scaling
-        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1 = x[..., : x.shape[-1] // 2]
-    x2 = x[..., x.shape[-1] // 2 :]
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim: int = 1):
-    cos = cos.unsqueeze(unsqueeze_dim)
-    sin = sin.unsqueeze(unsqueeze_dim)
-    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
-
-
-def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[batch, kv_heads, length, dim] -> [batch, kv_heads * n_rep, length, dim] (grouped-query attention)."""
-    batch, num_key_value_heads, length, head_dim = hidden_states.shape
-    if n_rep == 1:
-        return hidden_states
-    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, length, head_dim)
-    return hidden_states.reshape(batch, num_key_value_heads * n_rep, length, head_dim)
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention in plain torch, with Dream's boolean mask; a query that may see no key outputs zeros, as in SDPA."""
-    key_states = repeat_kv(key, module.num_key_value_groups)
-    value_states = repeat_kv(value, module.num_key_value_groups)
-    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
-    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    if attention_mask is not None:
-        attn_weights = attn_weights.masked_fill(~attention_mask.any(dim=-1, keepdim=True), 0.0)
-    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value_states)
-    return attn_output.transpose(1, 2).contiguous(), attn_weights
+    def rope_view(config: DreamConfig) -> DreamConfig:
+        """A copy carrying both the published keys and `rope_parameters` (what transformers 5's RoPE functions read);
+        the head size is `hidden_size // num_attention_heads`."""
+        view = copy.copy(config)
+        view.rope_parameters = config.rope_parameters_dict()
+        view.head_dim = config.hidden_size // config.num_attention_heads
+        rope_type = view.rope_parameters["rope_type"]
+        if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
+            raise ValueError(
+                f"rope_scaling type {rope_type!r} is unknown; use one of {['default', *ROPE_INIT_FUNCTIONS]}."
+            )
+        return view
 
 
 class DreamAttention(nn.Module):
@@ -202,13 +121,8 @@ class DreamAttention(nn.Module):
 
     def __init__(self, config: DreamConfig, layer_idx: int):
         super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.head_dim = config.hidden_size // config.num_attention_heads
-        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.attention_dropout
-        self.is_causal = False
+        heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+        init_attention(self, config, layer_idx, config.hidden_size // heads, heads, kv_heads)
         self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=True)
         self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=True)
         self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=True)
@@ -233,33 +147,13 @@ class DreamAttention(nn.Module):
         if cache is not None:
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        attn_output, attn_weights = attend(self, query_states, key_states, value_states, attention_mask, **kwargs)
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
 
 
-class DreamMLP(nn.Module):
-    def __init__(self, config: DreamConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+class DreamMLP(SwiGLUMLP):
+    """SwiGLU of `config.intermediate_size`."""
 
 
 class DreamDecoderLayer(GradientCheckpointingLayer):
@@ -294,6 +188,9 @@ class DreamDecoderLayer(GradientCheckpointingLayer):
 
 
 class DreamPreTrainedModel(PreTrainedModel):
+    """Weights initialize by transformers' default `_init_weights`, which is the original's init: normal(0,
+    initializer_range) weights, zero biases and padding row, RMSNorms at one (and the RoPE buffers rebuilt)."""
+
     config: DreamConfig
     config_class = DreamConfig
     base_model_prefix = "model"
@@ -303,30 +200,6 @@ class DreamPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _can_record_outputs = {"hidden_states": DreamDecoderLayer, "attentions": DreamAttention}
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        """The original's init: normal(0, initializer_range) weights, zero biases and padding row; RMSNorm at one."""
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
-                init.zeros_(module.weight[module.padding_idx])
-        elif isinstance(module, DreamRMSNorm):
-            init.ones_(module.weight)
-        elif isinstance(module, DreamRotaryEmbedding):
-            fn = (
-                module.compute_default_rope_parameters
-                if module.rope_type == "default"
-                else ROPE_INIT_FUNCTIONS[module.rope_type]
-            )
-            inv_freq, _ = fn(module.config)
-            init.copy_(module.inv_freq, inv_freq)
-            init.copy_(module.original_inv_freq, inv_freq)
 
 
 class DreamBaseModel(DreamPreTrainedModel):
@@ -339,22 +212,8 @@ class DreamBaseModel(DreamPreTrainedModel):
                 f"pad_token_id={config.pad_token_id} is outside the vocabulary (vocab_size={config.vocab_size}); "
                 "Dream uses it as the embedding's padding row: set a pad_token_id below vocab_size (or None)."
             )
-        self.padding_idx = config.pad_token_id
-        self.vocab_size = config.vocab_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.layers = nn.ModuleList(
-            [DreamDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
-        )
-        self.norm = DreamRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = DreamRotaryEmbedding(config=config)
-        self.gradient_checkpointing = False
+        init_decoder_stack(self, config, DreamDecoderLayer, DreamRMSNorm, DreamRotaryEmbedding)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
 
     @capture_outputs
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -422,22 +281,8 @@ class DreamModel(DreamPreTrainedModel):
 
     def __init__(self, config: DreamConfig):
         super().__init__(config)
-        self.model = DreamBaseModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        init_lm_head(self, config, DreamBaseModel(config))
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head = new_embeddings
 
     def get_decoder(self) -> DreamBaseModel:
         return self.model

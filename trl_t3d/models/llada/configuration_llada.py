@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
+from ..configuration_common import never_causal
+
 
 class LLaDAConfig(PreTrainedConfig):
     r"""
@@ -111,15 +113,7 @@ class LLaDAConfig(PreTrainedConfig):
             )
         return expected
 
-    @property
-    def is_causal(self) -> bool:
-        """LLaDA attends bidirectionally; for code that reads `config.is_causal` (never serialized)."""
-        return False
-
-    @is_causal.setter
-    def is_causal(self, value: bool) -> None:
-        if value:
-            raise ValueError("LLaDA attends bidirectionally: `is_causal` cannot be set to True.")
+    is_causal = never_causal("LLaDA attends bidirectionally")
 
     @property
     def num_key_value_heads(self) -> int:

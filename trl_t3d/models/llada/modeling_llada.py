@@ -13,8 +13,8 @@ anyway, for the approximate prefix/dual caches of Fast-dLLM-style decoding (`trl
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -24,9 +24,10 @@ from transformers.cache_utils import Cache
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple, logging
 
+from ..modeling_common import RMSNorm, RotaryEmbedding, apply_rotary_pos_emb, attend, init_attention
 from .configuration_llada import LLaDAConfig
 
 logger = logging.get_logger(__name__)
@@ -81,101 +82,28 @@ def check_supported(config: LLaDAConfig) -> None:
         )
 
 
-# Copied from trl_t3d.models.dream.modeling_dream.DreamRMSNorm with Dream->LLaDA
-class LLaDARMSNorm(nn.Module):
+class LLaDARMSNorm(RMSNorm):
     """RMS norm computed in float32, cast back to the input's dtype, then scaled (affine, no bias), as the original."""
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-    def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
-
-
-class LLaDARotaryEmbedding(nn.Module):
+class LLaDARotaryEmbedding(RotaryEmbedding):
     """Default RoPE (`rope_theta`, head_dim = d_model / n_heads), cos/sin in float32 as the original computes them."""
 
-    inv_freq: torch.Tensor
-
-    def __init__(self, config: LLaDAConfig):
-        super().__init__()
-        self.config = config
-        self.rope_type = "default"
-        inv_freq, self.attention_scaling = self.compute_default_rope_parameters(config)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+    float32_tables = True
 
     @staticmethod
-    def compute_default_rope_parameters(config: LLaDAConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
-        dim = config.d_model // config.n_heads
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))
-        return inv_freq, 1.0
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            return emb.cos(), emb.sin()
+    def rope_view(config: LLaDAConfig) -> LLaDAConfig:
+        view = copy.copy(config)
+        view.rope_parameters = {"rope_type": "default", "rope_theta": config.rope_theta}
+        return view
 
 
-# Copied from trl_t3d.models.dream.modeling_dream.rotate_half
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1 = x[..., : x.shape[-1] // 2]
-    x2 = x[..., x.shape[-1] // 2 :]
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary_pos_emb(q, k, cos, sin, full_precision: bool = True):
+def apply_llada_rope(q, k, cos, sin, full_precision: bool = True):
     """Rotate (B, H, T, D) queries and keys; in float32 when `full_precision` (the original `rope_full_precision`)."""
-    dtype = q.dtype
-    compute_dtype = torch.float32 if full_precision else dtype
-    cos, sin = cos.unsqueeze(1).to(compute_dtype), sin.unsqueeze(1).to(compute_dtype)
-    q_, k_ = q.to(compute_dtype), k.to(compute_dtype)
-    q_embed = q_ * cos + rotate_half(q_) * sin
-    k_embed = k_ * cos + rotate_half(k_) * sin
-    return q_embed.to(dtype), k_embed.to(k.dtype)
-
-
-# Copied from trl_t3d.models.dream.modeling_dream.repeat_kv
-def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[batch, kv_heads, length, dim] -> [batch, kv_heads * n_rep, length, dim] (grouped-query attention)."""
-    batch, num_key_value_heads, length, head_dim = hidden_states.shape
-    if n_rep == 1:
-        return hidden_states
-    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, length, head_dim)
-    return hidden_states.reshape(batch, num_key_value_heads * n_rep, length, head_dim)
-
-
-# Copied from trl_t3d.models.sdar.modeling_sdar.eager_attention_forward
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-):
-    key_states = repeat_kv(key, module.num_key_value_groups)
-    value_states = repeat_kv(value, module.num_key_value_groups)
-    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
-    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value_states)
-    return attn_output.transpose(1, 2).contiguous(), attn_weights
+    compute_dtype = torch.float32 if full_precision else q.dtype
+    cos, sin = cos.to(compute_dtype), sin.to(compute_dtype)
+    q_embed, k_embed = apply_rotary_pos_emb(q.to(compute_dtype), k.to(compute_dtype), cos, sin)
+    return q_embed.to(q.dtype), k_embed.to(k.dtype)
 
 
 class LLaDALlamaBlock(GradientCheckpointingLayer):
@@ -187,15 +115,9 @@ class LLaDALlamaBlock(GradientCheckpointingLayer):
 
     def __init__(self, config: LLaDAConfig, layer_idx: int):
         super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.head_dim = config.d_model // config.n_heads
-        self.num_heads = config.n_heads
-        self.num_key_value_heads = config.effective_n_kv_heads
-        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
-        self.scaling = self.head_dim**-0.5
-        self.is_causal = False
-        self.attention_dropout = config.attention_dropout
+        init_attention(
+            self, config, layer_idx, config.d_model // config.n_heads, config.n_heads, config.effective_n_kv_heads
+        )
         hidden, mlp = config.d_model, config.intermediate_size
 
         self.attn_norm = LLaDARMSNorm(hidden, eps=config.rms_norm_eps)
@@ -227,23 +149,11 @@ class LLaDALlamaBlock(GradientCheckpointingLayer):
         key = self.k_proj(normed).view(batch, length, -1, self.head_dim).transpose(1, 2)
         value = self.v_proj(normed).view(batch, length, -1, self.head_dim).transpose(1, 2)
         cos, sin = position_embeddings
-        query, key = apply_rotary_pos_emb(query, key, cos, sin, self.config.rope_full_precision)
+        query, key = apply_llada_rope(query, key, cos, sin, self.config.rope_full_precision)
         if cache is not None:  # keys/values of the positions the cache holds, with this chunk's own
             key, value = cache.update(key, value, self.layer_idx)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, _ = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        attn_output, _ = attend(self, query, key, value, attention_mask, **kwargs)
         attn_output = attn_output.reshape(batch, length, -1).contiguous()
         hidden_states = hidden_states + self.dropout(self.attn_out(attn_output))
 
@@ -291,10 +201,8 @@ class LLaDAPreTrainedModel(PreTrainedModel):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             fan_in = module.in_features if isinstance(module, nn.Linear) else module.embedding_dim
             self._normal_init(module.weight, fan_in=fan_in, **getattr(module, "_llada_init", {}))
-        elif isinstance(module, LLaDARMSNorm):
-            init.ones_(module.weight)
-        elif isinstance(module, LLaDARotaryEmbedding):
-            super()._init_weights(module)
+        elif isinstance(module, (LLaDARMSNorm, LLaDARotaryEmbedding)):
+            super()._init_weights(module)  # ones; RoPE buffers
 
 
 class LLaDAModel(LLaDAPreTrainedModel):

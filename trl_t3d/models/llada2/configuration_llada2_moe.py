@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from transformers.configuration_utils import PreTrainedConfig
 
+from ..configuration_common import PublishedConfigMixin, full_attention_layer_types, never_causal
 
-class LLaDA2MoeConfig(PreTrainedConfig):
+
+class LLaDA2MoeConfig(PublishedConfigMixin, PreTrainedConfig):
     r"""
     Configuration of [`LLaDA2MoeModel`] / [`LLaDA2MoeModelLM`]: inclusionAI's LLaDA2.0-mini (16B) and -flash (100B),
     block-diffusion MoE models (Ling 2.0 architecture). Fields and defaults are those of the published
@@ -104,33 +106,13 @@ class LLaDA2MoeConfig(PreTrainedConfig):
                 raise ValueError("num_experts_per_tok exceeds the experts of the `topk_group` groups a token sees.")
         super().__post_init__(**kwargs)
 
-    def to_diff_dict(self) -> dict:
-        """As transformers does, minus unset special token ids (the Hub files never write them)."""
-        config_dict = super().to_diff_dict()
-        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            if key in config_dict and config_dict[key] is None:
-                del config_dict[key]
-        return config_dict
-
     @property
     def effective_num_key_value_heads(self) -> int:
         """`num_key_value_heads`, with the published 0 meaning one key/value head per query head."""
         return self.num_key_value_heads or self.num_attention_heads
 
-    @property
-    def layer_types(self) -> list[str]:
-        """Every layer attends fully (read by transformers' caches)."""
-        return ["full_attention"] * self.num_hidden_layers
-
-    @property
-    def is_causal(self) -> bool:
-        """Attention is never causal by itself: the caller's block mask decides (never serialized)."""
-        return False
-
-    @is_causal.setter
-    def is_causal(self, value: bool) -> None:
-        if value:
-            raise ValueError("LLaDA2 attends through the caller's block mask: `is_causal` cannot be set to True.")
+    layer_types = property(full_attention_layer_types)
+    is_causal = never_causal("LLaDA2 attends through the caller's block mask")
 
 
 class LLaDA21MoeConfig(LLaDA2MoeConfig):

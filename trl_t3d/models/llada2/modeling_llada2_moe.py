@@ -18,173 +18,54 @@ attends everywhere under eager); here eager and sdpa read every mask the same wa
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
 
+from ..modeling_common import (
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLUMLP,
+    apply_rotary_pos_emb,
+    attend,
+    autocast_dtype,
+    init_attention,
+    init_decoder_stack,
+    init_lm_head,
+    legacy_rope_parameters,
+    or_config,
+    with_rope_parameters,
+)
 from .configuration_llada2_moe import LLaDA2MoeConfig, LLaDA21MoeConfig
 
 
-class LLaDA2MoeRMSNorm(nn.Module):
+class LLaDA2MoeRMSNorm(RMSNorm):
     """RMSNorm with the original's numerics: normalize in float32, cast back, then multiply by the weight."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        x = hidden_states.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * x.to(input_dtype)
-
-    def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
 
 def rope_config(config: LLaDA2MoeConfig) -> LLaDA2MoeConfig:
     """A copy of `config` with transformers-5 `rope_parameters` equal to what transformers 4.57 read from the legacy
     `rope_theta` / `rope_scaling` / `partial_rotary_factor` keys (the saved config keeps the legacy keys)."""
-    scaling = dict(config.rope_scaling or {})
-    rope_type = scaling.pop("rope_type", scaling.pop("type", "default"))
-    scaling.pop("type", None)
-    if rope_type not in ("default", *ROPE_INIT_FUNCTIONS):
-        raise ValueError(f"Unknown `rope_scaling` type {rope_type!r}; known: {['default', *ROPE_INIT_FUNCTIONS]}.")
-    params = {
-        **scaling,
-        "rope_type": rope_type,
-        "rope_theta": config.rope_theta,
-        "partial_rotary_factor": config.partial_rotary_factor,
-    }
-    view = copy.copy(config)
-    view.rope_parameters = params
-    view.standardize_rope_params()
-    view.validate_rope()
-    return view
+    return with_rope_parameters(
+        config, {**legacy_rope_parameters(config), "partial_rotary_factor": config.partial_rotary_factor}
+    )
 
 
-class LLaDA2MoeRotaryEmbedding(nn.Module):
+class LLaDA2MoeRotaryEmbedding(RotaryEmbedding):
     """RoPE over the first `head_dim * partial_rotary_factor` dims of each head (cos/sin have that width)."""
 
-    inv_freq: torch.Tensor
-
-    def __init__(self, config: LLaDA2MoeConfig, device=None):
-        super().__init__()
-        self.config = rope_config(config)
-        self.rope_type = self.config.rope_parameters["rope_type"]
-        self.max_seq_len_cached = config.max_position_embeddings
-        self.original_max_seq_len = config.max_position_embeddings
-        inv_freq, self.attention_scaling = self.rope_init_fn(self.config, device)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
-
-    @property
-    def rope_init_fn(self) -> Callable:
-        return (
-            self.compute_default_rope_parameters
-            if self.rope_type == "default"
-            else ROPE_INIT_FUNCTIONS[self.rope_type]
-        )
-
-    @staticmethod
-    def compute_default_rope_parameters(config, device=None, **kwargs) -> tuple[torch.Tensor, float]:
-        """Plain RoPE: inverse frequencies of `rope_theta` over the rotated part of a head."""
-        base = config.rope_parameters["rope_theta"]
-        dim = int(config.head_dim * config.rope_parameters.get("partial_rotary_factor", 1.0))
-        inv_freq = 1.0 / (
-            base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim)
-        )
-        return inv_freq, 1.0
-
-    @torch.no_grad()
-    @dynamic_rope_update
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inv_freq = self.inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1).to(x.device)
-        device_type = x.device.type if isinstance(x.device.type, str) and x.device.type != "mps" else "cpu"
-        with torch.autocast(device_type=device_type, enabled=False):  # fp32, as the original
-            freqs = (inv_freq.float() @ position_ids[:, None, :].float()).transpose(1, 2)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            cos = emb.cos() * self.attention_scaling
-            sin = emb.sin() * self.attention_scaling
-        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+    rope_view = staticmethod(rope_config)
 
 
-# Copied from trl_t3d.models.sdar.modeling_sdar.rotate_half
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1 = x[..., : x.shape[-1] // 2]
-    x2 = x[..., x.shape[-1] // 2 :]
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim: int = 1):
-    """Rotate the first `cos.shape[-1]` dims of q and k; the rest of each head passes unchanged."""
-    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
-    rotary_dim = cos.shape[-1]
-    q_rot, q_pass = q[..., :rotary_dim], q[..., rotary_dim:]
-    k_rot, k_pass = k[..., :rotary_dim], k[..., rotary_dim:]
-    q_embed = torch.cat([(q_rot * cos) + (rotate_half(q_rot) * sin), q_pass], dim=-1)
-    k_embed = torch.cat([(k_rot * cos) + (rotate_half(k_rot) * sin), k_pass], dim=-1)
-    return q_embed, k_embed
-
-
-# Copied from trl_t3d.models.sdar.modeling_sdar.repeat_kv
-def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[batch, kv_heads, length, dim] -> [batch, kv_heads * n_rep, length, dim] (grouped-query attention)."""
-    batch, num_key_value_heads, length, head_dim = hidden_states.shape
-    if n_rep == 1:
-        return hidden_states
-    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, length, head_dim)
-    return hidden_states.reshape(batch, num_key_value_heads * n_rep, length, head_dim)
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-):
-    key_states = repeat_kv(key, module.num_key_value_groups)
-    value_states = repeat_kv(value, module.num_key_value_groups)
-    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask[:, :, :, : key_states.shape[-2]]
-    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value_states)
-    return attn_output.transpose(1, 2).contiguous(), attn_weights
-
-
-class LLaDA2MoeMLP(nn.Module):
+class LLaDA2MoeMLP(SwiGLUMLP):
     """SwiGLU: the dense layers, each routed expert and the shared expert."""
-
-    def __init__(self, config: LLaDA2MoeConfig, intermediate_size: int):
-        super().__init__()
-        self.hidden_size = config.hidden_size
-        self.intermediate_size = intermediate_size
-        self.gate_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
 class LLaDA2MoeGate(nn.Module):
@@ -274,15 +155,8 @@ class LLaDA2MoeAttention(nn.Module):
 
     def __init__(self, config: LLaDA2MoeConfig, layer_idx: int):
         super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.head_dim = config.head_dim
-        self.num_heads = config.num_attention_heads
-        self.num_key_value_heads = config.effective_num_key_value_heads
-        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.attention_dropout
-        self.is_causal = False
+        heads, kv_heads = config.num_attention_heads, config.effective_num_key_value_heads
+        init_attention(self, config, layer_idx, config.head_dim, heads, kv_heads)
         self.query_key_value = nn.Linear(
             config.hidden_size,
             (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim,
@@ -313,19 +187,7 @@ class LLaDA2MoeAttention(nn.Module):
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        attn_output, attn_weights = attend(self, query, key, value, attention_mask, **kwargs)
         attn_output = attn_output.reshape(batch, q_len, -1).contiguous()
         return self.dense(attn_output), attn_weights
 
@@ -380,21 +242,15 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = True
     _can_compile_fullgraph = False  # data-dependent expert dispatch
+    _input_embed_layer = "word_embeddings"  # transformers' get/set_input_embeddings find it (on `model` for the LM)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Normal(0, initializer_range) for linear/embedding weights and the router (the original leaves the router
         at kaiming-uniform; published checkpoints overwrite it), ones for RMSNorms, zero `expert_bias`, RoPE buffers."""
-        std = self.config.initializer_range
-        if isinstance(module, LLaDA2MoeRMSNorm):
-            init.ones_(module.weight)
-        elif isinstance(module, LLaDA2MoeGate):
-            init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, LLaDA2MoeGate):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             init.zeros_(module.expert_bias)
-        elif isinstance(module, LLaDA2MoeRotaryEmbedding):
-            inv_freq, _ = module.rope_init_fn(module.config)
-            init.copy_(module.inv_freq, inv_freq)
-            init.copy_(module.original_inv_freq, inv_freq)
-        else:
+        else:  # linear, embedding, RMSNorm (by its name) and RoPE buffers: transformers' default
             super()._init_weights(module)
 
 
@@ -430,22 +286,15 @@ def additive_attention_mask(
 class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
     def __init__(self, config: LLaDA2MoeConfig):
         super().__init__(config)
-        self.padding_idx = config.pad_token_id
-        self.vocab_size = config.vocab_size
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.layers = nn.ModuleList(
-            [LLaDA2MoeDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        init_decoder_stack(
+            self,
+            config,
+            LLaDA2MoeDecoderLayer,
+            LLaDA2MoeRMSNorm,
+            LLaDA2MoeRotaryEmbedding,
+            embeddings="word_embeddings",
         )
-        self.norm = LLaDA2MoeRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = LLaDA2MoeRotaryEmbedding(config=config)
-        self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.word_embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.word_embeddings = value
 
     def forward(
         self,
@@ -476,13 +325,9 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
         if past_key_values is not None and cache is not None:
             raise ValueError("Pass the KV cache once: as `past_key_values` (LLaDA2's name) or `cache`, not both.")
         past_key_values = cache if cache is not None else past_key_values
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_router_logits = (
-            output_router_logits if output_router_logits is not None else self.config.output_router_logits
-        )
+        use_cache = or_config(use_cache, self.config, "use_cache")
+        output_hidden_states = or_config(output_hidden_states, self.config, "output_hidden_states")
+        output_router_logits = or_config(output_router_logits, self.config, "output_router_logits")
         if self.gradient_checkpointing and self.training and use_cache:
             use_cache = False
         if inputs_embeds is None:
@@ -495,11 +340,8 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
         query_length = inputs_embeds.shape[1]
         if position_ids is None:
             position_ids = torch.arange(past_seen, past_seen + query_length, device=inputs_embeds.device)[None]
-        dtype = inputs_embeds.dtype
-        if torch.is_autocast_enabled(inputs_embeds.device.type):
-            dtype = torch.get_autocast_dtype(inputs_embeds.device.type)
         mask = additive_attention_mask(
-            attention_mask, query_length, past_seen + query_length, dtype, inputs_embeds.device
+            attention_mask, query_length, past_seen + query_length, autocast_dtype(inputs_embeds), inputs_embeds.device
         )
 
         hidden_states = inputs_embeds
@@ -536,22 +378,8 @@ class LLaDA2MoeModelLM(LLaDA2MoePreTrainedModel, GenerationMixin):
 
     def __init__(self, config: LLaDA2MoeConfig):
         super().__init__(config)
-        self.model = LLaDA2MoeModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        init_lm_head(self, config, LLaDA2MoeModel(config))
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.word_embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.word_embeddings = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head = new_embeddings
 
     @can_return_tuple
     def forward(

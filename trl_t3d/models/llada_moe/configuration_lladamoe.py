@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from transformers.configuration_utils import PreTrainedConfig
 
+from ..configuration_common import PublishedConfigMixin, never_causal
 
-class LLaDAMoEConfig(PreTrainedConfig):
+
+class LLaDAMoEConfig(PublishedConfigMixin, PreTrainedConfig):
     r"""
     Configuration of [`LLaDAMoEModel`] / [`LLaDAMoEModelLM`] (LLaDA-MoE-7B-A1B-Base / -Instruct): a bidirectional
     masked-diffusion MoE LM (OLMoE-style layers). Fields and defaults are those of the published
@@ -83,27 +85,11 @@ class LLaDAMoEConfig(PreTrainedConfig):
             self.rope_scaling["rope_type"] = self.rope_scaling["type"]
         super().__post_init__(**kwargs)
 
-    def to_diff_dict(self) -> dict:
-        """As transformers does, minus unset special token ids (the Hub files never write them)."""
-        config_dict = super().to_diff_dict()
-        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            if key in config_dict and config_dict[key] is None:
-                del config_dict[key]
-        return config_dict
-
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    @property
-    def is_causal(self) -> bool:
-        """LLaDA-MoE attends bidirectionally (never serialized)."""
-        return False
-
-    @is_causal.setter
-    def is_causal(self, value: bool) -> None:
-        if value:
-            raise ValueError("LLaDA-MoE attends bidirectionally: `is_causal` cannot be set to True.")
+    is_causal = never_causal("LLaDA-MoE attends bidirectionally")
 
 
 __all__ = ["LLaDAMoEConfig"]

@@ -6,8 +6,8 @@ Equal to the published `modeling_lladamoe.py` (held to it by `tests/golden/gen_l
 `mlp.expert_bias`, `shared_expert`) and conventions: no mask means full bidirectional attention, a 2D mask hides padded
 keys, logits at the position they predict, in the model's dtype. It has no KV cache (the original refuses one).
 
-The RMSNorm, partial RoPE and attention helpers are LLaDA2's (`trl_t3d.models.llada2.modeling_llada2_moe`): the two
-originals compute them identically.
+The RMSNorm, partial RoPE and attention helpers are the shared ones (`trl_t3d.models.modeling_common`), as are
+LLaDA2's: the two originals compute them identically.
 
 Differences, by design: `output_router_logits=True` returns the routers' logits and Mixtral's load-balancing
 `aux_loss` (the original collects hidden states in their place, so its path never worked); `labels` give a
@@ -16,29 +16,31 @@ same-position cross-entropy (the original takes no labels); 4D masks (bool or ad
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
 
-from ..llada2.modeling_llada2_moe import (
-    LLaDA2MoeRMSNorm,
-    LLaDA2MoeRotaryEmbedding,
-    additive_attention_mask,
+from ..llada2.modeling_llada2_moe import LLaDA2MoeRotaryEmbedding, additive_attention_mask
+from ..modeling_common import (
+    RMSNorm,
+    SwiGLUMLP,
     apply_rotary_pos_emb,
-    eager_attention_forward,
+    attend,
+    autocast_dtype,
+    init_attention,
+    init_decoder_stack,
+    init_lm_head,
+    or_config,
 )
 from .configuration_lladamoe import LLaDAMoEConfig
 
 
-class LLaDAMoERMSNorm(LLaDA2MoeRMSNorm):
+class LLaDAMoERMSNorm(RMSNorm):
     """RMSNorm: normalize in float32, cast back, multiply by the weight (the original's numerics)."""
 
 
@@ -46,18 +48,8 @@ class LLaDAMoERotaryEmbedding(LLaDA2MoeRotaryEmbedding):
     """RoPE over the first `head_dim * partial_rotary_factor` dims of each head."""
 
 
-class LLaDAMoEMLP(nn.Module):
+class LLaDAMoEMLP(SwiGLUMLP):
     """SwiGLU of one width: a dense layer's, a routed expert's or the shared expert's."""
-
-    def __init__(self, config: LLaDAMoEConfig, intermediate_size: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
 class LLaDAMoESparseMoeBlock(nn.Module):
@@ -103,15 +95,9 @@ class LLaDAMoEAttention(nn.Module):
 
     def __init__(self, config: LLaDAMoEConfig, layer_idx: int):
         super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.head_dim = config.head_dim
-        self.num_heads = config.num_attention_heads
-        self.num_key_value_heads = config.num_key_value_heads
-        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.attention_dropout
-        self.is_causal = False
+        init_attention(
+            self, config, layer_idx, config.head_dim, config.num_attention_heads, config.num_key_value_heads
+        )
         if self.head_dim * self.num_heads != config.hidden_size:
             raise ValueError(f"hidden_size ({config.hidden_size}) must be divisible by heads ({self.num_heads}).")
         bias = config.attention_bias
@@ -135,19 +121,7 @@ class LLaDAMoEAttention(nn.Module):
             query, key, value = query.clamp(-clip, clip), key.clamp(-clip, clip), value.clamp(-clip, clip)
         query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        attn_output, attn_weights = attend(self, query, key, value, attention_mask, **kwargs)
         return self.o_proj(attn_output.reshape(batch, q_len, -1).contiguous()), attn_weights
 
 
@@ -201,15 +175,9 @@ class LLaDAMoEPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         """Normal(0, initializer_range) for linear/embedding weights, ones for RMSNorms, zero `expert_bias`, RoPE."""
-        if isinstance(module, LLaDAMoERMSNorm):
-            init.ones_(module.weight)
-        elif isinstance(module, LLaDAMoESparseMoeBlock) and module.expert_bias is not None:
+        if isinstance(module, LLaDAMoESparseMoeBlock) and module.expert_bias is not None:
             init.zeros_(module.expert_bias)
-        elif isinstance(module, LLaDAMoERotaryEmbedding):
-            inv_freq, _ = module.rope_init_fn(module.config)
-            init.copy_(module.inv_freq, inv_freq)
-            init.copy_(module.original_inv_freq, inv_freq)
-        else:
+        else:  # linear, embedding, RMSNorm (by its name) and RoPE buffers: transformers' default
             super()._init_weights(module)
 
 
@@ -230,22 +198,8 @@ def load_balancing_loss(router_logits: tuple, num_experts: int, top_k: int, atte
 class LLaDAMoEModel(LLaDAMoEPreTrainedModel):
     def __init__(self, config: LLaDAMoEConfig):
         super().__init__(config)
-        self.padding_idx = config.pad_token_id
-        self.vocab_size = config.vocab_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.layers = nn.ModuleList(
-            [LLaDAMoEDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
-        )
-        self.norm = LLaDAMoERMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = LLaDAMoERotaryEmbedding(config=config)
-        self.gradient_checkpointing = False
+        init_decoder_stack(self, config, LLaDAMoEDecoderLayer, LLaDAMoERMSNorm, LLaDAMoERotaryEmbedding)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
 
     def forward(
         self,
@@ -268,21 +222,16 @@ class LLaDAMoEModel(LLaDAMoEPreTrainedModel):
             raise ValueError("LLaDA-MoE has no KV cache (its original code refuses one too): pass `use_cache=False`.")
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_router_logits = (
-            output_router_logits if output_router_logits is not None else self.config.output_router_logits
-        )
+        output_hidden_states = or_config(output_hidden_states, self.config, "output_hidden_states")
+        output_router_logits = or_config(output_router_logits, self.config, "output_router_logits")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         length = inputs_embeds.shape[1]
         if position_ids is None:
             position_ids = torch.arange(length, device=inputs_embeds.device)[None]
-        dtype = inputs_embeds.dtype
-        if torch.is_autocast_enabled(inputs_embeds.device.type):
-            dtype = torch.get_autocast_dtype(inputs_embeds.device.type)
-        mask = additive_attention_mask(attention_mask, length, length, dtype, inputs_embeds.device)
+        mask = additive_attention_mask(
+            attention_mask, length, length, autocast_dtype(inputs_embeds), inputs_embeds.device
+        )
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         all_hidden_states = () if output_hidden_states else None
@@ -310,22 +259,8 @@ class LLaDAMoEModelLM(LLaDAMoEPreTrainedModel):
 
     def __init__(self, config: LLaDAMoEConfig):
         super().__init__(config)
-        self.model = LLaDAMoEModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        init_lm_head(self, config, LLaDAMoEModel(config))
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head = new_embeddings
 
     @can_return_tuple
     def forward(
@@ -345,9 +280,7 @@ class LLaDAMoEModelLM(LLaDAMoEPreTrainedModel):
         output_router_logits (`bool`, *optional*): also return the router logits and the (unweighted) `aux_loss`;
             `loss` never includes it.
         """
-        output_router_logits = (
-            output_router_logits if output_router_logits is not None else self.config.output_router_logits
-        )
+        output_router_logits = or_config(output_router_logits, self.config, "output_router_logits")
         outputs: MoeModelOutputWithPast = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

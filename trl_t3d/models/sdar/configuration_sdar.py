@@ -5,10 +5,12 @@ from __future__ import annotations
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.utils import logging
 
+from ..configuration_common import PublishedConfigMixin, full_attention_layer_types
+
 logger = logging.get_logger(__name__)
 
 
-class SDARConfig(PreTrainedConfig):
+class SDARConfig(PublishedConfigMixin, PreTrainedConfig):
     r"""
     Configuration of [`SDARModel`] / [`SDARForCausalLM`], the block-diffusion LMs SDAR-1.7B/4B/8B-Chat and TraDo-4B/8B
     (Qwen3 architecture). The fields and defaults are those of the published `configuration_sdar.py`, so a Hub
@@ -106,18 +108,7 @@ class SDARConfig(PreTrainedConfig):
             )
         super().__post_init__(**kwargs)
 
-    def to_diff_dict(self) -> dict:
-        """As transformers does, minus unset special token ids: transformers 4 never wrote them, nor do the Hub files."""
-        config_dict = super().to_diff_dict()
-        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            if key in config_dict and config_dict[key] is None:
-                del config_dict[key]
-        return config_dict
-
-    @property
-    def layer_types(self) -> list[str]:
-        """Every layer attends fully; read by transformers' caches, which would otherwise infer sliding layers."""
-        return ["full_attention"] * self.num_hidden_layers
+    layer_types = property(full_attention_layer_types)
 
 
 __all__ = ["SDARConfig"]

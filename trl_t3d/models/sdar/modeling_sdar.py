@@ -17,65 +17,50 @@ returned; single-token steps with a cache honour the mask (the original's flash-
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
-
 import torch
 from torch import nn
-from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from ..modeling_common import (
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLUMLP,
+    apply_rotary_pos_emb,
+    attend,
+    init_attention,
+    init_decoder_stack,
+    init_lm_head,
+    legacy_rope_parameters,
+    with_rope_parameters,
+)
 from .configuration_sdar import SDARConfig
 
 
-class SDARRMSNorm(nn.Module):
+class SDARRMSNorm(RMSNorm):
     """RMSNorm with the numerics of flash-attn's `rms_norm_fn`, which SDAR's code calls: fp32 throughout, one cast."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         x = hidden_states.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
         return (x * self.weight.float()).to(hidden_states.dtype)
 
-    def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
-
-# Copied from trl_t3d.models.dream.modeling_dream.DreamMLP with Dream->SDAR
-class SDARMLP(nn.Module):
-    def __init__(self, config: SDARConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+class SDARMLP(SwiGLUMLP):
+    """SwiGLU of `config.intermediate_size`."""
 
 
 def rope_config(config: SDARConfig) -> SDARConfig:
     """A copy of `config` with transformers-5 `rope_parameters` equal to what transformers 4.52 read from SDAR's legacy
     `rope_theta` / `rope_scaling` keys (the saved config keeps the legacy keys)."""
-    scaling = dict(config.rope_scaling or {})
-    rope_type = scaling.pop("rope_type", scaling.pop("type", "default"))
-    scaling.pop("type", None)
-    if rope_type not in ("default", *ROPE_INIT_FUNCTIONS):
-        raise ValueError(f"Unknown `rope_scaling` type {rope_type!r}; known: {['default', *ROPE_INIT_FUNCTIONS]}.")
-    params = {**scaling, "rope_type": rope_type, "rope_theta": config.rope_theta}
+    params = legacy_rope_parameters(config)
+    scaling, rope_type = config.rope_scaling or {}, params["rope_type"]
     max_positions = config.max_position_embeddings
     if rope_type == "yarn" and "original_max_position_embeddings" in scaling:
         # 4.52 derives yarn's factor from the two lengths when both are given (DeepSeek-V3 convention)
@@ -86,97 +71,13 @@ def rope_config(config: SDARConfig) -> SDARConfig:
         params["original_max_position_embeddings"] = original or max_positions
         if original:
             params["factor"] = max_positions / original
-    view = copy.copy(config)
-    view.rope_parameters = params
-    view.standardize_rope_params()
-    view.validate_rope()
-    return view
+    return with_rope_parameters(config, params)
 
 
-class SDARRotaryEmbedding(nn.Module):
+class SDARRotaryEmbedding(RotaryEmbedding):
     """RoPE via transformers' RoPE utilities, configured from SDAR's legacy keys (see `rope_config`)."""
 
-    inv_freq: torch.Tensor
-
-    def __init__(self, config: SDARConfig, device=None):
-        super().__init__()
-        self.config = rope_config(config)
-        self.rope_type = self.config.rope_parameters["rope_type"]
-        self.max_seq_len_cached = config.max_position_embeddings
-        self.original_max_seq_len = config.max_position_embeddings
-        rope_init_fn: Callable = self.compute_default_rope_parameters
-        if self.rope_type != "default":
-            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
-        inv_freq, self.attention_scaling = rope_init_fn(self.config, device)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
-
-    @staticmethod
-    def compute_default_rope_parameters(config, device=None, **kwargs) -> tuple[torch.Tensor, float]:
-        """Plain RoPE: inverse frequencies of `rope_theta` over the head dimension."""
-        base = config.rope_parameters["rope_theta"]
-        dim = config.head_dim
-        inv_freq = 1.0 / (
-            base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim)
-        )
-        return inv_freq, 1.0
-
-    @torch.no_grad()
-    @dynamic_rope_update
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inv_freq = self.inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1).to(x.device)
-        device_type = x.device.type if isinstance(x.device.type, str) and x.device.type != "mps" else "cpu"
-        with torch.autocast(device_type=device_type, enabled=False):  # fp32, as the original
-            freqs = (inv_freq.float() @ position_ids[:, None, :].float()).transpose(1, 2)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            cos = emb.cos() * self.attention_scaling
-            sin = emb.sin() * self.attention_scaling
-        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
-
-
-# Copied from trl_t3d.models.dream.modeling_dream.rotate_half
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1 = x[..., : x.shape[-1] // 2]
-    x2 = x[..., x.shape[-1] // 2 :]
-    return torch.cat((-x2, x1), dim=-1)
-
-
-# Copied from trl_t3d.models.dream.modeling_dream.apply_rotary_pos_emb
-def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim: int = 1):
-    cos = cos.unsqueeze(unsqueeze_dim)
-    sin = sin.unsqueeze(unsqueeze_dim)
-    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
-
-
-# Copied from trl_t3d.models.dream.modeling_dream.repeat_kv
-def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[batch, kv_heads, length, dim] -> [batch, kv_heads * n_rep, length, dim] (grouped-query attention)."""
-    batch, num_key_value_heads, length, head_dim = hidden_states.shape
-    if n_rep == 1:
-        return hidden_states
-    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, length, head_dim)
-    return hidden_states.reshape(batch, num_key_value_heads * n_rep, length, head_dim)
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-):
-    key_states = repeat_kv(key, module.num_key_value_groups)
-    value_states = repeat_kv(value, module.num_key_value_groups)
-    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
-    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value_states)
-    return attn_output.transpose(1, 2).contiguous(), attn_weights
+    rope_view = staticmethod(rope_config)
 
 
 def cached_keys_values(cache: Cache, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -194,13 +95,9 @@ class SDARAttention(nn.Module):
 
     def __init__(self, config: SDARConfig, layer_idx: int):
         super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.head_dim = config.head_dim
-        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.attention_dropout
-        self.is_causal = False
+        init_attention(
+            self, config, layer_idx, config.head_dim, config.num_attention_heads, config.num_key_value_heads
+        )
         self.q_proj = nn.Linear(
             config.hidden_size, config.num_attention_heads * self.head_dim, bias=config.attention_bias
         )
@@ -239,19 +136,7 @@ class SDARAttention(nn.Module):
                 key_states = torch.cat([past[0], key_states], dim=-2)
                 value_states = torch.cat([past[1], value_states], dim=-2)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        attn_output, attn_weights = attend(self, query_states, key_states, value_states, attention_mask, **kwargs)
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
 
@@ -289,6 +174,10 @@ class SDARDecoderLayer(GradientCheckpointingLayer):
 
 
 class SDARPreTrainedModel(PreTrainedModel):
+    """Weights initialize by transformers' default `_init_weights`, as the original: normal(0, initializer_range) for
+    linear and embedding weights, ones for the RMSNorms, and the RoPE buffers (not saved, so rebuilt after
+    `from_pretrained` creates the model on the meta device)."""
+
     config: SDARConfig
     config_class = SDARConfig
     base_model_prefix = "model"
@@ -300,21 +189,6 @@ class SDARPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False  # the mask is the caller's arbitrary 4D pattern, not a flex block mask
     _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": SDARDecoderLayer, "attentions": SDARAttention}
-
-    def _init_weights(self, module: nn.Module) -> None:
-        """Normal(0, initializer_range) for linear and embedding weights, ones for the RMSNorms (as the original), and
-        the RoPE buffers (not saved, so rebuilt after `from_pretrained` creates the model on the meta device)."""
-        if isinstance(module, SDARRMSNorm):
-            init.ones_(module.weight)
-        elif isinstance(module, SDARRotaryEmbedding):
-            rope_init_fn = module.compute_default_rope_parameters
-            if module.rope_type != "default":
-                rope_init_fn = ROPE_INIT_FUNCTIONS[module.rope_type]
-            inv_freq, _ = rope_init_fn(module.config)
-            init.copy_(module.inv_freq, inv_freq)
-            init.copy_(module.original_inv_freq, inv_freq)
-        else:
-            super()._init_weights(module)  # nn.Linear / nn.Embedding: normal(0, initializer_range), zero bias
 
 
 def visible_keys_mask(attention_mask: torch.Tensor, query_length: int, key_length: int) -> torch.Tensor:
@@ -352,24 +226,8 @@ def visible_keys_mask(attention_mask: torch.Tensor, query_length: int, key_lengt
 class SDARModel(SDARPreTrainedModel):
     def __init__(self, config: SDARConfig):
         super().__init__(config)
-        self.padding_idx = config.pad_token_id
-        self.vocab_size = config.vocab_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.layers = nn.ModuleList(
-            [SDARDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
-        )
-        self.norm = SDARRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = SDARRotaryEmbedding(config=config)
-        self.gradient_checkpointing = False
+        init_decoder_stack(self, config, SDARDecoderLayer, SDARRMSNorm, SDARRotaryEmbedding)
         self.post_init()
-
-    # Copied from trl_t3d.models.dream.modeling_dream.DreamBaseModel.get_input_embeddings
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    # Copied from trl_t3d.models.dream.modeling_dream.DreamBaseModel.set_input_embeddings
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
 
     def _attention_mask(self, attention_mask, query_length, key_length, device, dtype):
         """The form the configured attention backend takes: an additive float mask, or a 2D padding mask for flash."""
@@ -457,29 +315,10 @@ class SDARForCausalLM(SDARPreTrainedModel, GenerationMixin):
     _tp_plan = {"lm_head": "colwise_gather_output"}
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
-    # Copied from trl_t3d.models.dream.modeling_dream.DreamModel.__init__ with DreamBaseModel->SDARModel, Dream->SDAR
     def __init__(self, config: SDARConfig):
         super().__init__(config)
-        self.model = SDARModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        init_lm_head(self, config, SDARModel(config))
         self.post_init()
-
-    # Copied from trl_t3d.models.dream.modeling_dream.DreamModel.get_input_embeddings
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    # Copied from trl_t3d.models.dream.modeling_dream.DreamModel.set_input_embeddings
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    # Copied from trl_t3d.models.dream.modeling_dream.DreamModel.get_output_embeddings
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    # Copied from trl_t3d.models.dream.modeling_dream.DreamModel.set_output_embeddings
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head = new_embeddings
 
     @can_return_tuple
     def forward(

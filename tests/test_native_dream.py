@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import torch
+from golden._common import DREAM_ROPE_VARIANTS  # the variants gen_dream.py recorded
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -105,20 +106,7 @@ def test_positional_call_as_in_diffusion_generate(model, golden):
 
 def test_rope_tables_equal_the_original(golden):
     config = DreamConfig.from_pretrained(GOLDEN_DIR)
-    variants = {
-        "default": None,
-        "linear": {"type": "linear", "factor": 2.0},
-        "dynamic": {"rope_type": "dynamic", "factor": 2.0},
-        "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
-        "llama3": {
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 32,
-        },
-    }
-    for name, scaling in variants.items():
+    for name, scaling in DREAM_ROPE_VARIANTS.items():
         rotary = DreamRotaryEmbedding(DreamConfig(**{**config.to_dict(), "rope_scaling": scaling}))
         probe = torch.zeros(1)
         for suffix, length in (("", 40), (".long", 200)):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from golden._common import prefill_then_forward
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
@@ -140,20 +141,7 @@ def test_kv_cache_equal(case):
     pos = torch.arange(3 * BLOCK)[None]
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(
-            input_ids=x[:, : 2 * BLOCK],
-            attention_mask=mask[:, :, : 2 * BLOCK, : 2 * BLOCK],
-            position_ids=pos[:, : 2 * BLOCK],
-            past_key_values=cache,
-            use_cache=True,
-        )
-        out = model(
-            input_ids=x[:, 2 * BLOCK :],
-            attention_mask=mask[:, :, 2 * BLOCK :, :],
-            position_ids=pos[:, 2 * BLOCK :],
-            past_key_values=cache,
-            use_cache=True,
-        )
+        out = prefill_then_forward(model, x, mask, pos, cache, split=2 * BLOCK)  # as gen_llada2.py
     assert cache.get_seq_length() == golden["kv.cache_length"].item()
     assert max_delta(out.logits, golden["kv.logits"]) <= TOL
 

@@ -28,8 +28,10 @@ import shutil
 import sys
 import tempfile
 
+from _common import DREAM_AUTO_MAP, DREAM_ROPE_VARIANTS, missing_files, spread_dream_weights, tiny_dream_config
+
 ORIGINAL_FILES = ("configuration_dream.py", "modeling_dream.py", "generation_utils.py", "tokenization_dream.py")
-AUTO_MAP = {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"}
+AUTO_MAP = DREAM_AUTO_MAP
 SEED = 0
 
 # The tiny tokenizer: a byte-level BPE of BPE_VOCAB_SIZE entries, then Dream's special tokens in the published order
@@ -38,35 +40,8 @@ BPE_VOCAB_SIZE = 300
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|beginoftext|>", "<|mask|>")
 ENDOFTEXT_ID, IM_START_ID, IM_END_ID, BEGINOFTEXT_ID, MASK_ID = range(BPE_VOCAB_SIZE, BPE_VOCAB_SIZE + 5)
 
-# Published Dream-v0 config.json keys with tiny sizes (GQA kept: 4 query heads share 2 key/value heads).
-TINY_CONFIG = {
-    "architectures": ["DreamModel"],
-    "auto_map": AUTO_MAP,
-    "model_type": "Dream",
-    "vocab_size": 320,
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "hidden_act": "silu",
-    "max_position_embeddings": 128,
-    "initializer_range": 0.02,
-    "rms_norm_eps": 1e-06,
-    "rope_theta": 1000000.0,
-    "rope_scaling": None,
-    "use_sliding_window": False,
-    "sliding_window": None,
-    "max_window_layers": 28,
-    "attention_dropout": 0.0,
-    "tie_word_embeddings": False,
-    "use_cache": True,
-    "torch_dtype": "float32",
-    "mask_token_id": MASK_ID,
-    "pad_token_id": ENDOFTEXT_ID,
-    "bos_token_id": ENDOFTEXT_ID,
-    "eos_token_id": ENDOFTEXT_ID,
-}
+# The published Dream-v0 config.json keys, tiny sizes.
+TINY_CONFIG = tiny_dream_config(vocab_size=320, rope_theta=1000000.0, mask_id=MASK_ID, endoftext_id=ENDOFTEXT_ID)
 
 # Published generation_config.json keys (Dream's own `from_pretrained` requires the file), tiny ids.
 GENERATION_CONFIG = {
@@ -85,20 +60,7 @@ GENERATION_CONFIG = {
     "top_p": None,
 }
 
-# RoPE variants whose cos/sin tables the original computes (the published checkpoints use `rope_scaling: null`).
-ROPE_VARIANTS = {
-    "default": None,
-    "linear": {"type": "linear", "factor": 2.0},
-    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
-    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
-    "llama3": {
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 32,
-    },
-}
+ROPE_VARIANTS = DREAM_ROPE_VARIANTS  # their cos/sin tables (the published checkpoints use `rope_scaling: null`)
 
 # diffusion_generate calls (greedy) recorded for the native decoder (issue 11).
 GENERATE_STEPS = (4, 8)
@@ -152,7 +114,7 @@ def parse_args():
         "golden inputs (default: the golden logits, for a student saved from the golden weights unchanged)",
     )
     args = parser.parse_args()
-    missing = [f for f in ORIGINAL_FILES if not os.path.isfile(os.path.join(args.original, f))]
+    missing = missing_files(args.original, ORIGINAL_FILES)
     if missing:
         parser.error(f"--original {args.original} lacks {missing}")
     return args
@@ -175,16 +137,7 @@ def checkpoint_with_code(source_dir: str | None, original: str, workdir: str, co
 
 def spread_weights(model, torch):
     """Weights of order one (the 0.02 init gives near-uniform logits, which would hide mismatches)."""
-    generator = torch.Generator().manual_seed(SEED)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if name.endswith("norm.weight"):
-                param.copy_(1.0 + 0.2 * noise)
-            elif name.endswith("bias"):
-                param.copy_(0.2 * noise)
-            else:
-                param.copy_(noise / param.shape[-1] ** 0.5)
+    spread_dream_weights(model, SEED)
 
 
 def forward_cases(torch, config):

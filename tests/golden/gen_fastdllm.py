@@ -21,6 +21,8 @@ import json
 import os
 import sys
 
+from _common import missing_files, store_sequences
+
 SEED = 0
 MASK_ID, EOS_ID = 126, 125  # LLaDA's mask / EOS roles in a tiny vocabulary (published: 126336 / 126081)
 AUTO_MAP = {
@@ -91,9 +93,10 @@ def parse_args():
     parser.add_argument("--original", required=True, help="a copy of Fast-dLLM's llada/ (generate.py + model/)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastdllm"))
     args = parser.parse_args()
-    for name in ("generate.py", "model/modeling_llada.py", "model/configuration_llada.py"):
-        if not os.path.isfile(os.path.join(args.original, name)):
-            parser.error(f"--original {args.original} lacks {name}")
+    for name in missing_files(
+        args.original, ("generate.py", "model/modeling_llada.py", "model/configuration_llada.py")
+    ):
+        parser.error(f"--original {args.original} lacks {name}")
     return args
 
 
@@ -157,10 +160,8 @@ def main():
                         mask_id=MASK_ID,
                         threshold=threshold,
                     )
-                if bool((sequences == MASK_ID).any()):
-                    raise RuntimeError(f"{name}/{row}/{method} left a mask token in its output")
                 key = f"{name}/{row}/{method}"
-                tensors[f"{key}/sequences"] = sequences.contiguous()
+                store_sequences(tensors, key, sequences, MASK_ID)
                 tensors[f"{key}/nfe"] = torch.tensor([int(nfe)])
                 print(f"{key}: nfe {nfe}, tokens per forward {gen_length / nfe:.2f}")
         cases.append(

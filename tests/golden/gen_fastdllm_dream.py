@@ -27,39 +27,13 @@ import shutil
 import tempfile
 import types
 
+from _common import missing_files, spread_dream_weights, store_sequences, tiny_dream_config
+
 ORIGINAL_FILES = ("configuration_dream.py", "modeling_dream.py", "generation_utils.py", "generation_utils_block.py")
-AUTO_MAP = {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"}
 SEED = 0
 EOS_ID, MASK_ID = 126, 127  # Dream's <|endoftext|> (pad/bos/eos) and <|mask|> roles in a tiny vocabulary
-# Published Dream-v0 config.json keys with tiny sizes (GQA kept: 4 query heads share 2 key/value heads).
-TINY_CONFIG = {
-    "architectures": ["DreamModel"],
-    "auto_map": AUTO_MAP,
-    "model_type": "Dream",
-    "vocab_size": 128,
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "hidden_act": "silu",
-    "max_position_embeddings": 128,
-    "initializer_range": 0.02,
-    "rms_norm_eps": 1e-06,
-    "rope_theta": 10000.0,
-    "rope_scaling": None,
-    "use_sliding_window": False,
-    "sliding_window": None,
-    "max_window_layers": 28,
-    "attention_dropout": 0.0,
-    "tie_word_embeddings": False,
-    "use_cache": True,
-    "torch_dtype": "float32",
-    "mask_token_id": MASK_ID,
-    "pad_token_id": EOS_ID,
-    "bos_token_id": EOS_ID,
-    "eos_token_id": EOS_ID,
-}
+# The published Dream-v0 config.json keys, tiny sizes.
+TINY_CONFIG = tiny_dream_config(vocab_size=128, rope_theta=10000.0, mask_id=MASK_ID, endoftext_id=EOS_ID)
 # (name, prompt seed, prompt lengths, gen_length, block_length, steps, alg, threshold). Fast-dLLM decodes one prompt
 # at a time (its padded path is not usable with a cache); prompts of different lengths let the test decode them as one
 # left-padded batch. "steps = gen_length" is "one token per step" and "steps = gen_length / 2" two per step in the
@@ -81,7 +55,7 @@ def parse_args():
     parser.add_argument("--original", required=True, help="a copy of Fast-dLLM's dream/model/ directory")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastdllm_dream"))
     args = parser.parse_args()
-    missing = [f for f in ORIGINAL_FILES if not os.path.isfile(os.path.join(args.original, f))]
+    missing = missing_files(args.original, ORIGINAL_FILES)
     if missing:
         parser.error(f"--original {args.original} lacks {missing}")
     return args
@@ -90,18 +64,8 @@ def parse_args():
 def spread_weights(model, torch):
     """Weights of order one and a sharp output head, so that confidences spread over (0, 1) and a 0.9 threshold
     decides (the 0.02 init gives near-uniform predictions that no threshold passes)."""
-    generator = torch.Generator().manual_seed(SEED)
+    spread_dream_weights(model, SEED, scale=2.0, head_scale=12.0)
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if name.endswith("norm.weight"):
-                param.copy_(1.0 + 0.2 * noise)
-            elif name.endswith("bias"):
-                param.copy_(0.2 * noise)
-            elif name == "lm_head.weight":
-                param.copy_(12.0 * noise / param.shape[-1] ** 0.5)
-            else:
-                param.copy_(2.0 * noise / param.shape[-1] ** 0.5)
         # A trained Dream never predicts the mask token (trl_t3d never proposes it); a zero row keeps its logit at 0,
         # below the best of the others, so the original code never "commits" a mask either.
         model.lm_head.weight[MASK_ID].zero_()
@@ -178,10 +142,8 @@ def main():
                         block_length=block_length,
                         dual_cache=dual_cache,
                     )
-                if bool((sequences == MASK_ID).any()):
-                    raise RuntimeError(f"{name}/{row}/{mode} left a mask token in its output")
                 key = f"{name}/{row}/{mode}"
-                tensors[f"{key}/sequences"] = sequences.contiguous()
+                store_sequences(tensors, key, sequences, MASK_ID)
                 print(f"{key}: {sequences[0, length:].tolist()}")
         cases.append(
             {

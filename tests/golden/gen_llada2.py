@@ -41,7 +41,9 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import _common  # tests/golden/_common.py: this directory is first on sys.path
 import torch
+from _common import build_original, copy_fixture, prefill_then_forward, training_layout
 
 HERE = Path(__file__).parent
 MASK_ID, EOS_ID, PAD_ID = 159, 156, 157  # the tiny vocabulary's last ids play <|mask|>, <|endoftext|>, pad
@@ -178,48 +180,16 @@ class TinyTokenizer:
 
 
 # --------------------------------------------------------------------------------------------- helpers (both envs)
-def left_padding(lengths, total):
-    return torch.stack([torch.arange(total) >= total - n for n in lengths]).long()
-
-
-def positions(valid):
-    return (valid.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def randomize(model, seed):
     """Weights big enough that attention and routing are peaked (mask or routing mistakes show), norms not all ones,
     and a non-zero `expert_bias` (it chooses experts without weighing them)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=gen)
-            param.copy_(1.0 + 0.2 * noise if name.endswith("norm.weight") else 0.3 * noise)
-        for name, buf in model.named_buffers():
-            if name.endswith("expert_bias"):
-                buf.copy_(0.5 * torch.randn(buf.shape, generator=gen))
+    _common.randomize(model, seed, scale=0.3, expert_bias_scale=0.5)
 
 
 def block_mask_additive(total, block):
     """LLaDA2's sampler mask: log of the 0/1 block-lower-triangular mask (0 visible, -inf hidden), (1, 1, T, T)."""
     blocks = torch.arange(total) // block
     return (blocks[None, :] <= blocks[:, None]).float().log()[None, None]
-
-
-def training_mask(prompt_valid, length):
-    """`[prompt, x_0, x_t]` bool mask, completion-aligned blocks: x_t block b sees the prompt, x_0 blocks < b, itself."""
-    batch, prompt_length = prompt_valid.shape
-    n = prompt_length + 2 * length
-    ctx_blocks = (torch.arange(prompt_length + length) - prompt_length).div(BLOCK, rounding_mode="floor")
-    noisy_blocks = torch.arange(length) // BLOCK
-    allowed = torch.zeros(n, n, dtype=torch.bool)
-    allowed[: prompt_length + length, : prompt_length + length] = ctx_blocks[None, :] <= ctx_blocks[:, None]
-    allowed[prompt_length + length :, : prompt_length + length] = ctx_blocks[None, :] < noisy_blocks[:, None]
-    allowed[prompt_length + length :, prompt_length + length :] = noisy_blocks[None, :] == noisy_blocks[:, None]
-    key_valid = torch.cat([prompt_valid.bool(), torch.ones(batch, 2 * length, dtype=torch.bool)], dim=1)
-    allowed = allowed[None] & key_valid[:, None, :]
-    rows, queries = (~allowed.any(-1)).nonzero(as_tuple=True)
-    allowed[rows, queries, queries] = True
-    return allowed[:, None]
 
 
 def golden_cases(model, cache_class):
@@ -247,14 +217,7 @@ def golden_cases(model, cache_class):
     out |= {"sampler.input_ids": x, "sampler.attention_mask": mask, "sampler.logits": res.logits}
 
     # (c) the T3D training layout [prompt, x_0, x_t] under a 4D bool mask, left-padded prompts, explicit positions
-    prompt_valid = left_padding([4, 6], 6)
-    length = 8
-    prompt, clean = ids(2, 6), ids(2, length)
-    noisy = torch.where(torch.rand(2, length, generator=gen) < 0.5, torch.full_like(clean, MASK_ID), clean)
-    x = torch.cat([prompt, clean, noisy], dim=1)
-    allowed = training_mask(prompt_valid, length)
-    ctx_positions = positions(torch.cat([prompt_valid, torch.ones(2, length, dtype=torch.long)], dim=1))
-    pos = torch.cat([ctx_positions, ctx_positions[:, 6:]], dim=1)
+    x, allowed, pos = training_layout(ids, gen, MASK_ID, BLOCK)
     res = model(input_ids=x, attention_mask=allowed, position_ids=pos, use_cache=False)
     out |= {"block_bool.input_ids": x, "block_bool.attention_mask": allowed, "block_bool.position_ids": pos}
     out["block_bool.logits"] = res.logits
@@ -264,20 +227,7 @@ def golden_cases(model, cache_class):
     mask = block_mask_additive(3 * BLOCK, BLOCK)
     cache = cache_class()
     pos = torch.arange(3 * BLOCK)[None]
-    model(
-        input_ids=x[:, : 2 * BLOCK],
-        attention_mask=mask[:, :, : 2 * BLOCK, : 2 * BLOCK],
-        position_ids=pos[:, : 2 * BLOCK],
-        past_key_values=cache,
-        use_cache=True,
-    )
-    res = model(
-        input_ids=x[:, 2 * BLOCK :],
-        attention_mask=mask[:, :, 2 * BLOCK :, :],
-        position_ids=pos[:, 2 * BLOCK :],
-        past_key_values=cache,
-        use_cache=True,
-    )
+    res = prefill_then_forward(model, x, mask, pos, cache, split=2 * BLOCK)
     out |= {"kv.input_ids": x, "kv.logits": res.logits, "kv.cache_length": torch.tensor(cache.get_seq_length())}
     return {k: v.detach().contiguous() for k, v in out.items()}
 
@@ -308,13 +258,7 @@ def make_checkpoint(transformers, original: Path, files, config: dict, checkpoin
         if not (original / name).is_file():
             raise SystemExit(f"{original} lacks {name}: extract the original files there first.")
         shutil.copy(original / name, checkpoint / name)
-    (checkpoint / "config.json").write_text(json.dumps(config, indent=2))
-    cfg = transformers.AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, trust_remote_code=True)
-    randomize(model, seed)
-    model.save_pretrained(checkpoint)
-    return transformers.AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    return build_original(transformers, checkpoint, config, randomize, seed)
 
 
 class Float32Masks(torch.nn.Module):
@@ -388,9 +332,7 @@ def write_fixture(args) -> None:
         ):
             sys.path.insert(0, str(original.parent))
             model = make_checkpoint(transformers, original, FILES[version], config, work / version, seed=0)
-            target.mkdir(parents=True, exist_ok=True)
-            for name in ("config.json", "model.safetensors"):
-                shutil.copy(work / version / name, target / name)
+            copy_fixture(work / version, target)
             with torch.no_grad():
                 tensors = golden_cases(model, DynamicCache)
                 tensors |= sampler_cases(model, original, version)
@@ -409,10 +351,7 @@ def write_fixture(args) -> None:
 
 
 def check_student(args) -> None:
-    from safetensors.torch import load_file
-
     original, student = Path(args.original).resolve(), Path(args.check_student)
-    expected = load_file(str(student / "student_logits.safetensors"))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         transformers = load_original(work)
@@ -422,40 +361,23 @@ def check_student(args) -> None:
         shutil.copytree(student, checkpoint)
         for name in FILES["llada2"]:
             shutil.copy(original / name, checkpoint / name)
-        model, info = transformers.AutoModelForCausalLM.from_pretrained(
-            checkpoint, trust_remote_code=True, output_loading_info=True
-        )
-        bad = {k: v for k, v in info.items() if v}
-        if bad:
-            raise SystemExit(f"the original code did not load the student cleanly: {bad}")
-        with torch.no_grad():
-            got = golden_cases(model.eval(), DynamicCache)
-        worst = 0.0
-        for key, want in expected.items():
-            delta = (got[key].float() - want.float()).abs().max().item()
-            worst = max(worst, delta)
-            print(f"{key}: max |delta| = {delta:.3g}")
-        print(f"student {student}: the original code reproduces our logits, worst max |delta| = {worst:.3g}")
-        if worst > 1e-4:
-            raise SystemExit("MISMATCH")
+        _common.check_student(transformers, checkpoint, student, lambda model: golden_cases(model, DynamicCache))
 
 
 # ------------------------------------------------------------------------------------------ the project environment
 def make_student(args) -> None:
     """Load the fixture with our class, change its weights (and expert biases), save it with our logits."""
-    from safetensors.torch import save_file
     from transformers import DynamicCache
 
     from trl_t3d.models.llada2 import LLaDA2MoeModelLM
 
-    model = LLaDA2MoeModelLM.from_pretrained(args.out)
-    randomize(model, seed=7)
-    model.save_pretrained(args.make_student)
-    with torch.no_grad():
-        cases = golden_cases(model.eval(), DynamicCache)
-    keep = {k: v for k, v in cases.items() if k.endswith("logits") or ".router_logits." in k}
-    save_file(keep, f"{args.make_student}/student_logits.safetensors")
-    print(f"wrote {args.make_student} with our outputs for {len(keep)} cases")
+    _common.save_student(
+        LLaDA2MoeModelLM.from_pretrained(args.out),
+        randomize,
+        lambda model: golden_cases(model, DynamicCache),
+        args.make_student,
+        keep=lambda key: key.endswith("logits") or ".router_logits." in key,
+    )
 
 
 def main() -> None:
@@ -463,19 +385,13 @@ def main() -> None:
     parser.add_argument("--original", help="LLaDA2.0's configuration/modeling/sampler .py files")
     parser.add_argument("--original21", help="LLaDA2.1's configuration/modeling/sampler .py files")
     parser.add_argument("--out", default=str(HERE / "llada2"), help="fixture directory")
-    parser.add_argument("--check-student", help="a checkpoint saved by trl_t3d's native LLaDA2 class (old env)")
-    parser.add_argument("--make-student", help="where to save a student made with our class (project env)")
-    args = parser.parse_args()
-    if args.make_student:
-        make_student(args)
-    elif not args.original:
-        parser.error("--original is required to write the fixture or to check a student")
-    elif args.check_student:
-        check_student(args)
-    elif not args.original21:
-        parser.error("--original21 is required to write the fixtures")
-    else:
+
+    def write_fixtures(args):
+        if not args.original21:
+            parser.error("--original21 is required to write the fixtures")
         write_fixture(args)
+
+    _common.run_mode(parser, "LLaDA2", write_fixtures, check_student, make_student)
 
 
 if __name__ == "__main__":

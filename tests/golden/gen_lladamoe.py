@@ -17,12 +17,13 @@ HEAD:dllm/pipelines/llada/models/modeling_lladamoe.py > /tmp/orig_lladamoe/model
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
+import _common  # tests/golden/_common.py: this directory is first on sys.path
 import torch
+from _common import build_original, copy_fixture, left_padding
 
 HERE = Path(__file__).parent
 FILES = ("configuration_lladamoe.py", "modeling_lladamoe.py")
@@ -85,20 +86,9 @@ PLAIN_CONFIG = TINY_CONFIG | {
 }
 
 
-def left_padding(lengths, total):
-    return torch.stack([torch.arange(total) >= total - n for n in lengths]).long()
-
-
 def randomize(model, seed):
     """Peaked weights (mask or routing mistakes show), norms not all ones, a non-zero `expert_bias`."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=gen)
-            param.copy_(1.0 + 0.2 * noise if name.endswith("norm.weight") else 0.3 * noise)
-        for name, buf in model.named_buffers():
-            if name.endswith("expert_bias"):
-                buf.copy_(0.05 * torch.randn(buf.shape, generator=gen))
+    _common.randomize(model, seed, scale=0.3, expert_bias_scale=0.05)
 
 
 def golden_cases(model):
@@ -140,17 +130,9 @@ def write_fixture(args) -> None:
             checkpoint.mkdir()
             for name in FILES:
                 shutil.copy(original / name, checkpoint / name)
-            (checkpoint / "config.json").write_text(json.dumps(config, indent=2))
-            cfg = transformers.AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)
-            torch.manual_seed(0)
-            model = transformers.AutoModelForCausalLM.from_config(cfg, trust_remote_code=True)
-            randomize(model, seed)
-            model.save_pretrained(checkpoint)
-            model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
+            model = build_original(transformers, checkpoint, config, randomize, seed)
             target = out_root / sub if sub else out_root
-            target.mkdir(parents=True, exist_ok=True)
-            for name in ("config.json", "model.safetensors"):
-                shutil.copy(checkpoint / name, target / name)
+            copy_fixture(checkpoint, target)
             with torch.no_grad():
                 tensors = golden_cases(model)
             meta = {"transformers": transformers.__version__, "torch": torch.__version__}
@@ -159,44 +141,20 @@ def write_fixture(args) -> None:
 
 
 def check_student(args) -> None:
-    from safetensors.torch import load_file
-
     transformers = load_original()
     original, student = Path(args.original).resolve(), Path(args.check_student)
-    expected = load_file(str(student / "student_logits.safetensors"))
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "student"
         shutil.copytree(student, checkpoint)
         for name in FILES:
             shutil.copy(original / name, checkpoint / name)
-        model, info = transformers.AutoModelForCausalLM.from_pretrained(
-            checkpoint, trust_remote_code=True, output_loading_info=True
-        )
-        bad = {k: v for k, v in info.items() if v}
-        if bad:
-            raise SystemExit(f"the original code did not load the student cleanly: {bad}")
-        with torch.no_grad():
-            got = golden_cases(model.eval())
-        worst = max((got[k].float() - v.float()).abs().max().item() for k, v in expected.items())
-        print(f"student {student}: the original code reproduces our logits, worst max |delta| = {worst:.3g}")
-        if worst > 1e-4:
-            raise SystemExit("MISMATCH")
+        _common.check_student(transformers, checkpoint, student, golden_cases)
 
 
 def make_student(args) -> None:
-    from safetensors.torch import save_file
-
     from trl_t3d.models.llada_moe import LLaDAMoEModelLM
 
-    model = LLaDAMoEModelLM.from_pretrained(args.out)
-    randomize(model, seed=7)
-    model.save_pretrained(args.make_student)
-    with torch.no_grad():
-        cases = golden_cases(model.eval())
-    save_file(
-        {k: v for k, v in cases.items() if k.endswith("logits")}, f"{args.make_student}/student_logits.safetensors"
-    )
-    print(f"wrote {args.make_student}")
+    _common.save_student(LLaDAMoEModelLM.from_pretrained(args.out), randomize, golden_cases, args.make_student)
 
 
 def main() -> None:
@@ -205,17 +163,7 @@ def main() -> None:
         "--original", help="directory with LLaDA-MoE's configuration_lladamoe.py / modeling_lladamoe.py"
     )
     parser.add_argument("--out", default=str(HERE / "lladamoe"), help="fixture directory")
-    parser.add_argument("--check-student", help="a checkpoint saved by trl_t3d's native LLaDA-MoE class (old env)")
-    parser.add_argument("--make-student", help="where to save a student made with our class (project env)")
-    args = parser.parse_args()
-    if args.make_student:
-        make_student(args)
-    elif not args.original:
-        parser.error("--original is required to write the fixture or to check a student")
-    elif args.check_student:
-        check_student(args)
-    else:
-        write_fixture(args)
+    _common.run_mode(parser, "LLaDA-MoE", write_fixture, check_student, make_student)
 
 
 if __name__ == "__main__":

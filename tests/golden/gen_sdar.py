@@ -31,7 +31,9 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import _common  # tests/golden/_common.py: this directory is first on sys.path
 import torch
+from _common import build_original, copy_fixture, left_padding, positions, training_layout
 
 ORIGINAL_FILES = ("configuration_sdar.py", "modeling_sdar.py")
 AUTO_MAP = {
@@ -161,41 +163,9 @@ def copy_original(original: Path, checkpoint: Path) -> None:
         shutil.copy(original / name, checkpoint / name)
 
 
-def left_padding(lengths, total):
-
-    return torch.stack([torch.arange(total) >= total - n for n in lengths]).long()
-
-
-def positions(valid):
-    return (valid.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def block_of(index, prompt_length):
     """Block index of a position of `[prompt, completion]`: the completion starts block 0, the prompt counts back."""
     return (index - prompt_length) // BLOCK
-
-
-def training_mask(prompt_valid, length):
-    """T3D's `[prompt, x_0, x_t]` mask, 1 = visible: x_t block b sees the prompt, x_0 blocks < b and itself.
-
-    Prompt and x_0 are block-causal; pad keys are hidden; a row left with no visible key sees itself (as T3D's
-    `process_pad` does, so no row is fully masked).
-    """
-
-    batch, prompt_length = prompt_valid.shape
-    n = prompt_length + 2 * length
-    ctx = torch.arange(prompt_length + length)
-    ctx_blocks = block_of(ctx, prompt_length)
-    noisy_blocks = torch.arange(length) // BLOCK
-    allowed = torch.zeros(n, n, dtype=torch.bool)
-    allowed[: prompt_length + length, : prompt_length + length] = ctx_blocks[None, :] <= ctx_blocks[:, None]
-    allowed[prompt_length + length :, : prompt_length + length] = ctx_blocks[None, :] < noisy_blocks[:, None]
-    allowed[prompt_length + length :, prompt_length + length :] = noisy_blocks[None, :] == noisy_blocks[:, None]
-    key_valid = torch.cat([prompt_valid.bool(), torch.ones(batch, 2 * length, dtype=torch.bool)], dim=1)
-    allowed = allowed[None] & key_valid[:, None, :]
-    rows, queries = (~allowed.any(-1)).nonzero(as_tuple=True)
-    allowed[rows, queries, queries] = True
-    return allowed[:, None]
 
 
 def cached_step_mask(key_valid, start, end, prompt_length):
@@ -207,12 +177,7 @@ def cached_step_mask(key_valid, start, end, prompt_length):
 
 def randomize(model, seed):
     """Weights big enough that attention is peaked (so mask mistakes show) and norms that are not all ones."""
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=gen)
-            param.copy_(1.0 + 0.2 * noise if name.endswith("norm.weight") else 0.25 * noise)
+    _common.randomize(model, seed, scale=0.25)
 
 
 def golden_cases(model):
@@ -240,14 +205,7 @@ def golden_cases(model):
     out |= {"padding_2d.input_ids": x, "padding_2d.attention_mask": mask, "padding_2d.logits": res.logits}
 
     # (c) T3D training layout [prompt, x_0, x_t] with a 4D block mask: int64 0/1 as T3D passes it, and bool
-    prompt_valid = left_padding([4, 6], 6)
-    length = 8
-    prompt, clean = ids(2, 6), ids(2, length)
-    noisy = torch.where(torch.rand(2, length, generator=gen) < 0.5, torch.full_like(clean, MASK_ID), clean)
-    x = torch.cat([prompt, clean, noisy], dim=1)
-    allowed = training_mask(prompt_valid, length)
-    ctx_positions = positions(torch.cat([prompt_valid, torch.ones(2, length, dtype=torch.long)], dim=1))
-    pos = torch.cat([ctx_positions, ctx_positions[:, 6:]], dim=1)
+    x, allowed, pos = training_layout(ids, gen, MASK_ID, BLOCK)
     out |= {"block.input_ids": x, "block.position_ids": pos}
     for name, mask in (("block_int", allowed.long()), ("block_bool", allowed)):
         res = model(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=False)
@@ -327,25 +285,16 @@ def write_fixture(args) -> None:
             checkpoint = work / ("checkpoint" + sub)
             checkpoint.mkdir()
             copy_original(original, checkpoint)
-            (checkpoint / "config.json").write_text(json.dumps(TINY_CONFIG | overrides, indent=2))
-            config = transformers.AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)
-            torch.manual_seed(0)
-            model = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=True)
-            randomize(model, seed=0 if not sub else 1)
-            model.save_pretrained(checkpoint)
-            # reload what was saved, so the fixture is exactly what the original code reads back
-            model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
+            model = build_original(transformers, checkpoint, TINY_CONFIG | overrides, randomize, 0 if not sub else 1)
             target = out / sub if sub else out
-            target.mkdir(parents=True, exist_ok=True)
-            for name in ("config.json", "model.safetensors"):
-                shutil.copy(checkpoint / name, target / name)
+            copy_fixture(checkpoint, target)
             with torch.no_grad():
                 tensors = golden_cases(model)
                 if sub:  # the untied variant proves loading; one case is enough
                     tensors = {k: v for k, v in tensors.items() if k.startswith("no_mask.")}
                 else:
                     modeling = sys.modules[type(model).__module__]
-                    tensors |= rope_cases(modeling, type(config))
+                    tensors |= rope_cases(modeling, type(model.config))
             meta = {"transformers": transformers.__version__, "torch": torch.__version__, "block_length": str(BLOCK)}
             meta["mask_token_id"] = str(MASK_ID)
             if not sub:
@@ -356,69 +305,29 @@ def write_fixture(args) -> None:
 
 
 def check_student(args) -> None:
-    from safetensors.torch import load_file
-
     original, student = Path(args.original).resolve(), Path(args.check_student)
-    expected = load_file(str(student / "student_logits.safetensors"))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         transformers = load_original(original, work)
         checkpoint = work / "student"
         shutil.copytree(student, checkpoint)
         copy_original(original, checkpoint)
-        model, info = transformers.AutoModelForCausalLM.from_pretrained(
-            checkpoint, trust_remote_code=True, output_loading_info=True
-        )
-        bad = {k: v for k, v in info.items() if v}
-        if bad:
-            raise SystemExit(f"the original code did not load the student cleanly: {bad}")
-        model.eval()
-        with torch.no_grad():
-            got = golden_cases(model)
-        worst = 0.0
-        for key, want in expected.items():
-            delta = (got[key].float() - want.float()).abs().max().item()
-            worst = max(worst, delta)
-            print(f"{key}: max |delta| = {delta:.3g}")
-        print(f"student {student}: the original code reproduces our logits, worst max |delta| = {worst:.3g}")
-        if worst > 1e-4:
-            raise SystemExit("MISMATCH")
+        _common.check_student(transformers, checkpoint, student, golden_cases)
 
 
 # ------------------------------------------------------------------------------------------ the project environment
 def make_student(args) -> None:
     """Load the fixture with our class, change its weights, save it, and store our logits on the golden inputs."""
-    from safetensors.torch import save_file
-
     from trl_t3d.models.sdar import SDARForCausalLM
 
-    model = SDARForCausalLM.from_pretrained(args.out)
-    randomize(model, seed=7)
-    model.save_pretrained(args.make_student)
-    model.eval()
-    with torch.no_grad():
-        cases = golden_cases(model)
-    save_file(
-        {k: v for k, v in cases.items() if k.endswith("logits")}, f"{args.make_student}/student_logits.safetensors"
-    )
-    print(f"wrote {args.make_student} with our logits for {sum(k.endswith('logits') for k in cases)} cases")
+    _common.save_student(SDARForCausalLM.from_pretrained(args.out), randomize, golden_cases, args.make_student)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--original", help="directory with SDAR's original configuration_sdar.py / modeling_sdar.py")
     parser.add_argument("--out", default=str(Path(__file__).parent / "sdar"), help="fixture directory")
-    parser.add_argument("--check-student", help="a checkpoint saved by trl_t3d's native SDAR class (old env)")
-    parser.add_argument("--make-student", help="where to save a student made with our class (project env)")
-    args = parser.parse_args()
-    if args.make_student:
-        make_student(args)
-    elif not args.original:
-        parser.error("--original is required to write the fixture or to check a student")
-    elif args.check_student:
-        check_student(args)
-    else:
-        write_fixture(args)
+    _common.run_mode(parser, "SDAR", write_fixture, check_student, make_student)
 
 
 if __name__ == "__main__":

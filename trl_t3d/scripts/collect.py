@@ -180,9 +180,7 @@ def read_distill_recipe(config: dict, path: str) -> dict:
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     description = "Collect decoding trajectories (tokens + the step each was committed at) from a diffusion LM."
-    parser = build_parser("collect", DATACLASSES, description, subparsers, prog)
-    parser.t3d_read_recipe = read_distill_recipe
-    return parser
+    return build_parser("collect", DATACLASSES, description, subparsers, prog, read_recipe=read_distill_recipe)
 
 
 if __name__ == "__main__":

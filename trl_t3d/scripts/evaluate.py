@@ -262,9 +262,7 @@ def refuse_distill_recipe(config: dict, path: str) -> dict:
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     description = "Evaluate accuracy and speed per tokens-per-step (JSON report + PNG frontier plot)."
-    parser = build_parser("eval", DATACLASSES, description, subparsers, prog)
-    parser.t3d_read_recipe = refuse_distill_recipe
-    return parser
+    return build_parser("eval", DATACLASSES, description, subparsers, prog, read_recipe=refuse_distill_recipe)
 
 
 if __name__ == "__main__":

@@ -449,8 +449,16 @@ def given_on_command_line(argv: list[str], name: str) -> bool:
     return any(arg.split("=", 1)[0] in spellings for arg in argv)
 
 
-def build_parser(command: str, dataclass_types: tuple, description: str, subparsers=None, prog: str | None = None):
-    """The `TrlParser` of one `trl-t3d` command, standalone or as a subcommand of `subparsers`."""
+def build_parser(
+    command: str,
+    dataclass_types: tuple,
+    description: str,
+    subparsers=None,
+    prog: str | None = None,
+    read_recipe=None,
+):
+    """The `TrlParser` of one `trl-t3d` command, standalone or as a subcommand of `subparsers`; `read_recipe(path)`
+    reads a `--config` that is another command's recipe (the CLI calls it as `parser.t3d_read_recipe`)."""
     from trl import TrlParser
 
     if subparsers is not None:
@@ -460,6 +468,8 @@ def build_parser(command: str, dataclass_types: tuple, description: str, subpars
     else:  # allow_abbrev=False: `--learning_rat` is an unknown flag, not silently `--learning_rate`
         parser = TrlParser(dataclass_types, prog=prog, description=description, allow_abbrev=False)
     parser.t3d_command = command
+    if read_recipe is not None:
+        parser.t3d_read_recipe = read_recipe
     parser.usage = "%(prog)s [-h] [--config RECIPE.yaml] [--<argument> VALUE ...]"  # the full list is below
     _arrange_help(parser, dataclass_types)
     return parser

@@ -14,8 +14,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
 
 
 class RMSNorm(nn.Module):
@@ -220,6 +221,27 @@ def attend(module: nn.Module, query, key, value, attention_mask, **kwargs) -> tu
     )
 
 
+class PreNormDecoderLayer(GradientCheckpointingLayer):
+    """The Llama / Qwen block: `x + self_attn(input_layernorm(x))`, then `+ mlp(post_attention_layernorm(.))`.
+    Subclasses build the four modules; keyword arguments (`cache`, `store_kv`, ...) go to the attention."""
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        attn_output, _ = self.self_attn(
+            self.input_layernorm(hidden_states),
+            position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
+        hidden_states = hidden_states + attn_output
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
 def init_decoder_stack(model: nn.Module, config, layer_class, norm_class, rotary_class, embeddings="embed_tokens"):
     """A base model's modules, in the published order: token embeddings (padding row `pad_token_id`), decoder layers,
     final norm, RoPE tables."""
@@ -237,6 +259,22 @@ def init_lm_head(model: nn.Module, config, base_model: nn.Module) -> None:
     model.model = base_model
     model.vocab_size = config.vocab_size
     model.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+
+def same_position_logits_and_loss(
+    lm_head: nn.Module, hidden_states: torch.Tensor, logits_to_keep, labels: torch.Tensor | None, float32: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits of the kept positions (transformers' `logits_to_keep`; float32 if asked) and, given `labels`, their
+    mean cross-entropy in float32 at the same positions (masked-diffusion convention, no shift; -100 ignored)."""
+    logits = lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
+    if float32:
+        logits = logits.float()
+    loss = None
+    if labels is not None:
+        loss = nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).to(logits.device)
+        )
+    return logits, loss
 
 
 def autocast_dtype(embeds: torch.Tensor) -> torch.dtype:

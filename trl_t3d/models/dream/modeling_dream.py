@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.modeling_utils import slice_logits_to_keep
@@ -26,6 +25,7 @@ from transformers.utils.generic import is_flash_attention_requested
 from transformers.utils.output_capturing import capture_outputs
 
 from ..modeling_common import (
+    PreNormDecoderLayer,
     RMSNorm,
     RotaryEmbedding,
     SwiGLUMLP,
@@ -156,35 +156,13 @@ class DreamMLP(SwiGLUMLP):
     """SwiGLU of `config.intermediate_size`."""
 
 
-class DreamDecoderLayer(GradientCheckpointingLayer):
+class DreamDecoderLayer(PreNormDecoderLayer):
     def __init__(self, config: DreamConfig, layer_idx: int):
         super().__init__()
         self.self_attn = DreamAttention(config=config, layer_idx=layer_idx)
         self.mlp = DreamMLP(config)
         self.input_layernorm = DreamRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = DreamRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: Cache | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        residual = hidden_states
-        hidden_states = self.input_layernorm(hidden_states)
-        hidden_states, _ = self.self_attn(
-            hidden_states=hidden_states,
-            position_embeddings=position_embeddings,
-            attention_mask=attention_mask,
-            cache=cache,
-            **kwargs,
-        )
-        hidden_states = residual + hidden_states
-        residual = hidden_states
-        hidden_states = self.post_attention_layernorm(hidden_states)
-        return residual + self.mlp(hidden_states)
 
 
 class DreamPreTrainedModel(PreTrainedModel):

@@ -41,6 +41,7 @@ from ..modeling_common import (
     init_lm_head,
     legacy_rope_parameters,
     or_config,
+    same_position_logits_and_loss,
     with_rope_parameters,
 )
 from .configuration_llada2_moe import LLaDA2MoeConfig, LLaDA21MoeConfig
@@ -414,14 +415,9 @@ class LLaDA2MoeModelLM(LLaDA2MoePreTrainedModel, GenerationMixin):
             output_router_logits=output_router_logits,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :]).float()
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device)
-            )
+        logits, loss = same_position_logits_and_loss(
+            self.lm_head, outputs.last_hidden_state, logits_to_keep, labels, float32=True
+        )
         return MoeCausalLMOutputWithPast(
             loss=loss,
             aux_loss=None,

@@ -36,6 +36,7 @@ from ..modeling_common import (
     init_decoder_stack,
     init_lm_head,
     or_config,
+    same_position_logits_and_loss,
 )
 from .configuration_lladamoe import LLaDAMoEConfig
 
@@ -289,12 +290,7 @@ class LLaDAMoEModelLM(LLaDAMoEPreTrainedModel):
             output_router_logits=output_router_logits,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).to(logits.device))
+        logits, loss = same_position_logits_and_loss(self.lm_head, outputs.last_hidden_state, logits_to_keep, labels)
         aux_loss = None
         if output_router_logits and outputs.router_logits:
             aux_loss = load_balancing_loss(

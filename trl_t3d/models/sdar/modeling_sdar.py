@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
@@ -29,6 +28,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from ..modeling_common import (
+    PreNormDecoderLayer,
     RMSNorm,
     RotaryEmbedding,
     SwiGLUMLP,
@@ -38,6 +38,7 @@ from ..modeling_common import (
     init_decoder_stack,
     init_lm_head,
     legacy_rope_parameters,
+    same_position_logits_and_loss,
     with_rope_parameters,
 )
 from .configuration_sdar import SDARConfig
@@ -141,7 +142,7 @@ class SDARAttention(nn.Module):
         return self.o_proj(attn_output), attn_weights
 
 
-class SDARDecoderLayer(GradientCheckpointingLayer):
+class SDARDecoderLayer(PreNormDecoderLayer):
     def __init__(self, config: SDARConfig, layer_idx: int):
         super().__init__()
         self.hidden_size = config.hidden_size
@@ -149,28 +150,6 @@ class SDARDecoderLayer(GradientCheckpointingLayer):
         self.mlp = SDARMLP(config)
         self.input_layernorm = SDARRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = SDARRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: Cache | None = None,
-        store_kv: bool = False,
-        **kwargs,
-    ) -> torch.Tensor:
-        residual = hidden_states
-        hidden_states, _ = self.self_attn(
-            self.input_layernorm(hidden_states),
-            position_embeddings=position_embeddings,
-            attention_mask=attention_mask,
-            cache=cache,
-            store_kv=store_kv,
-            **kwargs,
-        )
-        hidden_states = residual + hidden_states
-        residual = hidden_states
-        return residual + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
 class SDARPreTrainedModel(PreTrainedModel):
@@ -352,12 +331,7 @@ class SDARForCausalLM(SDARPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
+        logits, loss = same_position_logits_and_loss(self.lm_head, outputs.last_hidden_state, logits_to_keep, labels)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

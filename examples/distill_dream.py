@@ -8,20 +8,15 @@ Dream's logits are shifted by one position (it was trained from an autoregressiv
 aligns them, so data, trainer and decoder are the same as for LLaDA.
 """
 
+from t3d_defaults import GSM8K, T3D_DEFAULTS  # examples/t3d_defaults.py
+
 from trl_t3d.scripts.distill import main, parse_args_with_defaults
 
 DEFAULTS = dict(
+    T3D_DEFAULTS,
+    **GSM8K,
     model_name_or_path="Dream-org/Dream-v0-Instruct-7B",
-    trust_remote_code=True,
     adapter="dream",  # mask 151666
-    dtype="bfloat16",  # full fine-tuning keeps fp32 master weights of the student (see README, "Precision")
-    dataset_name="openai/gsm8k",
-    dataset_config="main",
-    prompt_column="question",
-    apply_chat_template=True,
-    reasoning_suffix="\nPlease reason step by step, and put your final answer within \\boxed{}.",
-    generation_block_length=4,
-    generation_tokens_per_step=1,
     generation_max_new_tokens=256,
     max_completion_length=256,
     output_dir="Dream-v0-Instruct-7B-T3D",

@@ -13,20 +13,15 @@ loss + the mean-field term; the recipes hold the paper's exact settings) and is 
 `diffusion_generation_config.json`, model card) and pushed with `--push_to_hub`.
 """
 
+from t3d_defaults import GSM8K, T3D_DEFAULTS  # examples/t3d_defaults.py
+
 from trl_t3d.scripts.distill import main, parse_args_with_defaults
 
 DEFAULTS = dict(
+    T3D_DEFAULTS,
+    **GSM8K,
     model_name_or_path="GSAI-ML/LLaDA-8B-Instruct",
-    trust_remote_code=True,
     adapter="llada",  # mask 126336; LoRA targets q_proj k_proj v_proj attn_out ff_proj up_proj ff_out
-    dtype="bfloat16",  # full fine-tuning keeps fp32 master weights of the student (see README, "Precision")
-    dataset_name="openai/gsm8k",
-    dataset_config="main",
-    prompt_column="question",
-    apply_chat_template=True,
-    reasoning_suffix="\nPlease reason step by step, and put your final answer within \\boxed{}.",
-    generation_block_length=4,  # T3D: block 4, one token per step
-    generation_tokens_per_step=1,
     generation_max_new_tokens=256,
     max_completion_length=256,
     activation_checkpointing=False,  # LLaDA's remote code has none

@@ -9,19 +9,16 @@ Block diffusion: trajectories decoded with block 4 (one token per step), the stu
 first (resumable, `<output_dir>/trajectories`); the student is saved and pushed with `--push_to_hub`.
 """
 
+from t3d_defaults import T3D_DEFAULTS  # examples/t3d_defaults.py
+
 from trl_t3d.scripts.distill import main, parse_args_with_defaults
 
 DEFAULTS = dict(
+    T3D_DEFAULTS,
     model_name_or_path="JetLM/SDAR-4B-Chat",
-    trust_remote_code=True,
     adapter="sdar",  # mask <|MASK|> 151669
-    dtype="bfloat16",  # full fine-tuning keeps fp32 master weights of the student (see README, "Precision")
     dataset_name="DigitalLearningGmbH/MATH-lighteval",
     prompt_column="problem",
-    apply_chat_template=True,
-    reasoning_suffix="\nPlease reason step by step, and put your final answer within \\boxed{}.",
-    generation_block_length=4,
-    generation_tokens_per_step=1,
     generation_temperature=0.1,
     generation_max_new_tokens=1024,
     block_length=8,

@@ -54,16 +54,9 @@ def test_one_policy_and_one_reference_forward_per_micro_batch(tmp_path, tok):
 
 
 def test_one_forward_each_with_block_causal_and_peft(tmp_path, tok, sdar_dir):
-    from peft import LoraConfig
 
     args = config(tmp_path, trust_remote_code=True, max_steps=1, mask_ratios=[1.0])  # fully masked states
-    trainer = DDOTrainer(
-        sdar_dir,
-        args=args,
-        train_dataset=trajectories(tok, completion_length=10),
-        processing_class=tok,
-        peft_config=LoraConfig(r=4, lora_alpha=8),
-    )
+    trainer = testing.ddo_trainer(sdar_dir, args, trajectories(tok, completion_length=10), tok, lora=True)
     assert trainer.ref_model is None  # the reference is the base model with adapters disabled: no second model
     root = _Counter(trainer.model.get_base_model())
     trainer.train()
@@ -155,19 +148,13 @@ def test_lora_targets_resolve_to_llada_names(tmp_path, tok, llada_dir, caplog):
 
     args = config(tmp_path, trust_remote_code=True, activation_checkpointing=True)
     with caplog.at_level(logging.WARNING):
-        trainer = DDOTrainer(
-            llada_dir,
-            args=args,
-            train_dataset=trajectories(tok),
-            processing_class=tok,
-            peft_config=LoraConfig(r=4, lora_alpha=8),
-        )
+        trainer = testing.ddo_trainer(llada_dir, args, trajectories(tok), tok, lora=True)
     # Loaded by `load_diffusion_lm`: the native LLaDA class, which checkpoints its blocks, so checkpointing stays on.
     assert type(trainer.model.get_base_model()).__module__.startswith("trl_t3d.models.llada")
     assert trainer.args.activation_checkpointing and "Gradient checkpointing is not supported" not in caplog.text
     assert trainer.adapter.name == "llada"
     targets = set(trainer.model.peft_config["default"].target_modules)
-    assert targets == {"q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"}
+    assert targets == testing.LLADA_LORA_TARGETS
     lora_leaves = {
         n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in trainer.model.named_parameters() if "lora_A" in n
     }
@@ -190,19 +177,12 @@ def test_lora_targets_resolve_to_llada_names(tmp_path, tok, llada_dir, caplog):
 
 def test_qlora_4bit_on_cpu(tmp_path, tok):
     pytest.importorskip("bitsandbytes")
-    from peft import LoraConfig
 
     # Widths are multiples of 64: bitsandbytes' CPU 4-bit kernels (AVX512-BF16 CPUs) quantize in blocks of 64.
     model_dir = testing.save_generic_mlm(str(tmp_path / "generic64"), hidden_size=64)
     quant = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "float32"}
     args = config(tmp_path, model_init_kwargs={"quantization_config": quant, "dtype": "float32"})
-    trainer = DDOTrainer(
-        model_dir,
-        args=args,
-        train_dataset=trajectories(tok),
-        processing_class=tok,
-        peft_config=LoraConfig(r=4, lora_alpha=8),
-    )
+    trainer = testing.ddo_trainer(model_dir, args, trajectories(tok), tok, lora=True)
     assert any(type(m).__name__ == "Linear4bit" for m in trainer.model.modules())
     lora_b = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     assert lora_b and all(not p.any() for p in lora_b.values())  # PEFT's init: the adapter adds zero

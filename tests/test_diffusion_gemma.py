@@ -233,9 +233,8 @@ def test_lora_on_resolved_targets_gets_gradient(tok, adapter):
 
 def test_ddo_trainer_with_lora_runs_one_policy_forward_and_the_reference_forwards_of_its_terms(tmp_path, tok, dg_dir):
     from datasets import Dataset
-    from peft import LoraConfig
 
-    from trl_t3d import DDOConfig, DDOTrainer
+    from trl_t3d import DDOConfig
 
     g = torch.Generator().manual_seed(0)
     rows = [
@@ -259,13 +258,7 @@ def test_ddo_trainer_with_lora_runs_one_policy_forward_and_the_reference_forward
         loss_type="t3d_mf",
         mean_field_queries=4,
     )
-    trainer = DDOTrainer(
-        dg_dir,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tok,
-        peft_config=LoraConfig(r=4, lora_alpha=8),
-    )
+    trainer = testing.ddo_trainer(dg_dir, args, Dataset.from_list(rows), tok, lora=True)
     assert trainer.ref_model is None and trainer.adapter.name == "diffusion_gemma"
     calls = []
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}

@@ -16,15 +16,25 @@ import datasets
 import pytest
 import torch
 
-from trl_t3d import generation
+from trl_t3d import generation, testing
 from trl_t3d.scripts.utils import load_diffusion_model
 from trl_t3d.trajectories import dataset_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["1+1=", "2+3=?", "hello", "abc"]
+# What a saved (or pushed) full student holds: weights, tokenizer, decoding config and card.
+SAVED_STUDENT_FILES = {
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "diffusion_generation_config.json",
+    "README.md",
+}
 
 
 def load_example(name):
+    if str(ROOT / "examples") not in sys.path:  # as `python examples/<name>.py` has it: t3d_defaults.py beside it
+        sys.path.insert(0, str(ROOT / "examples"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -85,13 +95,7 @@ def test_example_end_to_end(example, fixture, family, request, prompts_file, tmp
 
     # 2. the saved student: weights, tokenizer, decoding config, card
     files = set(os.listdir(out))
-    assert {
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "diffusion_generation_config.json",
-        "README.md",
-    } <= files
+    assert SAVED_STUDENT_FILES <= files
     assert "t3d" in (out / "README.md").read_text()
 
     # 3. reload: the same weights as the trained model, different from the teacher's; it decodes
@@ -118,15 +122,7 @@ def test_lora_example_saves_family_targets_and_reloads(llada_dir, prompts_file, 
     )
     module.main(*args)
     adapter_config = json.loads((out / "adapter_config.json").read_text())
-    assert set(adapter_config["target_modules"]) == {
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "attn_out",
-        "ff_proj",
-        "up_proj",
-        "ff_out",
-    }
+    assert set(adapter_config["target_modules"]) == testing.LLADA_LORA_TARGETS
     assert adapter_config["r"] == 4 and "diffusion_generation_config.json" in os.listdir(out)
     student = PeftModel.from_pretrained(load_diffusion_model(llada_dir, trust_remote_code=True), str(out)).eval()
     _, completion = decode_with_saved_config(
@@ -185,13 +181,7 @@ def test_push_to_hub_uploads_the_complete_student(sdar_dir, prompts_file, tmp_pa
     assert calls[0] == ("create_repo", "me/sdar-t3d", {"repo_type": "model", "private": None, "exist_ok": True})
     _, repo_id, repo_type, files, ignore, card, gen = calls[1]
     assert (repo_id, repo_type) == ("me/sdar-t3d", "model")
-    assert {
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "diffusion_generation_config.json",
-        "README.md",
-    } <= set(files)  # the tiny SDAR is trl_t3d's native class: no modeling code to upload
+    assert SAVED_STUDENT_FILES <= set(files)  # the tiny SDAR is trl_t3d's native class: no modeling code to upload
     assert "trajectories/**" in ignore  # the cached trajectories go to their own dataset repo
     assert card.startswith("---\n") and "ddo x 1 (alpha = 0.5, beta = 0.1)" in card
     assert 'repo_id = "me/sdar-t3d"' in card  # the quick start loads what was pushed

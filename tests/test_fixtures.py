@@ -80,7 +80,7 @@ def test_llada_is_native_with_llada_module_names(llada_dir):
     model = AutoModel.from_pretrained(llada_dir).eval()  # no trust_remote_code: our native class
     assert type(model).__name__ == "LLaDAModelLM" and type(model).__module__.startswith("trl_t3d.models.llada")
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    assert {"q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"} <= names
+    assert testing.LLADA_LORA_TARGETS <= names
     assert "o_proj" not in names  # a Llama-style target list would silently miss most layers
     a, b = torch.tensor([[10, 11, 12, 13]]), torch.tensor([[10, 11, 12, 14]])
     assert not torch.allclose(_first_position_logits(model, a), _first_position_logits(model, b))

@@ -129,16 +129,9 @@ def test_t3d_mf_on_block_causal_lora_costs_three_forwards(tmp_path, tok, sdar_di
     """The objective recommended for block-causal families in blocks of 4 (`t3d_mf`) on SDAR with LoRA: the reference
     is the base model with adapters disabled; DDO reads it once and the one default query once more. The cost guard
     of issue #23: 3 forwards per micro-step against T3D's 2 (the 4-query setting ran 6 and cost 1.7-1.9x a T3D step)."""
-    from peft import LoraConfig
 
     args = config(tmp_path, loss_type="t3d_mf", trust_remote_code=True, mask_ratios=[1.0])  # fully masked blocks
-    trainer = DDOTrainer(
-        sdar_dir,
-        args=args,
-        train_dataset=trajectories(tok, completion_length=10),
-        processing_class=tok,
-        peft_config=LoraConfig(r=4, lora_alpha=8),
-    )
+    trainer = testing.ddo_trainer(sdar_dir, args, trajectories(tok, completion_length=10), tok, lora=True)
     assert trainer.loss_terms == {"ddo": 1.0, "path": 0.2, "mean_field": 1.0} and trainer.ref_model is None
     root = _Counter(trainer.model.get_base_model())
     trainer.train()

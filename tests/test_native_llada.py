@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from trl_t3d import testing
 from trl_t3d.models import register_native_models
 from trl_t3d.models.llada import (
     TINY_SPECIAL_TOKEN_IDS,
@@ -334,15 +335,7 @@ def test_adapter_finds_special_ids_from_tiny_tokenizer_and_config(tmp_path):
     assert adapter.mask_token_id == ids["<|mdm_mask|>"]
     assert adapter.pad_token_id == ids["<|endoftext|>"]
     assert set(adapter.eos_token_ids) == {ids["<|endoftext|>"], ids["<|eot_id|>"]}
-    assert set(adapter.resolve_lora_targets(model)) == {
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "attn_out",
-        "ff_proj",
-        "up_proj",
-        "ff_out",
-    }
+    assert set(adapter.resolve_lora_targets(model)) == testing.LLADA_LORA_TARGETS
 
 
 # ---------------------------------------------------------------- the other direction (needs the original code)

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
 
+from trl_t3d import testing
 from trl_t3d.models import register_native_models
 from trl_t3d.models.llada2 import LLaDA2MoeConfig, LLaDA2MoeModel, LLaDA2MoeModelLM, LLaDA21MoeConfig
 from trl_t3d.models.llada2.generation_llada2 import llada2_generate
@@ -380,9 +381,8 @@ def test_collect_distill_full_and_lora_evaluate_and_lm_eval(request, tmp_path, f
     checkpointing, few-step evaluation, lm-eval's generate_until."""
     import datasets
     from lm_eval.api.instance import Instance
-    from peft import LoraConfig
 
-    from trl_t3d import AutoModelForDiffusionLM, DDOConfig, DDOTrainer
+    from trl_t3d import AutoModelForDiffusionLM
     from trl_t3d.collect import collect_trajectories
     from trl_t3d.evaluation import Task, evaluate_few_step
     from trl_t3d.evaluation.lm_eval_backend import DiffusionLMEval
@@ -398,27 +398,11 @@ def test_collect_distill_full_and_lora_evaluate_and_lm_eval(request, tmp_path, f
     )
     assert len(trajectories) == 4 and all(sorted(s for s in r["step_map"] if s >= 0) for r in trajectories)
     for use_peft in (False, True):
-        args = DDOConfig(
-            output_dir=str(tmp_path / f"out{use_peft}"),
-            per_device_train_batch_size=2,
-            max_steps=1,
-            learning_rate=1e-3,
-            report_to="none",
-            save_strategy="no",
-            disable_tqdm=True,
-            activation_checkpointing=True,
-            use_cpu=True,
+        args = testing.quick_ddo_config(
+            tmp_path / f"out{use_peft}", max_steps=1, learning_rate=1e-3, activation_checkpointing=True
         )
-        trainer = DDOTrainer(
-            directory,
-            args=args,
-            train_dataset=trajectories,
-            processing_class=tokenizer,
-            peft_config=LoraConfig(r=4, lora_alpha=8) if use_peft else None,
-        )
-        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-        trainer.train()
-        moved = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+        trainer = testing.ddo_trainer(directory, args, trajectories, tokenizer, lora=use_peft)
+        moved = testing.train_and_list_moved(trainer)
         assert moved and (not use_peft or all("lora_" in n for n in moved))
         assert not use_peft or not any(".mlp.gate." in n for n in moved)  # LoRA leaves the router alone
         assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))

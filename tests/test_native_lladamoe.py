@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from trl_t3d import testing
 from trl_t3d.models import register_native_models
 from trl_t3d.models.llada_moe import LLaDAMoEConfig, LLaDAMoEModelLM
 
@@ -131,10 +132,9 @@ def test_adapter_lora_targets_never_the_router_and_batch_invariance(lladamoe_dir
 
 def test_collect_distill_full_and_lora_evaluate_and_lm_eval(lladamoe_dir, tmp_path):
     import datasets
-    from peft import LoraConfig
     from transformers import AutoTokenizer
 
-    from trl_t3d import AutoModelForDiffusionLM, DDOConfig, DDOTrainer
+    from trl_t3d import AutoModelForDiffusionLM
     from trl_t3d.collect import collect_trajectories
     from trl_t3d.evaluation import Task, evaluate_few_step
     from trl_t3d.generation import DiffusionGenerationConfig
@@ -147,27 +147,11 @@ def test_collect_distill_full_and_lora_evaluate_and_lm_eval(lladamoe_dir, tmp_pa
         teacher, tokenizer, prompts, config, batch_size=2, show_progress=False, apply_chat_template=False
     )
     for use_peft in (False, True):
-        args = DDOConfig(
-            output_dir=str(tmp_path / f"out{use_peft}"),
-            per_device_train_batch_size=2,
-            max_steps=1,
-            learning_rate=1e-3,
-            report_to="none",
-            save_strategy="no",
-            disable_tqdm=True,
-            activation_checkpointing=True,
-            use_cpu=True,
+        args = testing.quick_ddo_config(
+            tmp_path / f"out{use_peft}", max_steps=1, learning_rate=1e-3, activation_checkpointing=True
         )
-        trainer = DDOTrainer(
-            lladamoe_dir,
-            args=args,
-            train_dataset=trajectories,
-            processing_class=tokenizer,
-            peft_config=LoraConfig(r=4, lora_alpha=8) if use_peft else None,
-        )
-        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-        trainer.train()
-        moved = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+        trainer = testing.ddo_trainer(lladamoe_dir, args, trajectories, tokenizer, lora=use_peft)
+        moved = testing.train_and_list_moved(trainer)
         assert moved and (not use_peft or all("lora_" in n for n in moved))
         assert not use_peft or not any(".mlp.gate." in n for n in moved)
         assert not trainer.model.config.output_router_logits  # no router aux loss during distillation

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trl_t3d import AutoModelForDiffusionLM, DDOConfig, DDOTrainer, testing
+from trl_t3d import AutoModelForDiffusionLM, testing
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 # family -> (golden case with no mask, the model class that must load)
@@ -84,30 +84,11 @@ def test_saved_student_keeps_the_published_config_and_the_original_code(tmp_path
 @pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
 @pytest.mark.parametrize("use_peft", [False, True])
 def test_training_with_gradient_checkpointing_on_every_family(request, tmp_path, family, use_peft):
-    from peft import LoraConfig
-
     tokenizer = testing.make_tokenizer()
-    args = DDOConfig(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        max_steps=1,
-        learning_rate=1e-3,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        activation_checkpointing=True,
-        use_cpu=True,
-    )
-    trainer = DDOTrainer(
-        request.getfixturevalue(f"{family}_dir"),
-        args=args,
-        train_dataset=testing.synthetic_trajectories(tokenizer),
-        processing_class=tokenizer,
-        peft_config=LoraConfig(r=4, lora_alpha=8) if use_peft else None,
-    )
+    args = testing.quick_ddo_config(tmp_path / "out", max_steps=1, learning_rate=1e-3, activation_checkpointing=True)
+    model_dir = request.getfixturevalue(f"{family}_dir")
+    trainer = testing.ddo_trainer(model_dir, args, testing.synthetic_trajectories(tokenizer), tokenizer, lora=use_peft)
     base = trainer.model.get_base_model() if use_peft else trainer.model
-    trainable = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-    trainer.train()
+    moved = testing.train_and_list_moved(trainer)
     assert base.is_gradient_checkpointing  # kept on: the native classes checkpoint their layers
-    moved = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, trainable[n])]
     assert moved

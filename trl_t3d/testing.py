@@ -92,6 +92,26 @@ def quick_ddo_config(output_dir, **overrides):
     return DDOConfig(**{**settings, **overrides})
 
 
+def ddo_trainer(model, args, train_dataset, processing_class, lora: bool = False):
+    """A `DDOTrainer`; with `lora`, the small adapter the tests train (`LoraConfig(r=4, lora_alpha=8)`, the adapter's
+    default target modules)."""
+    from peft import LoraConfig
+
+    from .trainer import DDOTrainer
+
+    peft_config = LoraConfig(r=4, lora_alpha=8) if lora else None
+    return DDOTrainer(
+        model, args=args, train_dataset=train_dataset, processing_class=processing_class, peft_config=peft_config
+    )
+
+
+def train_and_list_moved(trainer) -> list[str]:
+    """`trainer.train()`, then the names of the trainable parameters it changed."""
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    return [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+
+
 def make_tokenizer(save_directory: str | None = None):
     """Character-level fast tokenizer: every printable ASCII character is one token."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -173,6 +193,9 @@ save_generic_mlm = _saver(make_generic_mlm)
 # Native families (trl_t3d.models): tiny configs of the classes users load, saved in the Hub layout (config.json with
 # the published `model_type` and `auto_map`), loaded back without remote code.
 # --------------------------------------------------------------------------------------------------
+
+# LLaDA's attention and MLP projections by their published names: the LoRA targets the llada adapter must resolve to.
+LLADA_LORA_TARGETS = frozenset({"q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"})
 
 LLADA_AUTO_MAP = {
     "AutoConfig": "configuration_llada.LLaDAConfig",

@@ -303,19 +303,13 @@ def bidirectional_cache_benchmark(
                     )
             if row:
                 runs[f"batch_{batch}/{name}"] = row
-    result = {
-        "model": f"native LLaDA (LLaDAModelLM), {model.config.n_layers} layers, d_model {model.config.d_model}, "
+    description = (
+        f"native LLaDA (LLaDAModelLM), {model.config.n_layers} layers, d_model {model.config.d_model}, "
         f"vocab {vocab}, {params / 1e6:.1f}M params, random weights, output head x8, {DTYPE}, "
-        f"attention {getattr(model.config, '_attn_implementation', None)}, {DEVICE}",
-        "prompt_length": prompt_length,
-        "max_new_tokens": new_tokens,
-        "block_length": block,
-        "budget_s": f"{budget_s} per run (at least one forward; cached runs time whole blocks from the first)",
-        "runs": runs,
-    }
-    if skipped:
-        result["skipped_past_deadline"] = skipped
-    return result
+        f"attention {getattr(model.config, '_attn_implementation', None)}, {DEVICE}"
+    )
+    budget = f"{budget_s} per run (at least one forward; cached runs time whole blocks from the first)"
+    return _result(description, prompt_length, new_tokens, block, budget, runs, skipped)
 
 
 def block_cache_benchmark(
@@ -355,13 +349,22 @@ def block_cache_benchmark(
                 )
             if row:
                 runs[f"batch_{batch}/{name}"] = row
+    description = (
+        f"{type(model).__name__}, {params / 1e6:.1f}M params, vocab {vocab}, random weights, {DTYPE}, "
+        f"attention {getattr(model.config, '_attn_implementation', None)}, {DEVICE}"
+    )
+    budget = f"{budget_s} per run (cached runs time whole blocks)"
+    return _result(description, prompt_length, new_tokens, block, budget, runs, skipped)
+
+
+def _result(description, prompt_length, new_tokens, block, budget, runs, skipped) -> dict:
+    """A cache benchmark's result: the model, the geometry, the time budget, the runs, what the deadline skipped."""
     result = {
-        "model": f"{type(model).__name__}, {params / 1e6:.1f}M params, vocab {vocab}, random weights, {DTYPE}, "
-        f"attention {getattr(model.config, '_attn_implementation', None)}, {DEVICE}",
+        "model": description,
         "prompt_length": prompt_length,
         "max_new_tokens": new_tokens,
         "block_length": block,
-        "budget_s": f"{budget_s} per run (cached runs time whole blocks)",
+        "budget_s": budget,
         "runs": runs,
     }
     if skipped:

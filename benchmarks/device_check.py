@@ -129,6 +129,12 @@ def train_section(family, lora, geometry, size, budget_s, tok):
     )
 
 
+def _decode_run(cfg, budget_s) -> dict:
+    """The decode benchmarks' shared keywords: the section's geometry, a deadline `budget_s` from now, the log."""
+    geometry = {key: cfg[key] for key in ("prompt_length", "new_tokens", "block")}
+    return dict(geometry, deadline=time.perf_counter() + budget_s, progress=log)
+
+
 def decode_llada_section(cfg, size, budget_s, tok):
     import decode
     import train_step
@@ -141,11 +147,7 @@ def decode_llada_section(cfg, size, budget_s, tok):
             cfg["budget_s"],
             ["1_token_per_step", "threshold_0.9"],
             model=model,
-            prompt_length=cfg["prompt_length"],
-            new_tokens=cfg["new_tokens"],
-            block=cfg["block"],
-            deadline=time.perf_counter() + budget_s,
-            progress=log,
+            **_decode_run(cfg, budget_s),
         )
     finally:
         del model
@@ -160,11 +162,7 @@ def decode_sdar_section(cfg, size, budget_s, tok):
         return decode.block_cache_benchmark(
             model,
             cfg["budget_s"],
-            prompt_length=cfg["prompt_length"],
-            new_tokens=cfg["new_tokens"],
-            block=cfg["block"],
-            deadline=time.perf_counter() + budget_s,
-            progress=log,
+            **_decode_run(cfg, budget_s),
         )
     finally:
         del model

@@ -20,10 +20,8 @@ Writes benchmarks/results/mode_seeking_probe.json.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import sys
 import time
 
@@ -31,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reproduce_small  # noqa: E402  (reuses its SFT and DDO distillation)
+from _common import platform_info, write_payload  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TASK = "two_way_sort"
@@ -195,11 +194,9 @@ def main(argv=None):
         "train_logs": train_logs,
         "timings": timings,
         "total_time_s": time.perf_counter() - start,
-        "platform": {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()},
+        "platform": platform_info(),
     }
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
+    write_payload(args.output, payload, default=str)
     print(f"Wrote {args.output} ({payload['total_time_s']:.0f} s)")
     return payload
 

@@ -19,15 +19,18 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from trl_t3d.adapters import LLaDA2Adapter
-from trl_t3d.models.llada2 import LLaDA2MoeConfig, LLaDA2MoeModelLM
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import peak_bytes  # noqa: E402
+
+from trl_t3d.adapters import LLaDA2Adapter  # noqa: E402
+from trl_t3d.models.llada2 import LLaDA2MoeConfig, LLaDA2MoeModelLM  # noqa: E402
 
 SHAPE = dict(vocab_size=512, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
 MOE = dict(num_experts=16, num_experts_per_tok=2, n_group=4, topk_group=2, moe_intermediate_size=64,
@@ -60,30 +63,6 @@ def step(model, adapter, optimizer, data):
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss
-
-
-def peak_bytes(fn, device) -> int:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated(device) - before
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        prof.export_chrome_trace(f.name)
-        trace = json.load(open(f.name))
-    events = [e["args"] for e in trace["traceEvents"] if e.get("name") == "[memory]"]
-    events = sorted((a for a in events if a.get("Device Type") == 0), key=lambda a: a["Ev Idx"])
-    live = peak = 0
-    for a in events:
-        live += a["Bytes"]
-        peak = max(peak, live)
-    return peak
 
 
 def static_bytes(model, optimizer) -> int:

@@ -72,6 +72,7 @@ except ImportError:  # pragma: no cover - before the move
 
     from trl_t3d.evaluation.tasks import get_task
 
+from _common import collect_toy_trajectories  # noqa: E402
 from task_suite import THRESHOLDS  # noqa: E402  (the suite's threshold-decoding settings)
 
 from trl_t3d.evaluation import Task  # noqa: E402
@@ -388,30 +389,13 @@ def train_teachers(geometry_name: str, seed: int, args, val_tasks: dict):
 
 
 def collect(teacher, tokenizer, geometry: dict, args, seed: int):
-    from datasets import Dataset, concatenate_datasets
-
-    from trl_t3d import DiffusionGenerationConfig, collect_trajectories
+    from trl_t3d import DiffusionGenerationConfig
 
     config = DiffusionGenerationConfig(
         max_new_tokens=geometry["canvas"], block_length=geometry["block"], tokens_per_step=1
     )
-    parts = []
-    for name in args.tasks:
-        task = make_task(name, args.trajectories_per_task, "train", seed + 1, args.sum_operands)
-        prompts = Dataset.from_dict({"prompt_ids": task.prompt_ids(tokenizer)})
-        parts.append(
-            collect_trajectories(
-                teacher,
-                tokenizer,
-                prompts,
-                config,
-                batch_size=256,
-                prompt_column="prompt_ids",
-                teacher_name="toy-teacher",
-                show_progress=False,
-            )
-        )
-    return concatenate_datasets(parts).shuffle(seed=seed)
+    tasks = (make_task(name, args.trajectories_per_task, "train", seed + 1, args.sum_operands) for name in args.tasks)
+    return collect_toy_trajectories(teacher, tokenizer, tasks, lambda task: config).shuffle(seed=seed)
 
 
 class StepTimer:

@@ -29,17 +29,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
 
-from trl_t3d.toy.pretraining import DEFAULT_TEACHER_FLOOR
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import collect_toy_trajectories, platform_info, write_payload  # noqa: E402
+
+from trl_t3d.toy.pretraining import DEFAULT_TEACHER_FLOOR  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TASKS = ("arithmetic", "permutation_skewed")
@@ -109,31 +110,16 @@ def load_or_train_teacher(args):
 
 
 def collect(teacher, tokenizer, args):
-    from datasets import Dataset, concatenate_datasets
-
-    from trl_t3d import DiffusionGenerationConfig, collect_trajectories
+    from trl_t3d import DiffusionGenerationConfig
     from trl_t3d.toy.tasks import get_task
 
-    parts = []
-    for name in args.tasks:
-        task = get_task(name, num_examples=args.num_prompts, split="train", seed=COLLECT_SEED)
-        config = DiffusionGenerationConfig(
+    def config_of(task):
+        return DiffusionGenerationConfig(
             max_new_tokens=task.max_new_tokens, block_length=task.block_length, tokens_per_step=1
         )
-        prompts = Dataset.from_dict({"prompt_ids": task.prompt_ids(tokenizer)})
-        parts.append(
-            collect_trajectories(
-                teacher,
-                tokenizer,
-                prompts,
-                config,
-                batch_size=128,
-                prompt_column="prompt_ids",
-                teacher_name="toy-teacher",
-                show_progress=False,
-            )
-        )
-    return concatenate_datasets(parts)
+
+    tasks = (get_task(name, num_examples=args.num_prompts, split="train", seed=COLLECT_SEED) for name in args.tasks)
+    return collect_toy_trajectories(teacher, tokenizer, tasks, config_of, batch_size=128)
 
 
 def train_sft(teacher, tokenizer, trajectories, args, seed):
@@ -405,10 +391,9 @@ def main(argv=None):
         "reports": {f"{m}_seed{s}": reps for (m, s), reps in per_seed.items()},
         "timings": timings,
         "total_time_s": time.perf_counter() - start,
-        "platform": {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()},
+        "platform": platform_info(),
     }
-    with open(args.output, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
+    write_payload(args.output, payload, default=str)
     print(f"Wrote {args.output} ({payload['total_time_s']:.0f} s)")
     return payload
 

@@ -37,6 +37,9 @@ import zlib
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import collect_toy_trajectories  # noqa: E402
+
 SUITE = ("arithmetic", "reverse", "permutation_skewed", "two_way_sort", "phrase")
 MANY_ANSWER_TASKS = ("permutation_skewed", "two_way_sort", "phrase")
 CANVAS = 16
@@ -190,29 +193,15 @@ def cached_student_results(teacher, tokenizer, trajectories, args, seed: int, me
 
 
 def collect(teacher, tokenizer, args, seed: int):
-    from datasets import Dataset, concatenate_datasets
-
-    from trl_t3d import DiffusionGenerationConfig, collect_trajectories
+    from trl_t3d import DiffusionGenerationConfig
     from trl_t3d.toy.tasks import get_task
 
     config = DiffusionGenerationConfig(max_new_tokens=CANVAS, block_length=4, tokens_per_step=1)
-    parts = []
-    for name in args.tasks:
-        task = get_task(name, num_examples=args.trajectories_per_task, split="train", seed=COLLECT_SEED + seed)
-        prompts = Dataset.from_dict({"prompt_ids": task.prompt_ids(tokenizer)})
-        parts.append(
-            collect_trajectories(
-                teacher,
-                tokenizer,
-                prompts,
-                config,
-                batch_size=256,
-                prompt_column="prompt_ids",
-                teacher_name="toy-teacher",
-                show_progress=False,
-            )
-        )
-    return concatenate_datasets(parts).shuffle(seed=seed)
+    tasks = (
+        get_task(name, num_examples=args.trajectories_per_task, split="train", seed=COLLECT_SEED + seed)
+        for name in args.tasks
+    )
+    return collect_toy_trajectories(teacher, tokenizer, tasks, lambda task: config).shuffle(seed=seed)
 
 
 def student_config(args, seed: int, method: str, output_dir: str):

@@ -12,14 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 
 import torch
 
-from trl_t3d.evaluation import evaluate_few_step, markdown_table, plot_frontier
-from trl_t3d.toy.pretraining import make_toy_teacher
-from trl_t3d.toy.tasks import get_task
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import platform_info, write_payload  # noqa: E402
+
+from trl_t3d.evaluation import evaluate_few_step, markdown_table, plot_frontier  # noqa: E402
+from trl_t3d.toy.pretraining import make_toy_teacher  # noqa: E402
+from trl_t3d.toy.tasks import get_task  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -80,11 +83,9 @@ def main():
         "checks": checks,
         "reports": reports,
         "total_time_s": time.perf_counter() - start,
-        "platform": {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()},
+        "platform": platform_info(),
     }
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(payload, f, indent=2)
+    write_payload(args.output, payload)
     plot_frontier({"teacher": reports}, args.output.replace(".json", ".png"))
     print(markdown_table({"teacher": reports}))
     print(f"Wrote {args.output} in {payload['total_time_s']:.0f} s.")

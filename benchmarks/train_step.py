@@ -50,6 +50,7 @@ import gc
 import json
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -57,6 +58,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import peak_bytes  # noqa: E402
 
 from trl_t3d import DDOConfig, DDOTrainer, testing  # noqa: E402
 from trl_t3d.losses import ddo_loss  # noqa: E402
@@ -243,34 +247,8 @@ def static_bytes(*objects) -> int:
 
 
 def dynamic_peak(step_fn, device=None) -> int:
-    """Peak of live CPU-allocator bytes during `step_fn`, from the profiler's per-allocation `[memory]` events."""
-    import tempfile
-
-    device = device or DEVICE
-    if device.type == "cuda":  # on GPU the caching allocator keeps exact stats
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step_fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated(device) - before
-
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step_fn()
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        prof.export_chrome_trace(f.name)
-        trace = json.load(open(f.name))
-    events = [
-        e["args"] for e in trace["traceEvents"] if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0
-    ]
-    events.sort(key=lambda a: a["Ev Idx"])
-    live = peak = 0
-    for a in events:
-        live += a["Bytes"]
-        peak = max(peak, live)
-    return peak
+    """Peak memory of `step_fn` above what was live before (`_common.peak_bytes`), on `device` (default DEVICE)."""
+    return peak_bytes(step_fn, device or DEVICE)
 
 
 def run_method(name, loss_fn, model, ref_model, batch, steps, extra_static=()):

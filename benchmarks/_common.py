@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import tempfile
+import time
 
 import torch
 
@@ -21,6 +22,15 @@ def write_payload(path: str, payload: dict, **dump_kwargs) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=2, **dump_kwargs)
+
+
+def finish_run(path: str, payload: dict, start: float, **dump_kwargs) -> dict:
+    """Add the run's total time (since `start`, a `time.perf_counter()`) and `platform_info()` to `payload`, write it
+    to `path` (`write_payload`) and say so; returns the payload."""
+    payload |= {"total_time_s": time.perf_counter() - start, "platform": platform_info()}
+    write_payload(path, payload, **dump_kwargs)
+    print(f"Wrote {path} ({payload['total_time_s']:.0f} s)")
+    return payload
 
 
 def peak_bytes(fn, device) -> int:

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reproduce_small  # noqa: E402  (reuses its SFT and DDO distillation)
-from _common import platform_info, write_payload  # noqa: E402
+from _common import finish_run  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TASK = "two_way_sort"
@@ -193,12 +193,8 @@ def main(argv=None):
         "reports": reports,
         "train_logs": train_logs,
         "timings": timings,
-        "total_time_s": time.perf_counter() - start,
-        "platform": platform_info(),
     }
-    write_payload(args.output, payload, default=str)
-    print(f"Wrote {args.output} ({payload['total_time_s']:.0f} s)")
-    return payload
+    return finish_run(args.output, payload, start, default=str)
 
 
 if __name__ == "__main__":

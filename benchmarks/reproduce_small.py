@@ -38,7 +38,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import collect_toy_trajectories, platform_info, write_payload  # noqa: E402
+from _common import collect_toy_trajectories, finish_run  # noqa: E402
 
 from trl_t3d.toy.pretraining import DEFAULT_TEACHER_FLOOR  # noqa: E402
 
@@ -390,12 +390,8 @@ def main(argv=None):
         "train_logs": train_logs,
         "reports": {f"{m}_seed{s}": reps for (m, s), reps in per_seed.items()},
         "timings": timings,
-        "total_time_s": time.perf_counter() - start,
-        "platform": platform_info(),
     }
-    write_payload(args.output, payload, default=str)
-    print(f"Wrote {args.output} ({payload['total_time_s']:.0f} s)")
-    return payload
+    return finish_run(args.output, payload, start, default=str)
 
 
 if __name__ == "__main__":

@@ -139,22 +139,12 @@ def test_dataset_without_prompt_column_names_the_columns_found(generic_dir, tmp_
 
 
 def test_unknown_model_family_lists_the_supported_ones(tmp_path, prompts_file):
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from trl_t3d import testing
 
     causal_dir = str(tmp_path / "causal-llama")
     tok = testing.make_tokenizer(causal_dir)
-    LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-    ).save_pretrained(causal_dir)
+    testing.tiny_llama(len(tok)).save_pretrained(causal_dir)
     # a causal LM of no known family: refused with both fixes (name the family, or declare bidirectional attention)
     with pytest.raises(
         ValueError, match=r"attends causally.*adapter=.*'dream'.*'llada'.*'sdar'.*model.config.is_causal = False"

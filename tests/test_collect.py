@@ -208,7 +208,7 @@ def test_dataset_without_prompt_column_names_the_columns_found(model, tok):
 
 def test_missing_mask_token_is_a_clear_error():
     from tokenizers import Tokenizer, models
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<eos>": 1, "a": 2, "b": 3}
     no_mask_tok = PreTrainedTokenizerFast(
@@ -216,18 +216,10 @@ def test_missing_mask_token_is_a_clear_error():
         pad_token="<pad>",
         eos_token="<eos>",
     )
-    config = LlamaConfig(
-        vocab_size=4,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        is_causal=False,
-    )
+    model = testing.tiny_llama(4, is_causal=False)
     with pytest.raises(ValueError, match="No mask token.*mask_token_id"):
         collect_trajectories(
-            LlamaForCausalLM(config),
+            model,
             no_mask_tok,
             datasets.Dataset.from_dict({"prompt": ["ab"]}),
             DiffusionGenerationConfig(max_new_tokens=4, block_length=4),

@@ -5,36 +5,14 @@ import json
 import os
 
 import pytest
-import torch
 from transformers import AutoTokenizer
 
 from trl_t3d import AutoModelForDiffusionLM
+from trl_t3d.testing import plain_loop_completion
 from trl_t3d.toy import demo
 from trl_t3d.toy.demo import parse_args, run_demo
 from trl_t3d.toy.pretraining import TeacherBelowFloorError, check_teacher_floor
 from trl_t3d.toy.tasks import get_task
-
-
-def _plain_loop_completion(model, tokenizer, prompt, length, block, per_step):
-    """Greedy block decoding written without the decoder: blocks left to right, one unpadded full forward per step,
-    the `per_step` most confident masked positions of the block (probability of the argmax, the mask never
-    proposed) take their argmax, until an EOS has everything before it decided. Returns (text up to EOS, forwards)."""
-    context, mask, eos = tokenizer(prompt)["input_ids"], tokenizer.mask_token_id, tokenizer.eos_token_id
-    state, forwards = [mask] * length, 0
-    for start in range(0, length, block):
-        while mask in state[start : start + block]:
-            with torch.no_grad():
-                logits = model(input_ids=torch.tensor([context + state])).logits[0, len(context) :]
-            forwards += 1
-            probs = torch.softmax(logits.double(), -1)
-            probs[:, mask] = -1.0
-            confidence, tokens = probs.max(-1)
-            undecided = [i for i in range(start, start + block) if state[i] == mask]
-            for i in sorted(undecided, key=lambda i: -confidence[i].item())[:per_step]:
-                state[i] = int(tokens[i])
-            if eos in state and mask not in state[: state.index(eos)]:
-                return tokenizer.decode(state[: state.index(eos)], skip_special_tokens=True), forwards
-    return tokenizer.decode(state, skip_special_tokens=True), forwards
 
 
 def test_demo_pipeline_runs_end_to_end(tmp_path):
@@ -69,7 +47,10 @@ def test_demo_pipeline_runs_end_to_end(tmp_path):
             for x in r["results"]:
                 k = x["tokens_per_step"]
                 texts, forwards = zip(
-                    *(_plain_loop_completion(model, tokenizer, p, task.max_new_tokens, 4, k) for p in task.prompts)
+                    *(
+                        plain_loop_completion(model, tokenizer, p, task.max_new_tokens, k, block=4)
+                        for p in task.prompts
+                    )
                 )
                 assert x["accuracy"] == sum(task.verify(t, i) for i, t in enumerate(texts)) / 16, (label, r["task"], k)
                 assert x["nfe"] == sum(forwards) / 16, (label, r["task"], k)  # forwards until each sample's EOS

@@ -326,30 +326,6 @@ def tiny_model(tokenizer):
     return testing.make_generic_mlm(tokenizer, hidden_size=32, num_layers=2, seed=0)
 
 
-def _plain_loop_completion(model, tokenizer, prompt, length, per_step, eos=None):
-    """Greedy decoding written without the decoder: one unpadded full forward per step, the `per_step` most confident
-    masked positions (probability of the argmax, the mask never proposed) take their argmax; with `eos`, it stops
-    once an `eos` has everything before it decided. Returns (the text up to EOS, forwards run)."""
-    context, mask = tokenizer(prompt)["input_ids"], tokenizer.mask_token_id
-    eos = tokenizer.eos_token_id if eos is None else eos
-    state, forwards = [mask] * length, 0
-    while mask in state:
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([context + state])).logits[0, len(context) :]
-        forwards += 1
-        probs = torch.softmax(logits.double(), -1)
-        probs[:, mask] = -1.0
-        confidence, tokens = probs.max(-1)
-        undecided = [i for i in range(length) if state[i] == mask]
-        for i in sorted(undecided, key=lambda i: -confidence[i].item())[:per_step]:
-            state[i] = int(tokens[i])
-        if eos in state and mask not in state[: state.index(eos)]:
-            break
-    if eos in state:
-        state = state[: state.index(eos)]
-    return tokenizer.decode(state, skip_special_tokens=True), forwards
-
-
 def test_evaluate_few_step_reports_nfe_consistent_with_tokens_per_step(tiny_model, tokenizer, tmp_path):
     task = arithmetic_task(6, seed=0)
     settings = dict(generation_config={"max_new_tokens": 8, "block_length": 8, "stop_at_eos": False}, batch_size=4)
@@ -366,7 +342,8 @@ def test_evaluate_few_step_reports_nfe_consistent_with_tokens_per_step(tiny_mode
     )
     assert [r["tokens_per_step"] for r in report["results"]] == [1, 2, 4, 8]
     plain = {
-        k: [_plain_loop_completion(tiny_model, tokenizer, p, 8, k)[0] for p in task.prompts] for k in (1, 2, 4, 8)
+        k: [testing.plain_loop_completion(tiny_model, tokenizer, p, 8, k)[0] for p in task.prompts]
+        for k in (1, 2, 4, 8)
     }
     for r in report["results"]:
         k = r["tokens_per_step"]
@@ -400,7 +377,10 @@ def test_nfe_counts_every_forward_a_sample_ran_before_its_eos(tiny_model, tokeni
         num_samples_logged=6,
     )  # fmt: skip
     for r in report["results"]:
-        plain = [_plain_loop_completion(tiny_model, tokenizer, p, 8, r["tokens_per_step"], eos) for p in task.prompts]
+        plain = [
+            testing.plain_loop_completion(tiny_model, tokenizer, p, 8, r["tokens_per_step"], eos=eos)
+            for p in task.prompts
+        ]
         assert [s["completion"] for s in r["samples"]] == [text for text, _ in plain]
         assert r["nfe"] == sum(forwards for _, forwards in plain) / 6
     assert report["results"][0]["nfe"] < 8  # the EOS stop saved forwards

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, LlamaForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
 import trl_t3d
@@ -319,16 +319,7 @@ def test_bad_inputs_raise(generic, tokenizer):
         diffusion_generate(generic, ids, max_new_tokens=6, block_length=4)
     with pytest.raises(ValueError, match="Unknown decoding arguments"):
         diffusion_generate(generic, ids, max_new_tokens=4, blocklength=4)
-    causal = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=32,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-    )
+    causal = testing.tiny_llama(32)
     with pytest.raises(ValueError, match='adapter="generic"'):
         diffusion_generate(causal, ids, max_new_tokens=4)
     causal.config.is_causal = False  # bidirectional, but no mask token anywhere

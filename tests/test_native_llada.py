@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from golden._common import needs_original
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -339,11 +340,7 @@ def test_adapter_finds_special_ids_from_tiny_tokenizer_and_config(tmp_path):
 
 
 # ---------------------------------------------------------------- the other direction (needs the original code)
-@pytest.mark.skipif(
-    not (os.environ.get("TRL_T3D_LLADA_ORIGINAL") and os.environ.get("TRL_T3D_TF4_PYTHON")),
-    reason="set TRL_T3D_LLADA_ORIGINAL (dir of LLaDA's original .py files) and TRL_T3D_TF4_PYTHON (a python with "
-    "transformers 4.57) to check that the original code loads our saved student",
-)
+@needs_original("TRL_T3D_LLADA_ORIGINAL", "LLaDA")
 def test_original_code_loads_our_student(tmp_path):
     model = load()
     with torch.no_grad():  # a "trained" student: weights moved away from the golden ones

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from golden._common import prefill_then_forward
+from golden._common import check_student_round_trip, needs_original, prefill_then_forward
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
@@ -287,22 +287,9 @@ def test_absolute_block_alignment_is_not_completion_alignment():
 
 
 # ---------------------------------------------------------------- the other direction (needs the original code)
-@pytest.mark.skipif(
-    not (os.environ.get("TRL_T3D_LLADA2_ORIGINAL") and os.environ.get("TRL_T3D_TF4_PYTHON")),
-    reason="set TRL_T3D_LLADA2_ORIGINAL (dir of LLaDA2.0's original .py files) and TRL_T3D_TF4_PYTHON (a python with "
-    "transformers 4.57) to check that the original code loads our saved student",
-)
+@needs_original("TRL_T3D_LLADA2_ORIGINAL", "LLaDA2.0")
 def test_original_code_loads_our_student(tmp_path):
-    script = Path(__file__).parent / "golden" / "gen_llada2.py"
-    student = tmp_path / "student"
-    made = subprocess.run(
-        [sys.executable, str(script), "--make-student", str(student)], capture_output=True, text=True
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
-    command = [os.environ["TRL_T3D_TF4_PYTHON"], str(script), "--original", os.environ["TRL_T3D_LLADA2_ORIGINAL"]]
-    result = subprocess.run([*command, "--check-student", str(student)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    print(result.stdout, file=sys.stderr)
+    check_student_round_trip("gen_llada2.py", "TRL_T3D_LLADA2_ORIGINAL", tmp_path / "student")
 
 
 # ---------------------------------------------------------------- loading through trl_t3d, adapter, pipeline

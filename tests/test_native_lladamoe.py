@@ -1,14 +1,12 @@
 """The native LLaDA-MoE class against the original code (fixtures: tests/golden/gen_lladamoe.py) and in the pipeline."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from golden._common import check_student_round_trip, needs_original
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -168,19 +166,6 @@ def test_collect_distill_full_and_lora_evaluate_and_lm_eval(lladamoe_dir, tmp_pa
     assert isinstance(text, str) and lm.adapter.name == "llada_moe"
 
 
-@pytest.mark.skipif(
-    not (os.environ.get("TRL_T3D_LLADAMOE_ORIGINAL") and os.environ.get("TRL_T3D_TF4_PYTHON")),
-    reason="set TRL_T3D_LLADAMOE_ORIGINAL (dir of LLaDA-MoE's original .py files) and TRL_T3D_TF4_PYTHON (a python "
-    "with transformers 4.57) to check that the original code loads our saved student",
-)
+@needs_original("TRL_T3D_LLADAMOE_ORIGINAL", "LLaDA-MoE")
 def test_original_code_loads_our_student(tmp_path):
-    script = Path(__file__).parent / "golden" / "gen_lladamoe.py"
-    student = tmp_path / "student"
-    made = subprocess.run(
-        [sys.executable, str(script), "--make-student", str(student)], capture_output=True, text=True
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
-    command = [os.environ["TRL_T3D_TF4_PYTHON"], str(script), "--original", os.environ["TRL_T3D_LLADAMOE_ORIGINAL"]]
-    result = subprocess.run([*command, "--check-student", str(student)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    print(result.stdout, file=sys.stderr)
+    check_student_round_trip("gen_lladamoe.py", "TRL_T3D_LLADAMOE_ORIGINAL", tmp_path / "student")

@@ -4,7 +4,6 @@ and evaluation; and a causal LM is refused everywhere with the fix."""
 import datasets
 import pytest
 from tokenizers import processors
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import trl_t3d
 from trl_t3d import (
@@ -125,18 +124,10 @@ def test_family_end_of_turn_tokens_are_resolved_once(tokenizer):
 
 # ---------------------------------------------------------------------------------------------- causal models
 def causal_llama(tok, with_mask_id):
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        mask_token_id=tok.mask_token_id if with_mask_id else None,
-    )
-    return LlamaForCausalLM(config).eval()
+    mask_token_id = tok.mask_token_id if with_mask_id else None
+    return testing.tiny_llama(
+        len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, mask_token_id=mask_token_id
+    ).eval()
 
 
 @pytest.mark.parametrize("with_mask_id", [True, False])

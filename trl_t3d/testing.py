@@ -112,6 +112,33 @@ def train_and_list_moved(trainer) -> list[str]:
     return [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
 
 
+def plain_loop_completion(model, tokenizer, prompt: str, length: int, per_step: int, *, block=None, eos=None):
+    """Greedy block decoding written without the decoder, the tests' reference: blocks of `block` (default: one block
+    of `length`) left to right, one unpadded full forward per step, the `per_step` most confident masked positions of
+    the block (probability of the argmax, the mask never proposed) take their argmax, until an `eos` (default: the
+    tokenizer's) has everything before it decided. Returns (the text up to that EOS, forwards run)."""
+    context, mask = tokenizer(prompt)["input_ids"], tokenizer.mask_token_id
+    eos = tokenizer.eos_token_id if eos is None else eos
+    block = block or length
+    state, forwards = [mask] * length, 0
+    for start in range(0, length, block):
+        while mask in state[start : start + block]:
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([context + state])).logits[0, len(context) :]
+            forwards += 1
+            probs = torch.softmax(logits.double(), -1)
+            probs[:, mask] = -1.0
+            confidence, tokens = probs.max(-1)
+            undecided = [i for i in range(start, min(start + block, length)) if state[i] == mask]
+            for i in sorted(undecided, key=lambda i: -confidence[i].item())[:per_step]:
+                state[i] = int(tokens[i])
+            if eos in state and mask not in state[: state.index(eos)]:
+                return tokenizer.decode(state[: state.index(eos)], skip_special_tokens=True), forwards
+    if eos in state:
+        state = state[: state.index(eos)]
+    return tokenizer.decode(state, skip_special_tokens=True), forwards
+
+
 def make_tokenizer(save_directory: str | None = None):
     """Character-level fast tokenizer: every printable ASCII character is one token."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -170,6 +197,17 @@ def _seeded(model_class, config, seed: int):
     """`model_class(config)` initialized under `seed`, in eval mode."""
     torch.manual_seed(seed)
     return model_class(config).eval()
+
+
+def tiny_llama(vocab_size: int, **config):
+    """A one-layer `LlamaForCausalLM` (hidden size 16, 2 heads) over `vocab_size` tokens, `config` keys on top: the
+    tests' model of no known family (causal unless `is_causal=False`)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sizes = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2
+    )
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **sizes, **config))
 
 
 def _saver(make, note: str = ""):

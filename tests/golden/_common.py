@@ -262,3 +262,34 @@ def run_mode(parser, family: str, write_fixture, check_student, make_student) ->
         check_student(args)
     else:
         write_fixture(args)
+
+
+# ---------------------------------------------------------------- from the tests (project env): the round trip
+def needs_original(variable: str, family: str):
+    """pytest's skip marker for a test that needs `variable` (a directory of `family`'s original .py files) and
+    TRL_T3D_TF4_PYTHON (a python with transformers 4.57)."""
+    import os
+
+    import pytest
+
+    return pytest.mark.skipif(
+        not (os.environ.get(variable) and os.environ.get("TRL_T3D_TF4_PYTHON")),
+        reason=f"set {variable} (dir of {family}'s original .py files) and TRL_T3D_TF4_PYTHON (a python with "
+        "transformers 4.57) to check that the original code loads our saved student",
+    )
+
+
+def check_student_round_trip(script: str, variable: str, student) -> None:
+    """Save a student with our class (`<script> --make-student`, this python), then load it with the original code
+    (`--check-student`, TRL_T3D_TF4_PYTHON with the files of $`variable`), which must reproduce our outputs."""
+    import os
+    import subprocess
+    import sys
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    made = subprocess.run([sys.executable, path, "--make-student", str(student)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stdout + made.stderr
+    command = [os.environ["TRL_T3D_TF4_PYTHON"], path, "--original", os.environ[variable]]
+    result = subprocess.run([*command, "--check-student", str(student)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(result.stdout, file=sys.stderr)

@@ -144,12 +144,7 @@ def test_collect_distill_full_and_lora_evaluate_and_lm_eval(lladamoe_dir, tmp_pa
     trajectories = collect_trajectories(
         teacher, tokenizer, prompts, config, batch_size=2, show_progress=False, apply_chat_template=False
     )
-    for use_peft in (False, True):
-        args = testing.quick_ddo_config(
-            tmp_path / f"out{use_peft}", max_steps=1, learning_rate=1e-3, activation_checkpointing=True
-        )
-        trainer = testing.ddo_trainer(lladamoe_dir, args, trajectories, tokenizer, lora=use_peft)
-        moved = testing.train_and_list_moved(trainer)
+    for use_peft, trainer, moved in testing.one_step_full_and_lora(lladamoe_dir, trajectories, tokenizer, tmp_path):
         assert moved and (not use_peft or all("lora_" in n for n in moved))
         assert not use_peft or not any(".mlp.gate." in n for n in moved)
         assert not trainer.model.config.output_router_logits  # no router aux loss during distillation

@@ -139,6 +139,17 @@ def plain_loop_completion(model, tokenizer, prompt: str, length: int, per_step: 
     return tokenizer.decode(state, skip_special_tokens=True), forwards
 
 
+def one_step_full_and_lora(model, train_dataset, processing_class, output_dir):
+    """One step of full training, then one of LoRA (`ddo_trainer(..., lora=True)`), each with activation
+    checkpointing and learning rate 1e-3: yields (lora, trainer, the names of the parameters the step moved)."""
+    for lora in (False, True):
+        args = quick_ddo_config(
+            os.path.join(output_dir, f"out{lora}"), max_steps=1, learning_rate=1e-3, activation_checkpointing=True
+        )
+        trainer = ddo_trainer(model, args, train_dataset, processing_class, lora=lora)
+        yield lora, trainer, train_and_list_moved(trainer)
+
+
 def make_tokenizer(save_directory: str | None = None):
     """Character-level fast tokenizer: every printable ASCII character is one token."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -336,9 +347,17 @@ def make_sdar(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, num_he
 save_sdar = _saver(make_sdar, "`AutoModelForCausalLM.from_pretrained(dir)` loads it.")
 
 
-def _moe_ids(tokenizer, architecture: str, auto_map: dict) -> dict:
-    """The keys the tiny LLaDA2 and LLaDA-MoE configs share: positions, special ids, architecture and auto_map."""
+def _moe_settings(tokenizer, hidden_size: int, num_layers: int, num_heads: int, architecture: str, auto_map: dict):
+    """The keys the tiny LLaDA2 and LLaDA-MoE configs share: sizes (GQA with half the heads), 8 experts with 2 per
+    token, positions, special ids, architecture and auto_map."""
     return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),
+        num_experts=8,
+        num_experts_per_tok=2,
         max_position_embeddings=1024,
         # the mask id is a convenience: the published configs leave it to the tokenizer
         **_token_ids(tokenizer, "pad", "eos", "mask"),
@@ -374,17 +393,11 @@ def make_llada2(
         "llada21_moe": (LLaDA21MoeConfig, LLaDA21MoeModelLM),
     }[model_type]
     settings = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
+        **_moe_settings(tokenizer, hidden_size, num_layers, num_heads, "LLaDA2MoeModelLM", LLADA2_AUTO_MAP),
         intermediate_size=2 * hidden_size,
         moe_intermediate_size=hidden_size // 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=max(1, num_heads // 2),
         head_dim=hidden_size // num_heads,
-        num_experts=8,
         num_shared_experts=1,
-        num_experts_per_tok=2,
         n_group=4,
         topk_group=2,
         first_k_dense_replace=1,
@@ -392,7 +405,6 @@ def make_llada2(
         attention_dropout=0.0,
         embedding_dropout=0.0,
         output_dropout=0.0,
-        **_moe_ids(tokenizer, "LLaDA2MoeModelLM", LLADA2_AUTO_MAP),
     )
     return _seeded(model_class, config_class(**(settings | overrides)), seed)
 
@@ -416,23 +428,16 @@ def make_lladamoe(
 
     tokenizer = tokenizer or make_tokenizer()
     settings = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
+        **_moe_settings(tokenizer, hidden_size, num_layers, num_heads, "LLaDAMoEModelLM", LLADAMOE_AUTO_MAP),
         dense_intermediate_size=2 * hidden_size,
         expert_intermediate_size=hidden_size // 2,
         shared_expert_intermediate_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=max(1, num_heads // 2),
-        num_experts=8,
-        num_experts_per_tok=2,
         moe_layer_freq=[0] + [1] * (num_layers - 1),
         moe_router_enable_expert_bias=True,
         moe_router_score_function="softmax",
         qk_layernorm=True,
         partial_rotary_factor=0.5,
         rope_theta=50000.0,
-        **_moe_ids(tokenizer, "LLaDAMoEModelLM", LLADAMOE_AUTO_MAP),
     )
     return _seeded(LLaDAMoEModelLM, LLaDAMoEConfig(**(settings | overrides)), seed)
 

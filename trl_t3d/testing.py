@@ -27,6 +27,7 @@ import torch
 PAD, EOS, MASK, BOS = "<|pad|>", "<|eos|>", "<|mask|>", "<|bos|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
 SPECIAL_TOKENS = [PAD, EOS, MASK, BOS, *ROLE_TOKENS]
+SPECIAL_TOKEN_ROLES = {"pad_token": PAD, "eos_token": EOS, "mask_token": MASK, "bos_token": BOS}
 CHARACTERS = list(string.digits + string.ascii_letters + string.punctuation + " \n")
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{% endfor %}"
@@ -161,10 +162,7 @@ def make_tokenizer(save_directory: str | None = None):
     backend.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        pad_token=PAD,
-        eos_token=EOS,
-        mask_token=MASK,
-        bos_token=BOS,
+        **SPECIAL_TOKEN_ROLES,
         additional_special_tokens=ROLE_TOKENS,
         padding_side="left",
         chat_template=CHAT_TEMPLATE,
@@ -179,15 +177,22 @@ def _token_ids(tokenizer, *kinds: str) -> dict:
     return {f"{kind}_token_id": getattr(tokenizer, f"{kind}_token_id") for kind in kinds}
 
 
-def _llama_kwargs(tokenizer, hidden_size: int, num_layers: int, num_heads: int, **extra) -> dict:
+def _decoder_sizes(tokenizer, hidden_size: int, num_layers: int, num_heads: int, num_key_value_heads: int) -> dict:
+    """The sizes of a tiny decoder over the tokenizer's vocabulary: an MLP twice as wide as the model, 1024 positions."""
     return dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
+        num_key_value_heads=num_key_value_heads,
         max_position_embeddings=1024,
+    )
+
+
+def _llama_kwargs(tokenizer, hidden_size: int, num_layers: int, num_heads: int, **extra) -> dict:
+    return dict(
+        **_decoder_sizes(tokenizer, hidden_size, num_layers, num_heads, num_heads),
         **_token_ids(tokenizer, "pad", "eos", "bos", "mask"),
         tie_word_embeddings=False,
         **extra,
@@ -299,13 +304,7 @@ SDAR_AUTO_MAP = {
 def _qwen_kwargs(tokenizer, hidden_size: int, num_layers: int, num_heads: int) -> dict:
     """Qwen2/Qwen3-style keys shared by the tiny Dream and SDAR configs (GQA with half the heads)."""
     return dict(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=max(1, num_heads // 2),
-        max_position_embeddings=1024,
+        **_decoder_sizes(tokenizer, hidden_size, num_layers, num_heads, max(1, num_heads // 2)),
         rope_theta=10000.0,
         tie_word_embeddings=False,
         **_token_ids(tokenizer, "pad", "eos", "bos"),
@@ -636,19 +635,13 @@ def make_diffusion_gemma(
     tokenizer = tokenizer or make_tokenizer()
     head_dim = hidden_size // num_heads
     text_config = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=max(1, num_heads // 2),
+        **_decoder_sizes(tokenizer, hidden_size, num_layers, num_heads, max(1, num_heads // 2)),
         head_dim=head_dim,
         global_head_dim=2 * head_dim,
         num_global_key_value_heads=max(1, num_heads // 2),
         layer_types=["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(num_layers - 1)]
         + ["full_attention"],
         sliding_window=sliding_window,
-        max_position_embeddings=1024,
         num_experts=2,
         top_k_experts=1,
         moe_intermediate_size=hidden_size,

@@ -511,6 +511,33 @@ def test_sampled_texts_under_two_processes_equal_one_process(toy, task_dir, tmp_
     assert len(set(one)) > 1
 
 
+def test_wrapper_indexes_only_the_include_path_that_holds_the_tasks(task_dir, monkeypatch):
+    """With `--include_path` holding every `--tasks` name, lm-eval's thousands of built-in task files are not indexed
+    (5-20 s per process); with a built-in task among them lm-eval's own `TaskManager` runs, and it is restored after."""
+    import lm_eval.__main__
+    import lm_eval.tasks
+
+    from trl_t3d import lm_eval as wrapper
+
+    original, seen = lm_eval.tasks.TaskManager, []
+
+    def cli_evaluate():
+        manager_class = lm_eval.tasks.TaskManager
+        if manager_class is original:
+            seen.append("lm-eval's")
+        else:
+            manager = manager_class(include_path=task_dir)
+            seen.append((TASK in manager.all_tasks, "gsm8k" in manager.all_tasks))
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", cli_evaluate)
+    for tasks in (TASK, f"{TASK},gsm8k"):
+        monkeypatch.setattr(sys, "argv", ["trl_t3d.lm_eval", "--model", "diffusion_lm", "--tasks", tasks,
+                                          "--include_path", task_dir])  # fmt: skip
+        wrapper.main()
+    assert seen == [(True, False), "lm-eval's"]
+    assert lm_eval.tasks.TaskManager is original
+
+
 def test_wrapper_module_registers_the_model(monkeypatch):
     """`python -m trl_t3d.lm_eval` is lm-eval's own command line, with `diffusion_lm` next to lm-eval's models."""
     import lm_eval.__main__

@@ -8,9 +8,7 @@ Dream's logits are shifted by one position (it was trained from an autoregressiv
 aligns them, so data, trainer and decoder are the same as for LLaDA.
 """
 
-from t3d_defaults import GSM8K, T3D_DEFAULTS  # examples/t3d_defaults.py
-
-from trl_t3d.scripts.distill import main, parse_args_with_defaults
+from trl_t3d.scripts.distill import GSM8K, T3D_DEFAULTS, main, parse_args_with_defaults
 
 DEFAULTS = dict(
     T3D_DEFAULTS,

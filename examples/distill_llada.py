@@ -13,9 +13,7 @@ loss + the mean-field term; the recipes hold the paper's exact settings) and is 
 `diffusion_generation_config.json`, model card) and pushed with `--push_to_hub`.
 """
 
-from t3d_defaults import GSM8K, T3D_DEFAULTS  # examples/t3d_defaults.py
-
-from trl_t3d.scripts.distill import main, parse_args_with_defaults
+from trl_t3d.scripts.distill import GSM8K, T3D_DEFAULTS, main, parse_args_with_defaults
 
 DEFAULTS = dict(
     T3D_DEFAULTS,

@@ -9,9 +9,7 @@ Block diffusion: trajectories decoded with block 4 (one token per step), the stu
 first (resumable, `<output_dir>/trajectories`); the student is saved and pushed with `--push_to_hub`.
 """
 
-from t3d_defaults import T3D_DEFAULTS  # examples/t3d_defaults.py
-
-from trl_t3d.scripts.distill import main, parse_args_with_defaults
+from trl_t3d.scripts.distill import T3D_DEFAULTS, main, parse_args_with_defaults
 
 DEFAULTS = dict(
     T3D_DEFAULTS,

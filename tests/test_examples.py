@@ -33,8 +33,6 @@ SAVED_STUDENT_FILES = {
 
 
 def load_example(name):
-    if str(ROOT / "examples") not in sys.path:  # as `python examples/<name>.py` has it: t3d_defaults.py beside it
-        sys.path.insert(0, str(ROOT / "examples"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

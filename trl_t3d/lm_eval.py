@@ -64,6 +64,19 @@ def main() -> None:
 
     with index_only_the_include_path(sys.argv[1:]):
         cli_evaluate()
+    _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Under `accelerate launch`, wait for every rank, then close the process group before the interpreter exits.
+
+    lm-eval leaves it open; a rank that exits while rank 0 still writes results can then abort in torch's teardown
+    ("terminate called without an active exception", SIGABRT), failing a run whose results were complete."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 
 If the dataset holds prompts only, the model first collects its own trajectories (resumable, cached in
 `<output_dir>/trajectories`); then the student trains (without `--config`: `DDOConfig`'s defaults, T3D's DDO + path
-loss + the mean-field term; the recipes hold the paper's exact settings) and is saved (weights, tokenizer,
+loss; `--loss_type t3d_mf` adds the mean-field term; the recipes hold the paper's exact settings) and is saved (weights, tokenizer,
 `diffusion_generation_config.json`, model card) and pushed with `--push_to_hub`.
 """
 

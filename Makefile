@@ -23,8 +23,10 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m trl_t3d.toy.demo
 
+# -n: the tests run in worker processes (one thread each, as conftest sets), up to 4; the `accelerate launch` tests,
+# which start 2 processes each, run one after another on one worker (conftest groups them).
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 -m "not deepspeed"
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 -m "not deepspeed" -n auto --maxprocesses 4 --dist loadgroup
 
 # DeepSpeed ZeRO-2/3 under `accelerate launch` with 2 CPU processes (about 2 minutes); installs DeepSpeed, which
 # `make test` does not need. DDP and FSDP2 launches are part of `make test`.

@@ -55,3 +55,11 @@ llada2_dir = _saved_model("llada2", testing.save_llada2)
 llada21_dir = _saved_model("llada21", testing.save_llada2, model_type="llada21_moe")
 lladamoe_dir = _saved_model("lladamoe", testing.save_lladamoe)
 remote_mlm_dir = _saved_model("remote_mlm", testing.save_remote_mlm)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n 2 --dist loadgroup` the `accelerate launch` tests run one after another on one worker: two
+    launches at once would bind the same rendezvous port and put four processes on two cores."""
+    for item in items:
+        if item.get_closest_marker("accelerate_launch"):
+            item.add_marker(pytest.mark.xdist_group("accelerate_launch"))

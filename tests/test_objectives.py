@@ -149,10 +149,14 @@ def test_sft_term_by_hand(tmp_path, tok):
     assert trainer._metrics["train"]["sft/mask_ratio"][-1] == pytest.approx(ratio.mean().item(), rel=1e-6)
 
 
-def test_the_readme_term_trains(tmp_path, tok):
+def test_the_readme_term_trains(tmp_path, tok, monkeypatch):
     """The README's "Your own loss term" example, run as written (its DDOConfig in a temp folder), then trained."""
     import re
     from pathlib import Path
+
+    from trl_t3d.objectives import base
+
+    monkeypatch.setattr(base, "_TERMS", dict(base._TERMS))  # the README's registration ends with this test
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme[readme.index("#### Your own loss term") :]

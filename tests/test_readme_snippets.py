@@ -82,30 +82,3 @@ def test_decoding_snippets_name_real_options(block):
     keywords = set(re.findall(r"(\w+)=", call))
     config = DiffusionGenerationConfig()
     assert keywords and all(hasattr(config, k) for k in keywords), keywords
-
-
-def test_readme_loss_term_snippet_trains_and_is_logged(tmp_path, monkeypatch, llada_dir, tokenizer):
-    """The README's "Your own loss term" example, run literally: its term registers, its `DDOConfig` validates, and
-    training on it logs `loss_confidence` inside the weighted sum of the objective."""
-    from trl_t3d import DDOTrainer
-    from trl_t3d.objectives import base
-
-    monkeypatch.setattr(base, "_TERMS", dict(base._TERMS))  # the snippet's registration ends with this test
-    monkeypatch.chdir(tmp_path)
-    (snippet,) = re.findall(r"#### Your own loss term\n.*?```py\n(.*?)```", README.read_text(), flags=re.S)
-    namespace = {}
-    exec(compile(snippet, str(README), "exec"), namespace)  # noqa: S102 - the README's own code
-    readme_args = namespace["args"]
-    assert readme_args.loss_type == ["ddo", "path", "confidence"]
-
-    args = testing.quick_ddo_config(
-        tmp_path, loss_type=readme_args.loss_type, loss_weights=readme_args.loss_weights, max_steps=2
-    )
-    trainer = DDOTrainer(llada_dir, args=args, train_dataset=testing.synthetic_trajectories(tokenizer),
-                         processing_class=tokenizer)  # fmt: skip
-    trainer.train()
-    logged = [h for h in trainer.state.log_history if "loss_confidence" in h]
-    assert len(logged) == 2 and all(0 < h["confidence/top"] < 1 for h in logged)
-    for h in logged:
-        expected = h["loss_ddo"] + 0.2 * h["loss_path"] + 0.5 * h["loss_confidence"]
-        assert h["loss"] == pytest.approx(expected, rel=1e-4)

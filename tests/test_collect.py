@@ -367,3 +367,59 @@ def test_block_causal_collection_records_the_block_the_decoder_used(tok):
     assert meta["generation_config"]["block_length"] == 4
     explicit = collect_trajectories(sdar, tok, dataset, gen_config(tok, block_length=4), show_progress=False)
     assert ds["completion_ids"] == explicit["completion_ids"] and ds["step_map"] == explicit["step_map"]
+
+
+class ThreadProcess:
+    """One of `num_processes` "processes" of a collection, run as threads of this test: the `PartialState` fields
+    collection reads, with `wait_for_everyone` a barrier shared by all of them."""
+
+    def __init__(self, process_index: int, num_processes: int, barrier):
+        self.process_index, self.num_processes, self.barrier = process_index, num_processes, barrier
+        self.is_main_process = self.is_local_main_process = process_index == 0
+        self.device = torch.device("cpu")
+
+    def wait_for_everyone(self):
+        self.barrier.wait()
+
+
+def test_no_process_loses_a_shard_the_main_process_clears(model, tok, tmp_path, monkeypatch):
+    """`collect_or_reuse` under 2 processes: the main process merges the shards and deletes them, so it must wait
+    until every process has read them. Here process 1 reads late (as a loaded machine may make it), which failed
+    with 'Shard ... is missing after every process finished' in 2-process `accelerate launch` runs before."""
+    import threading
+    import time
+
+    import trl_t3d.collect as collect_module
+    from trl_t3d.collect import collect_or_reuse
+
+    prompt_ids = [tok(p)["input_ids"] for p in PROMPTS]  # token ids: no tokenizer call inside the threads
+    prompts = datasets.Dataset.from_dict({"prompt_ids": prompt_ids})
+    read_shard = collect_module._read_shard
+
+    def read_late_on_process_1(path):
+        if threading.current_thread().name == "process-1":
+            time.sleep(0.5)
+        return read_shard(path)
+
+    monkeypatch.setattr(collect_module, "_read_shard", read_late_on_process_1)
+    barrier = threading.Barrier(2, timeout=60)
+    results, errors = {}, {}
+
+    def run(index):
+        try:
+            results[index] = collect_or_reuse(
+                model, tok, prompts, gen_config(tok), cache_dir=str(tmp_path / "cache"), shard_size=2,
+                show_progress=False, teacher_name="t", accelerator=ThreadProcess(index, 2, barrier),
+            )  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors[index] = error
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"process-{i}") for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert results[0][:] == results[1][:] and results[0]["prompt_ids"] == prompt_ids
+    assert not os.path.exists(tmp_path / "cache" / "shards")  # merged into the cache, then cleared

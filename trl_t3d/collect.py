@@ -377,7 +377,6 @@ def collect_trajectories(
         `keep_columns`), in the order of `dataset`, and the metadata as JSON in `dataset.info.description`.
     """
     import datasets
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     from .version import __version__
@@ -417,7 +416,7 @@ def collect_trajectories(
     prompt_ids, prompt_texts, teacher_name = plan.prompt_ids, plan.prompt_texts, settings["teacher"]
     max_new_tokens, block_length, eos_token_ids = plan.max_new_tokens, plan.block_length, settings["eos_token_ids"]
     full_canvas = settings["keep_full_canvas"]
-    state = accelerator.state if hasattr(accelerator, "state") else (accelerator or PartialState())
+    state = _distributed_state(accelerator)
 
     num_shards = (len(prompt_ids) + shard_size - 1) // shard_size
     if output_dir is not None:
@@ -481,6 +480,7 @@ def collect_trajectories(
     if output_dir is not None:
         state.wait_for_everyone()
         shards = [_read_shard(_shard_path(output_dir, k, num_shards)) for k in range(num_shards)]
+        state.wait_for_everyone()  # every process holds every shard before a caller's main process clears them
     else:
         if state.num_processes > 1:
             from accelerate.utils import gather_object
@@ -543,6 +543,13 @@ def collect_trajectories(
 
 
 # ------------------------------------------------------------------------------------------------ shard files
+def _distributed_state(accelerator):
+    """The processes' `PartialState`: of `accelerator` (an `Accelerator` or a `PartialState`), else the current one."""
+    from accelerate import PartialState
+
+    return accelerator.state if hasattr(accelerator, "state") else (accelerator or PartialState())
+
+
 def _prepare_output_dir(output_dir: str, fingerprint: str, num_shards: int, resume: bool, state) -> None:
     """Check (or write) the manifest on the main process so that a resumed run belongs to the same collection."""
     manifest_path = os.path.join(output_dir, MANIFEST_NAME)
@@ -601,9 +608,7 @@ def clear_shards(output_dir: str) -> None:
         shutil.rmtree(output_dir)
 
 
-def collect_or_reuse(
-    model, processing_class, dataset, generation_config, *, cache_dir: str, distributed_state=None, **collection
-):
+def collect_or_reuse(model, processing_class, dataset, generation_config, *, cache_dir: str, **collection):
     """`collect_trajectories` into `cache_dir` (resumable shards in `cache_dir/shards`, then the merged dataset saved
     there), or the dataset already saved in `cache_dir` when it is the same collection (same fingerprint: prompts,
     teacher, decoding settings, seed...); a cache of another collection is refused, naming what differs.
@@ -612,11 +617,10 @@ def collect_or_reuse(
     `collection` holds `collect_trajectories`' keyword arguments.
     """
     import datasets
-    from accelerate import PartialState
 
     from .trajectories import dataset_metadata
 
-    state = distributed_state or PartialState()
+    state = _distributed_state(collection.get("accelerator"))
     if os.path.exists(os.path.join(cache_dir, "dataset_info.json")):
         cached = datasets.load_from_disk(cache_dir)
         fingerprint, settings = collection_fingerprint(
